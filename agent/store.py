@@ -1,0 +1,430 @@
+"""The archive on disk: listings, hour digests, atomic verified writes, tombstones.
+
+All methods are blocking file I/O; the trio side calls them through
+`trio.to_thread.run_sync`. A segment becomes visible under its final name only
+complete and hash-verified: temp file in the same directory, write loop, size and
+SHA-256 check, fsync, rename, fsync of the directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from protocol.digests import hour_digest
+from protocol.errors import SegmentNameError
+from protocol.hashing import SegmentHasher
+from protocol.names import (
+    SEGMENT_SUFFIX,
+    TOMBSTONE_SUFFIX,
+    Kind,
+    SegmentName,
+    format_hour,
+    parse_filename,
+    parse_hour,
+    segment_filename_for,
+    tombstone_filename_for,
+    validate_component,
+)
+from protocol.selection import Candidate, Hole, best_segments
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".segsync-"
+TEMP_SUFFIX = ".tmp"
+READ_CHUNK = 256 * 1024
+_MAX_LOGGED_BAD_NAMES = 10_000
+
+WriteFn = Callable[[int, bytes | memoryview], int]
+
+
+class WriteRejected(Exception):
+    """An incoming segment that must not become visible; `reason` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Tombstoned(WriteRejected):
+    def __init__(self, path: str) -> None:
+        super().__init__("tombstoned", f"{path} is tombstoned here")
+
+
+@dataclass
+class HourListing:
+    """One hour as found on disk, sorted file names."""
+
+    segments: list[str] = field(default_factory=list)  # visible .ts
+    tombstones: list[str] = field(default_factory=list)  # .tombstone
+    hidden: list[str] = field(default_factory=list)  # .ts hidden by a tombstone
+
+    @property
+    def replicable(self) -> list[str]:
+        return sorted(self.segments + self.tombstones)
+
+
+def is_temp_file(filename: str) -> bool:
+    return filename.startswith(TEMP_PREFIX) and filename.endswith(TEMP_SUFFIX)
+
+
+def classify_hour(
+    channel: str, quality: str, hour: str, filenames: Iterable[str],
+    on_bad: Callable[[str, str], None] | None = None,
+) -> HourListing:
+    """Split raw file names of one hour directory into visible, tombstones, hidden.
+
+    Temp-type names, dot-files and names that do not parse are left out.
+    """
+    segments: set[str] = set()
+    tombstones: set[str] = set()
+    for filename in filenames:
+        if filename.startswith("."):
+            continue
+        try:
+            name, kind = parse_filename(channel, quality, hour, filename)
+        except SegmentNameError as e:
+            if on_bad is not None:
+                on_bad(f"{channel}/{quality}/{hour}/{filename}", str(e))
+            continue
+        if not name.replicable:
+            continue
+        (segments if kind is Kind.SEGMENT else tombstones).add(filename)
+    listing = HourListing(tombstones=sorted(tombstones))
+    for filename in sorted(segments):
+        hidden = tombstone_filename_for(filename) in tombstones
+        (listing.hidden if hidden else listing.segments).append(filename)
+    return listing
+
+
+def write_all(fd: int, data: bytes | memoryview, write: WriteFn = os.write) -> None:
+    """Loop until every byte is written: `write` may accept fewer than offered."""
+    view = memoryview(data)
+    while view:
+        n = write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Streams one incoming segment into a temp file; `commit` verifies and renames."""
+
+    def __init__(
+        self, store: "Store", name: SegmentName, expected_size: int | None,
+        max_size: int, write: WriteFn = os.write,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.expected_size = expected_size
+        self.max_size = max_size
+        self._write = write
+        self._hasher = SegmentHasher()
+        self.final_path = store.path_of(name, Kind.SEGMENT)
+        store.ensure_hour_dir(name)
+        self.temp_path = self.final_path.parent / (
+            f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        )
+        self._fd: int | None = os.open(
+            self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+        )
+        self.done = False
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise RuntimeError("writer is closed")
+        limit = self.expected_size if self.expected_size is not None else self.max_size
+        if self._hasher.size + len(chunk) > limit:
+            self.abort()
+            raise WriteRejected(
+                "too_large", f"{self.name.path}: more than {limit} bytes received"
+            )
+        try:
+            write_all(self._fd, chunk, self._write)
+        except BaseException:
+            self.abort()
+            raise
+        self._hasher.update(chunk)
+
+    def commit(self) -> str:
+        """Verify, fsync, rename into place. Returns 'stored' or 'have'."""
+        try:
+            if self.expected_size is not None and self._hasher.size != self.expected_size:
+                raise WriteRejected(
+                    "size_mismatch",
+                    f"{self.name.path}: got {self._hasher.size} bytes, "
+                    f"expected {self.expected_size}",
+                )
+            if self._hasher.digest() != self.name.hash:
+                raise WriteRejected(
+                    "hash_mismatch",
+                    f"{self.name.path}: bytes hash to {self._hasher.text()}, "
+                    f"not to the name's {self.name.hash_text}",
+                )
+            assert self._fd is not None
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            if self.store.has_tombstone(self.name):
+                raise Tombstoned(self.name.path)
+            if self.final_path.exists():
+                self._discard()
+                self.done = True
+                return "have"
+            os.rename(self.temp_path, self.final_path)
+            self.done = True
+            fsync_dir(self.final_path.parent)
+            return "stored"
+        except BaseException:
+            self.abort()
+            raise
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = None
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+    def abort(self) -> None:
+        """Remove the temp file; nothing becomes visible. Safe to call twice."""
+        if not self.done:
+            self.done = True
+            self._discard()
+
+    def __enter__(self) -> "SegmentWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+class Store:
+    """One node's archive directory."""
+
+    def __init__(self, root: str | os.PathLike, max_segment_bytes: int = 256 * 1024 * 1024):
+        self.root = Path(root)
+        self.max_segment_bytes = max_segment_bytes
+        self._bad_logged: set[str] = set()
+
+    # ---- paths ----
+
+    def hour_dir(self, channel: str, quality: str, hour: str) -> Path:
+        validate_component(channel, "channel")
+        validate_component(quality, "quality")
+        parse_hour(hour)
+        return self.root / channel / quality / hour
+
+    def path_of(self, name: SegmentName, kind: Kind = Kind.SEGMENT) -> Path:
+        return self.root / name.format(kind)
+
+    def ensure_hour_dir(self, name: SegmentName) -> Path:
+        path = self.root / name.hour_path
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            for parent in (path.parent, path.parent.parent, self.root):
+                fsync_dir(parent)
+        return path
+
+    # ---- listings ----
+
+    def _subdirs(self, path: Path, check: Callable[[str], object]) -> list[str]:
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return []
+        out = []
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                check(entry.name)
+            except SegmentNameError as e:
+                self._log_bad(str(path / entry.name), str(e))
+                continue
+            out.append(entry.name)
+        return sorted(out)
+
+    def channels(self) -> list[str]:
+        return self._subdirs(self.root, lambda n: validate_component(n, "channel"))
+
+    def qualities(self, channel: str) -> list[str]:
+        validate_component(channel, "channel")
+        return self._subdirs(self.root / channel, lambda n: validate_component(n, "quality"))
+
+    def hours(self, channel: str, quality: str) -> list[str]:
+        validate_component(channel, "channel")
+        validate_component(quality, "quality")
+        return self._subdirs(self.root / channel / quality, parse_hour)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(c, q) for c in self.channels() for q in self.qualities(c)]
+
+    def raw_filenames(self, channel: str, quality: str, hour: str) -> list[str]:
+        try:
+            return os.listdir(self.hour_dir(channel, quality, hour))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def list_hour(self, channel: str, quality: str, hour: str) -> HourListing:
+        return classify_hour(
+            channel, quality, hour, self.raw_filenames(channel, quality, hour), self._log_bad
+        )
+
+    def hour_digest(self, channel: str, quality: str, hour: str) -> bytes:
+        return hour_digest(self.list_hour(channel, quality, hour).replicable)
+
+    def _log_bad(self, path: str, why: str) -> None:
+        if path in self._bad_logged:
+            return
+        if len(self._bad_logged) < _MAX_LOGGED_BAD_NAMES:
+            self._bad_logged.add(path)
+        log.warning("ignoring %s: %s", path, why)
+
+    def scan(self, remove_temp: bool = False) -> Iterator[tuple[str, str, str, list[str]]]:
+        """Every hour directory with its raw file names; optionally removes stale temp files."""
+        for channel, quality in self.pairs():
+            for hour in self.hours(channel, quality):
+                names = self.raw_filenames(channel, quality, hour)
+                if remove_temp:
+                    kept = []
+                    for n in names:
+                        if is_temp_file(n):
+                            self._remove_temp(self.root / channel / quality / hour / n)
+                        else:
+                            kept.append(n)
+                    names = kept
+                yield channel, quality, hour, names
+
+    def _remove_temp(self, path: Path) -> None:
+        try:
+            path.unlink()
+            log.info("removed temp file left by a crash: %s", path)
+        except FileNotFoundError:
+            pass
+
+    def remove_temp_files(self) -> int:
+        """Start-up clean-up of temp files a crash left behind."""
+        count = 0
+        for channel, quality, hour, _ in self.scan():
+            for n in self.raw_filenames(channel, quality, hour):
+                if is_temp_file(n):
+                    self._remove_temp(self.root / channel / quality / hour / n)
+                    count += 1
+        return count
+
+    # ---- segments and tombstones ----
+
+    def has_tombstone(self, name: SegmentName) -> bool:
+        return self.path_of(name, Kind.TOMBSTONE).exists()
+
+    def has_segment(self, name: SegmentName) -> bool:
+        return self.path_of(name, Kind.SEGMENT).exists()
+
+    def is_visible(self, name: SegmentName) -> bool:
+        return name.replicable and self.has_segment(name) and not self.has_tombstone(name)
+
+    def segment_size(self, name: SegmentName) -> int:
+        return self.path_of(name).stat().st_size
+
+    def open_writer(
+        self, name: SegmentName, expected_size: int | None = None, write: WriteFn = os.write
+    ) -> SegmentWriter:
+        if not name.replicable:
+            raise WriteRejected("temp", f"{name.path}: temp segments are never replicated")
+        if expected_size is not None and expected_size > self.max_segment_bytes:
+            raise WriteRejected(
+                "too_large", f"{name.path}: {expected_size} bytes exceeds the limit"
+            )
+        if self.has_tombstone(name):
+            raise Tombstoned(name.path)
+        return SegmentWriter(self, name, expected_size, self.max_segment_bytes, write)
+
+    def write_segment(
+        self, name: SegmentName, chunks: Iterable[bytes], expected_size: int | None = None,
+        write: WriteFn = os.write,
+    ) -> str:
+        """Write a whole segment from chunks; 'stored' or 'have', or raises."""
+        if self.has_segment(name) and not self.has_tombstone(name):
+            return "have"
+        with self.open_writer(name, expected_size, write) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+
+    def create_tombstone(self, name: SegmentName) -> bool:
+        """Create NAME.tombstone (and its hour directory). False if it already existed."""
+        self.ensure_hour_dir(name)
+        path = self.path_of(name, Kind.TOMBSTONE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)
+        return True
+
+    def open_segment(self, name: SegmentName):
+        """Open a visible segment for reading (binary); FileNotFoundError otherwise."""
+        if not name.replicable or self.has_tombstone(name):
+            raise FileNotFoundError(name.path)
+        return open(self.path_of(name), "rb")
+
+    def read_segment(self, name: SegmentName) -> bytes:
+        with self.open_segment(name) as f:
+            return f.read()
+
+    # ---- consumers ----
+
+    def best_segments(
+        self, channel: str, quality: str, start: dt.datetime, end: dt.datetime
+    ) -> list[Candidate | Hole]:
+        """The versions a restream or cut would use over [start, end), holes marked."""
+        candidates = []
+        hour = start.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+        # a segment that started in the previous hour may still cover `start`
+        hour -= dt.timedelta(hours=1)
+        while hour < end:
+            hour_text = format_hour(hour)
+            listing = self.list_hour(channel, quality, hour_text)
+            for filename in listing.segments:
+                name, _ = parse_filename(channel, quality, hour_text, filename)
+                try:
+                    size = self.segment_size(name)
+                except FileNotFoundError:
+                    continue
+                candidates.append(Candidate(name, size))
+            hour += dt.timedelta(hours=1)
+        return best_segments(candidates, start, end)
+
+
+__all__ = [
+    "HourListing", "SegmentWriter", "Store", "Tombstoned", "WriteRejected",
+    "classify_hour", "is_temp_file", "write_all", "segment_filename_for",
+    "SEGMENT_SUFFIX", "TOMBSTONE_SUFFIX",
+]

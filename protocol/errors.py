@@ -1,0 +1,9 @@
+"""The typed errors of the protocol package: one per kind of bad input."""
+
+
+class SegmentNameError(ValueError):
+    """A path or file name that is not a valid segment or tombstone name."""
+
+
+class ProtocolError(ValueError):
+    """Bytes from a peer that are malformed, oversized or of the wrong shape."""

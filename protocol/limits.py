@@ -1,0 +1,21 @@
+"""Hard limits on everything that crosses the wire, in one place."""
+
+PROTOCOL_VERSION = 1
+
+# Request bodies of /v1 control messages (offers, tombstones, digest queries).
+MAX_REQUEST_BYTES = 64 * 1024
+# Replies a peer sends back (hour listings are the largest).
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+# Largest segment accepted from a peer (2-second video is a few MiB).
+MAX_SEGMENT_BYTES = 256 * 1024 * 1024
+
+MAX_STRING = 1024
+MAX_BINARY = 64
+MAX_MAP = 16
+# A listing of one hour: 1800 segments of 2 s, several versions each, plus tombstones.
+MAX_ARRAY = 50_000
+# Containers in one decoded message, so garbage cannot explode into objects.
+MAX_CONTAINERS = 60_000
+# Hours a single digest query may name (2 years).
+MAX_HOUR_RANGE = 24 * 366 * 2
+MAX_PAIRS = 10_000

@@ -1,0 +1,418 @@
+"""Every message two agents exchange, as typed data, with bounded msgpack coding.
+
+Wire form: a msgpack map `{"v": PROTOCOL_VERSION, "type": TYPE, ...fields}`.
+`decode` takes untrusted bytes and returns a message object or raises
+`ProtocolError`; it never raises anything else and never decodes more than the
+limits allow (see `limits.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from . import limits
+from .errors import ProtocolError, SegmentNameError
+from .names import (
+    Kind,
+    SegmentName,
+    parse_filename,
+    parse_hour,
+    parse_path,
+    validate_component,
+)
+
+OFFER_STATUSES = ("want", "have", "tombstoned")
+ACK_STATUSES = ("stored", "have", "tombstoned")
+
+
+# ---- field checkers: each takes the raw decoded value and returns it validated ----
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a string")
+    return value
+
+
+def _int(value: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ProtocolError(f"{what} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def _digest(value: Any, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ProtocolError(f"{what} must be 32 bytes")
+    return value
+
+
+def _list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what} must be an array")
+    return value
+
+
+def _pair(value: Any, what: str, n: int) -> list:
+    if not isinstance(value, list) or len(value) != n:
+        raise ProtocolError(f"{what} must be an array of {n} items")
+    return value
+
+
+def _component(value: Any, what: str) -> str:
+    try:
+        return validate_component(value, what)
+    except SegmentNameError as e:
+        raise ProtocolError(str(e)) from None
+
+
+def _hour(value: Any, what: str) -> str:
+    try:
+        parse_hour(value)
+    except SegmentNameError as e:
+        raise ProtocolError(f"{what}: {e}") from None
+    return value
+
+
+def _path(value: Any, what: str, kind: Kind) -> str:
+    try:
+        _, got = parse_path(value)
+    except SegmentNameError as e:
+        raise ProtocolError(f"{what}: {e}") from None
+    if got is not kind:
+        raise ProtocolError(f"{what} must name a {kind.value}")
+    return value
+
+
+def _status(value: Any, what: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ProtocolError(f"{what} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _hour_range(first: str, last: str) -> None:
+    lo, hi = parse_hour(first), parse_hour(last)
+    if hi < lo:
+        raise ProtocolError("last_hour is before first_hour")
+    if (hi - lo).total_seconds() / 3600 > limits.MAX_HOUR_RANGE:
+        raise ProtocolError(f"hour range longer than {limits.MAX_HOUR_RANGE} hours")
+
+
+# ---- messages ----
+
+class Message:
+    TYPE: ClassVar[str]
+
+    def to_obj(self) -> dict:
+        obj = {"v": limits.PROTOCOL_VERSION, "type": self.TYPE}
+        for f in fields(self):  # type: ignore[arg-type]
+            obj[f.name] = getattr(self, f.name)
+        return obj
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Message":  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def _require(obj: dict, *names: str) -> list:
+    extra = set(obj) - set(names) - {"v", "type"}
+    if extra:
+        raise ProtocolError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
+    missing = [n for n in names if n not in obj]
+    if missing:
+        raise ProtocolError(f"missing fields: {', '.join(missing)}")
+    return [obj[n] for n in names]
+
+
+@dataclass(frozen=True)
+class Offer(Message):
+    """'I have this segment of this size; do you want it?'"""
+
+    TYPE: ClassVar[str] = "offer"
+    path: str
+    size: int
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Offer":
+        path, size = _require(obj, "path", "size")
+        return cls(
+            _path(path, "path", Kind.SEGMENT),
+            _int(size, "size", 0, limits.MAX_SEGMENT_BYTES),
+        )
+
+    @property
+    def segment(self) -> SegmentName:
+        return parse_path(self.path)[0]
+
+
+@dataclass(frozen=True)
+class OfferReply(Message):
+    TYPE: ClassVar[str] = "offer_reply"
+    status: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "OfferReply":
+        (status,) = _require(obj, "status")
+        return cls(_status(status, "status", OFFER_STATUSES))
+
+
+@dataclass(frozen=True)
+class Tombstone(Message):
+    """'This segment is tombstoned': path of the `.tombstone` file."""
+
+    TYPE: ClassVar[str] = "tombstone"
+    path: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Tombstone":
+        (path,) = _require(obj, "path")
+        return cls(_path(path, "path", Kind.TOMBSTONE))
+
+    @property
+    def segment(self) -> SegmentName:
+        return parse_path(self.path)[0]
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """Reply to a segment upload or a tombstone."""
+
+    TYPE: ClassVar[str] = "ack"
+    status: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Ack":
+        (status,) = _require(obj, "status")
+        return cls(_status(status, "status", ACK_STATUSES))
+
+
+@dataclass(frozen=True)
+class PairDigestsRequest(Message):
+    """Top level of the Merkle comparison: every (channel, quality) over an hour range."""
+
+    TYPE: ClassVar[str] = "pair_digests_request"
+    first_hour: str
+    last_hour: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "PairDigestsRequest":
+        first, last = _require(obj, "first_hour", "last_hour")
+        first, last = _hour(first, "first_hour"), _hour(last, "last_hour")
+        _hour_range(first, last)
+        return cls(first, last)
+
+
+@dataclass(frozen=True)
+class PairDigests(Message):
+    """`pairs`: [[channel, quality, digest over its hour digests in range], ...]."""
+
+    TYPE: ClassVar[str] = "pair_digests"
+    first_hour: str
+    last_hour: str
+    pairs: list
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "PairDigests":
+        first, last, pairs = _require(obj, "first_hour", "last_hour", "pairs")
+        pairs = _list(pairs, "pairs")
+        if len(pairs) > limits.MAX_PAIRS:
+            raise ProtocolError("too many pairs")
+        out = []
+        for item in pairs:
+            channel, quality, digest = _pair(item, "pair", 3)
+            out.append((
+                _component(channel, "channel"),
+                _component(quality, "quality"),
+                _digest(digest, "pair digest"),
+            ))
+        return cls(_hour(first, "first_hour"), _hour(last, "last_hour"), out)
+
+
+@dataclass(frozen=True)
+class HourDigestsRequest(Message):
+    TYPE: ClassVar[str] = "hour_digests_request"
+    channel: str
+    quality: str
+    first_hour: str
+    last_hour: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "HourDigestsRequest":
+        channel, quality, first, last = _require(
+            obj, "channel", "quality", "first_hour", "last_hour"
+        )
+        first, last = _hour(first, "first_hour"), _hour(last, "last_hour")
+        _hour_range(first, last)
+        return cls(_component(channel, "channel"), _component(quality, "quality"), first, last)
+
+
+@dataclass(frozen=True)
+class HourDigests(Message):
+    """`hours`: [[hour, digest], ...] for the non-empty hours in range."""
+
+    TYPE: ClassVar[str] = "hour_digests"
+    channel: str
+    quality: str
+    hours: list
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "HourDigests":
+        channel, quality, hours = _require(obj, "channel", "quality", "hours")
+        hours = _list(hours, "hours")
+        if len(hours) > limits.MAX_HOUR_RANGE + 1:
+            raise ProtocolError("too many hours")
+        out = []
+        for item in hours:
+            hour, digest = _pair(item, "hour digest", 2)
+            out.append((_hour(hour, "hour"), _digest(digest, "hour digest")))
+        return cls(_component(channel, "channel"), _component(quality, "quality"), out)
+
+
+@dataclass(frozen=True)
+class ListingRequest(Message):
+    TYPE: ClassVar[str] = "listing_request"
+    channel: str
+    quality: str
+    hour: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "ListingRequest":
+        channel, quality, hour = _require(obj, "channel", "quality", "hour")
+        return cls(
+            _component(channel, "channel"), _component(quality, "quality"), _hour(hour, "hour")
+        )
+
+
+@dataclass(frozen=True)
+class Listing(Message):
+    """The replicable listing of one hour: visible segment and tombstone file names."""
+
+    TYPE: ClassVar[str] = "listing"
+    channel: str
+    quality: str
+    hour: str
+    names: list
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Listing":
+        channel, quality, hour, names = _require(obj, "channel", "quality", "hour", "names")
+        channel = _component(channel, "channel")
+        quality = _component(quality, "quality")
+        hour = _hour(hour, "hour")
+        names = _list(names, "names")
+        for name in names:
+            try:
+                parsed, _ = parse_filename(channel, quality, hour, _str(name, "name"))
+            except SegmentNameError as e:
+                raise ProtocolError(f"listing name: {e}") from None
+            if not parsed.replicable:
+                raise ProtocolError(f"listing holds a {parsed.type} name")
+        return cls(channel, quality, hour, list(names))
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    TYPE: ClassVar[str] = "status_request"
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "StatusRequest":
+        _require(obj)
+        return cls()
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """Every 4xx/5xx body on /v1: a machine code and a sentence for humans."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "Error":
+        code, message = _require(obj, "code", "message")
+        return cls(_str(code, "code"), _str(message, "message"))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Offer, OfferReply, Tombstone, Ack, PairDigestsRequest, PairDigests,
+        HourDigestsRequest, HourDigests, ListingRequest, Listing, StatusRequest, Error,
+    )
+}
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb(message.to_obj(), use_bin_type=True)
+
+
+class _ContainerBudget:
+    """Counts decoded containers so hostile bytes cannot become millions of objects."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def hook(self, value):
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError("message has too many arrays or maps")
+        return value
+
+
+def unpack_bounded(data: bytes, max_bytes: int) -> Any:
+    """Untrusted msgpack bytes -> Python objects, inside hard limits."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("message must be bytes")
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message is larger than {max_bytes} bytes")
+    budget = _ContainerBudget(limits.MAX_CONTAINERS)
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.MAX_STRING,
+            max_bin_len=limits.MAX_BINARY,
+            max_array_len=limits.MAX_ARRAY,
+            max_map_len=limits.MAX_MAP,
+            max_ext_len=0,
+            list_hook=budget.hook,
+            object_hook=budget.hook,
+        )
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack raises many kinds for garbage
+        raise ProtocolError(f"malformed msgpack: {type(e).__name__}") from None
+
+
+def decode(
+    data: bytes,
+    expect: type[Message] | tuple[type[Message], ...] | None = None,
+    max_bytes: int = limits.MAX_REQUEST_BYTES,
+) -> Message:
+    """Untrusted bytes -> one validated message (of the expected type(s), if given)."""
+    obj = unpack_bounded(data, max_bytes)
+    if not isinstance(obj, dict):
+        raise ProtocolError("message must be a map")
+    version = obj.get("v")
+    if version != limits.PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r}")
+    type_name = obj.get("type")
+    cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {type_name!r}")
+    if expect is not None:
+        wanted = expect if isinstance(expect, tuple) else (expect,)
+        if cls not in wanted:
+            raise ProtocolError(
+                f"expected {' or '.join(w.TYPE for w in wanted)}, got {cls.TYPE}"
+            )
+    try:
+        return cls.from_obj(obj)
+    except ProtocolError:
+        raise
+    except Exception as e:  # a shape we did not foresee is still just bad input
+        raise ProtocolError(f"malformed {cls.TYPE}: {type(e).__name__}") from None

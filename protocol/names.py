@@ -1,0 +1,218 @@
+"""Segment and tombstone names, byte-compatible with existing archives.
+
+    CHANNEL/QUALITY/HOUR/MM:SS.ffffff-DURATION-TYPE-HASH.ts
+    CHANNEL/QUALITY/HOUR/MM:SS.ffffff-DURATION-TYPE-HASH.tombstone
+
+Parsing is strict and total: every input either parses into a `SegmentName` whose
+`format` gives back exactly the input, or raises `SegmentNameError` saying why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+
+from .errors import SegmentNameError
+from .hashing import decode_hash, encode_hash
+
+SEGMENT_SUFFIX = ".ts"
+TOMBSTONE_SUFFIX = ".tombstone"
+HOUR_FORMAT = "%Y-%m-%dT%H"
+SEGMENT_TYPES = ("full", "suspect", "partial", "temp")
+REPLICABLE_TYPES = frozenset({"full", "suspect", "partial"})
+MAX_COMPONENT_LENGTH = 128
+MAX_PATH_LENGTH = 512
+
+_HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}\Z")
+_TIME = re.compile(r"([0-9]{2}):([0-9]{2})\.([0-9]{6})\Z")
+_DURATION = re.compile(r"(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,9})?\Z")
+
+
+class Kind(Enum):
+    SEGMENT = "segment"
+    TOMBSTONE = "tombstone"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentName:
+    """One version of one segment, as named on disk."""
+
+    channel: str
+    quality: str
+    hour: str
+    start: dt.datetime
+    duration: Decimal
+    type: str
+    hash: bytes
+
+    @property
+    def stem(self) -> str:
+        """The file name without suffix: `MM:SS.ffffff-DURATION-TYPE-HASH`."""
+        return (
+            f"{self.start:%M:%S.%f}-{self.duration:f}-{self.type}-{encode_hash(self.hash)}"
+        )
+
+    @property
+    def filename(self) -> str:
+        return self.stem + SEGMENT_SUFFIX
+
+    @property
+    def tombstone_filename(self) -> str:
+        return self.stem + TOMBSTONE_SUFFIX
+
+    @property
+    def hour_path(self) -> str:
+        return f"{self.channel}/{self.quality}/{self.hour}"
+
+    @property
+    def path(self) -> str:
+        """Relative path of the segment file under the archive root."""
+        return f"{self.hour_path}/{self.filename}"
+
+    @property
+    def tombstone_path(self) -> str:
+        return f"{self.hour_path}/{self.tombstone_filename}"
+
+    @property
+    def hash_text(self) -> str:
+        return encode_hash(self.hash)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=float(self.duration))
+
+    @property
+    def replicable(self) -> bool:
+        """Temp segments are being written by the downloader: never replicated or used."""
+        return self.type in REPLICABLE_TYPES
+
+    def format(self, kind: Kind = Kind.SEGMENT) -> str:
+        return self.path if kind is Kind.SEGMENT else self.tombstone_path
+
+
+def validate_component(value: object, what: str) -> str:
+    """A channel or quality: a plain, non-empty, single path component."""
+    if not isinstance(value, str):
+        raise SegmentNameError(f"{what} must be a string")
+    if not value:
+        raise SegmentNameError(f"{what} is empty")
+    if len(value) > MAX_COMPONENT_LENGTH:
+        raise SegmentNameError(f"{what} is longer than {MAX_COMPONENT_LENGTH} characters")
+    if value.startswith("."):
+        raise SegmentNameError(f"{what} {value!r} starts with '.'")
+    for bad, label in (("/", "'/'"), ("\\", "'\\'"), ("\x00", "NUL"), ("..", "'..'")):
+        if bad in value:
+            raise SegmentNameError(f"{what} {value!r} contains {label}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise SegmentNameError(f"{what} {value!r} contains a control character")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise SegmentNameError(f"{what} {value!r} is not valid Unicode")
+    return value
+
+
+def parse_hour(value: object) -> dt.datetime:
+    """`%Y-%m-%dT%H` -> an aware UTC datetime at the start of that hour."""
+    if not isinstance(value, str) or not _HOUR.match(value):
+        raise SegmentNameError(f"hour {value!r} is not of the form YYYY-MM-DDTHH")
+    try:
+        return dt.datetime.strptime(value, HOUR_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise SegmentNameError(f"hour {value!r} is not a real UTC hour") from None
+
+
+def format_hour(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime(HOUR_FORMAT)
+
+
+def _parse_duration(text: str) -> Decimal:
+    if not _DURATION.match(text):
+        raise SegmentNameError(f"duration {text!r} is not a positive decimal number")
+    value = Decimal(text)
+    if not value > 0:
+        raise SegmentNameError(f"duration {text!r} is not positive")
+    return value
+
+
+def parse_filename(
+    channel: str, quality: str, hour: str, filename: str
+) -> tuple[SegmentName, Kind]:
+    """Parse a file name found in CHANNEL/QUALITY/HOUR into a name and its kind."""
+    validate_component(channel, "channel")
+    validate_component(quality, "quality")
+    hour_start = parse_hour(hour)
+    if not isinstance(filename, str):
+        raise SegmentNameError("file name must be a string")
+    if filename.endswith(SEGMENT_SUFFIX):
+        kind, stem = Kind.SEGMENT, filename[: -len(SEGMENT_SUFFIX)]
+    elif filename.endswith(TOMBSTONE_SUFFIX):
+        kind, stem = Kind.TOMBSTONE, filename[: -len(TOMBSTONE_SUFFIX)]
+    else:
+        raise SegmentNameError(f"file name {filename!r} ends in neither .ts nor .tombstone")
+    parts = stem.split("-", 3)
+    if len(parts) != 4:
+        raise SegmentNameError(
+            f"file name {filename!r} is not TIME-DURATION-TYPE-HASH{SEGMENT_SUFFIX}"
+        )
+    time_text, duration_text, type_text, hash_text = parts
+    match = _TIME.match(time_text)
+    if not match:
+        raise SegmentNameError(f"time {time_text!r} is not MM:SS.ffffff")
+    minutes, seconds, micros = (int(g) for g in match.groups())
+    if minutes > 59:
+        raise SegmentNameError(f"minutes {minutes} out of range 00-59")
+    if seconds > 59:
+        raise SegmentNameError(f"seconds {seconds} out of range 00-59")
+    duration = _parse_duration(duration_text)
+    if type_text not in SEGMENT_TYPES:
+        raise SegmentNameError(
+            f"type {type_text!r} is not one of {', '.join(SEGMENT_TYPES)}"
+        )
+    digest = decode_hash(hash_text)
+    start = hour_start + dt.timedelta(minutes=minutes, seconds=seconds, microseconds=micros)
+    return SegmentName(channel, quality, hour, start, duration, type_text, digest), kind
+
+
+def parse_path(path: object) -> tuple[SegmentName, Kind]:
+    """Parse `CHANNEL/QUALITY/HOUR/FILE` (relative, exactly four components)."""
+    if not isinstance(path, str):
+        raise SegmentNameError("path must be a string")
+    if len(path) > MAX_PATH_LENGTH:
+        raise SegmentNameError(f"path is longer than {MAX_PATH_LENGTH} characters")
+    if path.startswith("/"):
+        raise SegmentNameError(f"path {path!r} is absolute")
+    if "\\" in path or "\x00" in path:
+        raise SegmentNameError(f"path {path!r} contains '\\' or NUL")
+    parts = path.split("/")
+    if len(parts) != 4:
+        raise SegmentNameError(
+            f"path {path!r} is not CHANNEL/QUALITY/HOUR/FILE (got {len(parts)} components)"
+        )
+    return parse_filename(*parts)
+
+
+def parse_segment_path(path: object) -> SegmentName:
+    """A path that must name a segment (`.ts`), not a tombstone."""
+    name, kind = parse_path(path)
+    if kind is not Kind.SEGMENT:
+        raise SegmentNameError(f"path {path!r} names a tombstone, not a segment")
+    return name
+
+
+def parse_tombstone_path(path: object) -> SegmentName:
+    """A path that must name a tombstone; returns the segment it hides."""
+    name, kind = parse_path(path)
+    if kind is not Kind.TOMBSTONE:
+        raise SegmentNameError(f"path {path!r} names a segment, not a tombstone")
+    return name
+
+
+def tombstone_filename_for(segment_filename: str) -> str:
+    """`X.ts` -> `X.tombstone` (no validation: callers hold a parsed name)."""
+    return segment_filename[: -len(SEGMENT_SUFFIX)] + TOMBSTONE_SUFFIX
+
+
+def segment_filename_for(tombstone_filename: str) -> str:
+    return tombstone_filename[: -len(TOMBSTONE_SUFFIX)] + SEGMENT_SUFFIX

@@ -1,0 +1,60 @@
+"""Shared test helpers: real-format segments with correct names and hashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from protocol.hashing import encode_hash, hash_bytes
+from protocol.names import Kind, SegmentName, format_hour, parse_path
+
+
+def make_name(
+    data: bytes, start: dt.datetime, channel: str = "desertbus", quality: str = "source",
+    duration: str = "2.0", type_: str = "full",
+) -> SegmentName:
+    hour = format_hour(start)
+    path = (
+        f"{channel}/{quality}/{hour}/{start:%M:%S.%f}-{duration}-{type_}-"
+        f"{encode_hash(hash_bytes(data))}.ts"
+    )
+    return parse_path(path)[0]
+
+
+def write_segment_file(root: Path, name: SegmentName, data: bytes) -> Path:
+    """Write like a downloader does: temp name, then rename into place."""
+    path = Path(root) / name.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{name.start:%M:%S.%f}-{name.duration:f}-temp-{name.hash_text}.ts"
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+    return path
+
+
+def touch_tombstone(root: Path, name: SegmentName) -> Path:
+    path = Path(root) / name.format(Kind.TOMBSTONE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def hours_ago(hours: float, now: dt.datetime | None = None) -> dt.datetime:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return (now - dt.timedelta(hours=hours)).replace(second=0, microsecond=0)
+
+
+def replicable_state(root: Path) -> dict[str, bytes | None]:
+    """path -> bytes for visible segments, None for tombstones (what must converge)."""
+    from agent.store import Store
+
+    store = Store(root)
+    out: dict[str, bytes | None] = {}
+    for channel, quality, hour, _ in store.scan():
+        listing = store.list_hour(channel, quality, hour)
+        base = f"{channel}/{quality}/{hour}/"
+        for f in listing.segments:
+            out[base + f] = (Path(root) / (base + f)).read_bytes()
+        for f in listing.tombstones:
+            out[base + f] = None
+    return out

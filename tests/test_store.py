@@ -1,0 +1,241 @@
+import datetime as dt
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.store import Store, Tombstoned, WriteRejected, classify_hour, write_all
+from protocol.digests import hour_digest
+from protocol.names import Kind
+from protocol.selection import Hole
+from helpers import make_name, touch_tombstone, write_segment_file
+
+T0 = dt.datetime(2019, 11, 13, 2, 45, 51, 608000, tzinfo=dt.timezone.utc)
+
+
+def chunks(data: bytes, n: int = 7):
+    for i in range(0, len(data), n):
+        yield data[i:i + n]
+
+
+def visible_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_write_segment_atomic_and_listed(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(10_000)
+    name = make_name(data, T0)
+    assert store.write_segment(name, chunks(data), expected_size=len(data)) == "stored"
+    assert (tmp_path / name.path).read_bytes() == data
+    listing = store.list_hour(name.channel, name.quality, name.hour)
+    assert listing.segments == [name.filename]
+    assert store.channels() == ["desertbus"]
+    assert store.qualities("desertbus") == ["source"]
+    assert store.hours("desertbus", "source") == [name.hour]
+    assert store.write_segment(name, chunks(data)) == "have"
+
+
+def test_hash_mismatch_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(1000)
+    name = make_name(data, T0)
+    with pytest.raises(WriteRejected) as info:
+        store.write_segment(name, [data[:-1] + b"x"])
+    assert info.value.reason == "hash_mismatch"
+    assert visible_files(tmp_path) == []
+
+
+def test_size_mismatch_and_too_large(tmp_path):
+    store = Store(tmp_path, max_segment_bytes=500)
+    data = os.urandom(400)
+    name = make_name(data, T0)
+    with pytest.raises(WriteRejected) as info:
+        store.write_segment(name, [data], expected_size=401)
+    assert info.value.reason == "size_mismatch"
+    with pytest.raises(WriteRejected) as info:
+        store.write_segment(name, [data], expected_size=300)
+    assert info.value.reason == "too_large"
+    big = os.urandom(600)
+    with pytest.raises(WriteRejected) as info:
+        store.write_segment(make_name(big, T0), chunks(big, 100))
+    assert info.value.reason == "too_large"
+    assert visible_files(tmp_path) == []
+
+
+def test_short_writes_loop_until_done(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(3000)
+    name = make_name(data, T0)
+    calls = []
+
+    def one_byte(fd, buf):
+        calls.append(1)
+        return os.write(fd, bytes(buf[:1]))
+
+    assert store.write_segment(name, chunks(data, 1000), write=one_byte) == "stored"
+    assert (tmp_path / name.path).read_bytes() == data
+    assert len(calls) == 3000
+
+
+def test_write_error_removes_temp(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(3000)
+    name = make_name(data, T0)
+
+    def full_disk(fd, buf):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        store.write_segment(name, [data], write=full_disk)
+    assert visible_files(tmp_path) == []
+
+
+def test_write_all_rejects_no_progress():
+    with pytest.raises(OSError):
+        write_all(0, b"abc", lambda fd, b: 0)
+
+
+def test_crash_between_write_and_rename(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(5000)
+    name = make_name(data, T0)
+    writer = store.open_writer(name, len(data))
+    writer.write(data)
+    # the process dies here: no commit, no abort
+    assert not (tmp_path / name.path).exists()
+    assert store.list_hour(name.channel, name.quality, name.hour).segments == []
+    leftovers = [p.name for p in (tmp_path / name.hour_path).iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".segsync-")
+    assert Store(tmp_path).remove_temp_files() == 1
+    assert list((tmp_path / name.hour_path).iterdir()) == []
+
+
+def test_tombstone_hides_and_refuses(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(100)
+    name = make_name(data, T0)
+    write_segment_file(tmp_path, name, data)
+    assert store.create_tombstone(name) is True
+    assert store.create_tombstone(name) is False
+    listing = store.list_hour(name.channel, name.quality, name.hour)
+    assert listing.segments == []
+    assert listing.hidden == [name.filename]
+    assert listing.tombstones == [name.tombstone_filename]
+    assert listing.replicable == [name.tombstone_filename]
+    with pytest.raises(FileNotFoundError):
+        store.open_segment(name)
+    # refused even after the operator deleted the .ts
+    (tmp_path / name.path).unlink()
+    with pytest.raises(Tombstoned):
+        store.write_segment(name, [data])
+    assert not (tmp_path / name.path).exists()
+
+
+def test_tombstone_without_segment_creates_hour(tmp_path):
+    store = Store(tmp_path)
+    name = make_name(b"x", T0)
+    store.create_tombstone(name)
+    assert (tmp_path / name.tombstone_path).exists()
+    assert store.list_hour(name.channel, name.quality, name.hour).tombstones == [
+        name.tombstone_filename
+    ]
+
+
+def test_temp_dot_and_bad_names_not_listed(tmp_path, caplog):
+    store = Store(tmp_path)
+    data = os.urandom(100)
+    good = make_name(data, T0)
+    write_segment_file(tmp_path, good, data)
+    temp = make_name(b"t", T0.replace(minute=1), type_="temp")
+    write_segment_file(tmp_path, temp, b"t")
+    hour = tmp_path / good.hour_path
+    (hour / ".hidden.ts").write_bytes(b"")
+    (hour / "garbage.ts").write_bytes(b"")
+    (hour / "notes.txt").write_bytes(b"")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "bad..name").mkdir()
+    for _ in range(2):
+        listing = store.list_hour(good.channel, good.quality, good.hour)
+        assert listing.segments == [good.filename]
+        assert store.channels() == ["desertbus"]
+    warnings = [r for r in caplog.records if "garbage.ts" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, not fatal
+
+
+def test_digest_changes_exactly_with_replicable_listing(tmp_path):
+    store = Store(tmp_path)
+    a, b = os.urandom(50), os.urandom(60)
+    na, nb = make_name(a, T0), make_name(b, T0.replace(minute=50))
+    args = (na.channel, na.quality, na.hour)
+    empty = store.hour_digest(*args)
+    write_segment_file(tmp_path, na, a)
+    d1 = store.hour_digest(*args)
+    assert d1 != empty
+    # a temp file, a dot file and our own temp file change nothing
+    write_segment_file(tmp_path, make_name(b"z", T0, type_="temp"), b"z")
+    (tmp_path / na.hour_path / ".segsync-abc.tmp").write_bytes(b"")
+    assert store.hour_digest(*args) == d1
+    write_segment_file(tmp_path, nb, b)
+    d2 = store.hour_digest(*args)
+    assert d2 != d1
+    touch_tombstone(tmp_path, nb)
+    d3 = store.hour_digest(*args)
+    assert d3 != d2
+    # deleting a hidden segment changes nothing replicable
+    (tmp_path / nb.path).unlink()
+    assert store.hour_digest(*args) == d3
+    assert d3 == hour_digest([na.filename, nb.tombstone_filename])
+
+
+def test_classify_hour_pure():
+    data = b"abc"
+    n = make_name(data, T0)
+    listing = classify_hour(n.channel, n.quality, n.hour, [n.filename, n.tombstone_filename])
+    assert listing.hidden == [n.filename] and listing.segments == []
+
+
+def test_best_segments_by_rule_and_holes(tmp_path):
+    store = Store(tmp_path)
+    base = dt.datetime(2020, 1, 1, 5, 59, 58, tzinfo=dt.timezone.utc)
+    made = {}
+
+    def put(offset, data, **kw):
+        name = make_name(data, base + dt.timedelta(seconds=offset), **kw)
+        write_segment_file(tmp_path, name, data)
+        made[(offset, kw.get("type_", "full"), len(data))] = name
+        return name
+
+    s0 = put(0, b"a" * 10)                       # previous hour, covers the start
+    put(2, b"b" * 10, type_="partial")
+    full2 = put(2, b"c" * 10)
+    put(2, b"d" * 10, type_="suspect")
+    put(4, b"e" * 5)
+    bigger4 = put(4, b"f" * 50)
+    tomb6 = put(6, b"g" * 10)
+    touch_tombstone(tmp_path, tomb6)
+    put(8.005, b"h" * 10, type_="temp")
+    s10 = put(10, b"i" * 10)
+    result = store.best_segments("desertbus", "source", base + dt.timedelta(seconds=1),
+                                 base + dt.timedelta(seconds=14))
+    names = [r.name if not isinstance(r, Hole) else r for r in result]
+    assert names[0] == s0
+    assert names[1] == full2
+    assert names[2] == bigger4
+    assert isinstance(names[3], Hole)
+    assert names[3].start == base + dt.timedelta(seconds=6)
+    assert names[3].end == base + dt.timedelta(seconds=10)
+    assert names[4] == s10
+    assert isinstance(names[5], Hole)
+
+
+def test_small_gap_is_not_a_hole(tmp_path):
+    store = Store(tmp_path)
+    base = dt.datetime(2020, 1, 1, 5, 0, 0, tzinfo=dt.timezone.utc)
+    a = make_name(b"a", base)
+    b = make_name(b"b", base + dt.timedelta(seconds=2, milliseconds=9))
+    write_segment_file(tmp_path, a, b"a")
+    write_segment_file(tmp_path, b, b"b")
+    result = store.best_segments("desertbus", "source", base, base + dt.timedelta(seconds=4))
+    assert [r.name for r in result] == [a, b]
