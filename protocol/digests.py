@@ -48,8 +48,8 @@ def hour_in_range(hour: str, first: str, last: str) -> bool:
 def hours_between(first: str, last: str) -> list[str]:
     """Every hour from `last` back to `first`, newest first."""
     lo, hi = parse_hour(first), parse_hour(last)
-    out = []
-    while hi >= lo:
-        out.append(format_hour(hi))
-        hi -= dt.timedelta(hours=1)
-    return out
+    if hi < lo:
+        return []
+    # Count down by index, never stepping below `lo` (which may be year 1).
+    count = (hi - lo) // dt.timedelta(hours=1)
+    return [format_hour(hi - dt.timedelta(hours=i)) for i in range(count + 1)]

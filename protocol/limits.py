@@ -16,6 +16,8 @@ MAX_MAP = 16
 MAX_ARRAY = 50_000
 # Containers in one decoded message, so garbage cannot explode into objects.
 MAX_CONTAINERS = 60_000
+# Nesting of arrays and maps (messages need 3: map -> array -> array).
+MAX_DEPTH = 8
 # Hours a single digest query may name (2 years).
 MAX_HOUR_RANGE = 24 * 366 * 2
 MAX_PAIRS = 10_000

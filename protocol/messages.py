@@ -361,12 +361,74 @@ class _ContainerBudget:
         return value
 
 
+# msgpack framing: bytes that follow a type byte (fixed), or the width of its length
+# prefix (sized; ext types carry one more byte), or of its item count (containers).
+_FIXED = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,
+}
+_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC7: 1, 0xC8: 2, 0xC9: 4}
+_EXT = frozenset({0xC7, 0xC8, 0xC9})
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def _check_framing(view: bytes) -> None:
+    """Walk the container headers of the first msgpack object before unpacking it.
+
+    msgpack allocates an array's slots when it reads its header, so a few KB of
+    nested `array32(50000)` headers would cost tens of MB. Reject nesting deeper than
+    `MAX_DEPTH` and any container that declares more items than bytes remain.
+    """
+    n = len(view)
+    pos = 0
+    pending = [1]  # items still expected at each open level; the root is one item
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        if pos >= n:
+            raise ProtocolError("malformed msgpack: truncated")
+        b = view[pos]
+        pos += 1
+        if b <= 0x7F or b >= 0xE0:
+            continue
+        if 0xA0 <= b <= 0xBF:
+            pos += b & 0x1F
+            continue
+        if b in _FIXED:
+            pos += _FIXED[b]
+            continue
+        if b in _SIZED:
+            width = _SIZED[b]
+            pos += width + int.from_bytes(view[pos : pos + width], "big") + (b in _EXT)
+            continue
+        if 0x80 <= b <= 0x8F:
+            count = (b & 0x0F) * 2
+        elif 0x90 <= b <= 0x9F:
+            count = b & 0x0F
+        elif b in _CONTAINERS:
+            width, per_item = _CONTAINERS[b]
+            count = int.from_bytes(view[pos : pos + width], "big") * per_item
+            pos += width
+        else:  # 0xC1 is never used
+            raise ProtocolError(f"malformed msgpack: byte {b:#x}")
+        if count > n - pos:
+            raise ProtocolError("malformed msgpack: container longer than the message")
+        if len(pending) > limits.MAX_DEPTH:
+            raise ProtocolError(f"message nests deeper than {limits.MAX_DEPTH} levels")
+        pending.append(count)
+
+
 def unpack_bounded(data: bytes, max_bytes: int) -> Any:
     """Untrusted msgpack bytes -> Python objects, inside hard limits."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("message must be bytes")
-    if len(data) > max_bytes:
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_bytes:
         raise ProtocolError(f"message is larger than {max_bytes} bytes")
+    data = bytes(data)
+    _check_framing(data)
     budget = _ContainerBudget(limits.MAX_CONTAINERS)
     try:
         return msgpack.unpackb(
@@ -398,7 +460,7 @@ def decode(
     if not isinstance(obj, dict):
         raise ProtocolError("message must be a map")
     version = obj.get("v")
-    if version != limits.PROTOCOL_VERSION:
+    if type(version) is not int or version != limits.PROTOCOL_VERSION:  # not True, not 1.0
         raise ProtocolError(f"unsupported protocol version {version!r}")
     type_name = obj.get("type")
     cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None

@@ -124,7 +124,9 @@ def parse_hour(value: object) -> dt.datetime:
 
 
 def format_hour(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime(HOUR_FORMAT)
+    # Not strftime: on glibc, %Y does not zero-pad years before 1000.
+    t = when.astimezone(dt.timezone.utc)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}"
 
 
 def _parse_duration(text: str) -> Decimal:
@@ -172,6 +174,10 @@ def parse_filename(
         )
     digest = decode_hash(hash_text)
     start = hour_start + dt.timedelta(minutes=minutes, seconds=seconds, microseconds=micros)
+    try:
+        start + dt.timedelta(seconds=float(duration))
+    except OverflowError:
+        raise SegmentNameError(f"segment {filename!r} ends after year 9999") from None
     return SegmentName(channel, quality, hour, start, duration, type_text, digest), kind
 
 

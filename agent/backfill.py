@@ -1,0 +1,272 @@
+"""Anti-entropy: pull whatever push missed, comparing digests top-down.
+
+Per peer and round: one request for the pair digests over the hour range; for each
+(channel, quality) that differs, its hour digests; for each hour that differs, its
+listing; then fetch what is missing, `max_concurrency` downloads at a time per node.
+The decisions (which pairs, which hours, what to fetch) are pure functions in
+`protocol.replication`; this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import trio
+
+from protocol.backoff import Backoff, jittered
+from protocol.digests import hour_range
+from protocol.names import SegmentName
+from protocol.replication import FetchPlan, differing_keys, newest_first, plan_hour
+
+from .client import PeerClient, PeerError
+from .store import WriteRejected
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class PairStats:
+    """What one (peer, channel, quality) unit did in one round."""
+
+    hours_compared: int = 0
+    hours_listed: int = 0
+    missing: int = 0
+    downloaded: int = 0
+    tombstones: int = 0
+    skipped_recent: int = 0
+    skipped_temp: int = 0
+    skipped_tombstoned: int = 0
+    hash_mismatch: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+    def add_plan(self, plan: FetchPlan) -> None:
+        self.missing += len(plan.fetch)
+        self.skipped_recent += plan.skipped_recent
+        self.skipped_temp += plan.skipped_temp
+        self.skipped_tombstoned += plan.skipped_tombstoned
+
+
+@dataclass
+class RoundResult:
+    peer: str
+    ok: bool = True
+    error: str | None = None
+    pairs_compared: int = 0
+    pairs: dict[tuple[str, str], PairStats] = field(default_factory=dict)
+    duration: float = 0.0
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(s, attr) for s in self.pairs.values())
+
+    @property
+    def failures(self) -> int:
+        return self.total("hash_mismatch") + self.total("failed") + (0 if self.ok else 1)
+
+
+@dataclass
+class PeerState:
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=300.0))
+    last_round: float | None = None  # wall clock of the last completed round
+    last_result: RoundResult | None = None
+
+
+class Progress:
+    """Receives download progress; the one-shot command shows it as a bar."""
+
+    def planned(self, segments: int, nbytes: int | None) -> None: ...
+    def fetched(self, nbytes: int) -> None: ...
+
+
+class Backfiller:
+    def __init__(self, node: "Node", clock: Callable[[], dt.datetime] = utc_now,
+                 rng: random.Random | None = None) -> None:
+        self.node = node
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.peers: dict[str, PeerState] = {}
+        self.download_slots = trio.Semaphore(node.config.max_concurrency)
+        self.rounds_done = 0
+        self.round_finished = trio.Event()
+
+    def peer_status(self, url: str) -> dict:
+        state = self.peers.get(url)
+        result = state.last_result if state else None
+        return {
+            "last_round": state.last_round if state else None,
+            "round_ok": result.ok if result else None,
+            "round_error": result.error if result else None,
+            "missing": result.total("missing") if result else None,
+            "reachable": (result.ok if result else None),
+        }
+
+    async def run(self) -> None:
+        cfg = self.node.config
+        while True:
+            await self.round_all(self.node.peer_urls())
+            await trio.sleep(jittered(cfg.backfill_interval, 0.2, self.rng))
+
+    async def round_all(self, urls: list[str], progress: Progress | None = None
+                        ) -> list[RoundResult]:
+        """One round with each peer, peers in parallel; a failing peer costs only itself."""
+        results: list[RoundResult] = []
+        now_mono = trio.current_time()
+
+        async def one(url: str) -> None:
+            state = self.peers.setdefault(url, PeerState())
+            if not state.backoff.ready(now_mono):
+                log.debug("backfill: %s backing off", url)
+                return
+            results.append(await self.round_with_peer(url, progress))
+
+        async with trio.open_nursery() as nursery:
+            for url in urls:
+                nursery.start_soon(one, url)
+        for url in list(self.peers):
+            if url not in urls:
+                del self.peers[url]
+        self.rounds_done += 1
+        self.round_finished.set()
+        self.round_finished = trio.Event()
+        return results
+
+    async def round_with_peer(self, url: str, progress: Progress | None = None) -> RoundResult:
+        cfg = self.node.config
+        metrics = self.node.metrics
+        state = self.peers.setdefault(url, PeerState())
+        result = RoundResult(url)
+        started = trio.current_time()
+        client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.max_concurrency + 2,
+                            timeout=cfg.request_timeout)
+        try:
+            plans = await self.compare(client, result)
+            if progress is not None:
+                progress.planned(sum(len(p.fetch) for _, p in plans), None)
+            await self.fetch_all(client, plans, result, progress)
+        except PeerError as e:
+            result.ok = False
+            result.error = str(e)
+        finally:
+            await client.aclose()
+        result.duration = trio.current_time() - started
+        metrics.round_duration.observe(result.duration)
+        if result.ok:
+            state.backoff.success()
+            state.last_round = time.time()
+            metrics.last_round.labels(url).set(state.last_round)
+        else:
+            delay = state.backoff.failure(trio.current_time())
+            log.warning("backfill from %s failed: %s; next try in %.0fs", url, result.error, delay)
+        state.last_result = result
+        self._log_round(result)
+        return result
+
+    async def compare(self, client: PeerClient, result: RoundResult
+                      ) -> list[tuple[tuple[str, str], FetchPlan]]:
+        """The Merkle walk: pairs, then hours, then listings of differing hours only."""
+        cfg = self.node.config
+        index = self.node.index
+        now = self.clock()
+        first, last = hour_range(now, cfg.backfill_hours)
+        remote = await client.pair_digests(first, last)
+        remote_pairs = {(c, q): d for c, q, d in remote.pairs}
+        local_pairs = {(c, q): d for c, q, d in index.pair_digests(first, last)}
+        result.pairs_compared = len(remote_pairs)
+        plans = []
+        for channel, quality in differing_keys(local_pairs, remote_pairs):
+            stats = result.pairs.setdefault((channel, quality), PairStats())
+            remote_hours = dict((await client.hour_digests(channel, quality, first, last)).hours)
+            local_hours = dict(index.hour_digests(channel, quality, first, last))
+            stats.hours_compared = len(remote_hours)
+            for hour in newest_first(differing_keys(local_hours, remote_hours)):
+                listing = await client.listing(channel, quality, hour)
+                stats.hours_listed += 1
+                plan = plan_hour(channel, quality, hour, listing.names,
+                                 index.names(channel, quality, hour), now, cfg.recent_window)
+                stats.add_plan(plan)
+                for name in plan.tombstones:
+                    status = await self.node.accept_tombstone(name, source=f"pull {client.url}")
+                    self.node.metrics.pulls.labels(client.url, "tombstone", status).inc()
+                    stats.tombstones += 1
+                if plan.fetch:
+                    plans.append(((channel, quality), plan))
+        return plans
+
+    async def fetch_all(self, client: PeerClient, plans, result: RoundResult,
+                        progress: Progress | None) -> None:
+        async with trio.open_nursery() as nursery:
+            for pair, plan in plans:
+                stats = result.pairs[pair]
+                for name in plan.fetch:
+                    await self.download_slots.acquire()
+                    nursery.start_soon(self._fetch_one, client, name, stats, progress)
+
+    async def _fetch_one(self, client: PeerClient, name: SegmentName, stats: PairStats,
+                         progress: Progress | None) -> None:
+        metrics = self.node.metrics
+        try:
+            try:
+                async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
+                    status = await self.node.accept_segment(name, size, chunks, source="pull")
+            except WriteRejected as e:
+                if e.reason == "hash_mismatch":
+                    stats.hash_mismatch += 1
+                    log.warning("backfill: %s served bytes that do not match %s",
+                                client.url, name.path)
+                    metrics.pulls.labels(client.url, "segment", "hash_mismatch").inc()
+                elif e.reason == "tombstoned":
+                    stats.skipped_tombstoned += 1
+                    metrics.pulls.labels(client.url, "segment", "tombstoned").inc()
+                else:
+                    stats.failed += 1
+                    log.warning("backfill: %s from %s refused: %s", name.path, client.url, e)
+                    metrics.pulls.labels(client.url, "segment", e.reason).inc()
+                return
+            except PeerError as e:
+                stats.failed += 1
+                log.info("backfill: fetching %s: %s", name.path, e)
+                metrics.pulls.labels(client.url, "segment", "error").inc()
+                return
+            except OSError as e:
+                stats.failed += 1
+                log.error("backfill: storing %s: %s", name.path, e)
+                metrics.pulls.labels(client.url, "segment", "storage_error").inc()
+                return
+            metrics.pulls.labels(client.url, "segment", status).inc()
+            if status == "stored":
+                size = self.node.store.path_of(name).stat().st_size
+                stats.downloaded += 1
+                stats.bytes += size
+                if progress is not None:
+                    progress.fetched(size)
+        finally:
+            self.download_slots.release()
+
+    def _log_round(self, r: RoundResult) -> None:
+        if not r.ok:
+            return
+        if not r.pairs:
+            log.debug("backfill from %s: in sync (%d pairs compared, %.3fs)",
+                      r.peer, r.pairs_compared, r.duration)
+            return
+        for (channel, quality), s in sorted(r.pairs.items()):
+            log.info(
+                "backfill from %s %s/%s: hours compared %d, listed %d, missing %d, "
+                "downloaded %d, tombstones %d, skipped recent %d temp %d tombstoned %d "
+                "hash-mismatch %d, failed %d, %d bytes, %.3fs",
+                r.peer, channel, quality, s.hours_compared, s.hours_listed, s.missing,
+                s.downloaded, s.tombstones, s.skipped_recent, s.skipped_temp,
+                s.skipped_tombstoned, s.hash_mismatch, s.failed, s.bytes, r.duration,
+            )

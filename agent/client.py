@@ -1,0 +1,220 @@
+"""HTTP client for one peer: typed calls over httpx, gated and bounded.
+
+Every request passes a `trio.Semaphore` before it reaches httpx's pool (httpx can
+leak pool slots when requests are cancelled while queued). Replies are read with a
+hard size limit and decoded by the bounded protocol decoder.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+import trio
+
+from protocol import limits
+from protocol import messages as m
+from protocol.errors import ProtocolError
+from protocol.names import Kind, SegmentName
+
+READ_CHUNK = 512 * 1024
+
+
+class PeerError(Exception):
+    """A peer that could not be reached, or answered something unusable."""
+
+    def __init__(self, peer: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{peer}: {message}")
+        self.peer = peer
+        self.status = status
+
+
+def normalize_peer_url(url: str) -> str:
+    """Validate and canonicalize a peer URL (http/https, host, optional port, no query)."""
+    url = url.strip()
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"peer URL {url!r} must be http(s)://HOST[:PORT]")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"peer URL {url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+class PeerClient:
+    def __init__(
+        self, url: str, token: str | None = None, node_name: str = "",
+        concurrency: int = 8, connect_timeout: float = 2.0, timeout: float = 10.0,
+    ) -> None:
+        self.url = normalize_peer_url(url)
+        headers = {"user-agent": "segsync"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if node_name:
+            headers["x-segsync-node"] = node_name
+        self.gate = trio.Semaphore(concurrency)
+        self.http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=timeout),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.http.aclose()
+
+    # ---- plumbing ----
+
+    async def _read_limited(self, response: httpx.Response, limit: int) -> bytes:
+        buf = bytearray()
+        async for chunk in response.aiter_raw():
+            buf += chunk
+            if len(buf) > limit:
+                raise PeerError(self.url, f"reply larger than {limit} bytes")
+        return bytes(buf)
+
+    def _error_text(self, status: int, body: bytes) -> str:
+        try:
+            err = m.decode(body, m.Error, limits.MAX_REQUEST_BYTES)
+            return f"HTTP {status} {err.code}: {err.message}"
+        except ProtocolError:
+            return f"HTTP {status}"
+
+    async def call(self, path: str, message: m.Message, expect: type[m.Message],
+                   max_reply: int = limits.MAX_REPLY_BYTES) -> m.Message:
+        """POST a message, return the decoded reply of the expected type."""
+        body = m.encode(message)
+        async with self.gate:
+            try:
+                async with self.http.stream(
+                    "POST", path, content=body,
+                    headers={"content-type": "application/msgpack"},
+                ) as response:
+                    data = await self._read_limited(response, max_reply)
+            except httpx.HTTPError as e:
+                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise PeerError(self.url, self._error_text(response.status_code, data),
+                            response.status_code)
+        try:
+            return m.decode(data, expect, max_reply)
+        except ProtocolError as e:
+            raise PeerError(self.url, f"bad reply: {e}") from None
+
+    # ---- push ----
+
+    async def offer(self, name: SegmentName, size: int) -> str:
+        reply = await self.call("/v1/offer", m.Offer(name.path, size), m.OfferReply,
+                                limits.MAX_REQUEST_BYTES)
+        return reply.status  # type: ignore[attr-defined]
+
+    async def send_tombstone(self, name: SegmentName) -> str:
+        reply = await self.call("/v1/tombstone", m.Tombstone(name.tombstone_path), m.Ack,
+                                limits.MAX_REQUEST_BYTES)
+        return reply.status  # type: ignore[attr-defined]
+
+    async def upload(self, name: SegmentName, file_path: Path) -> tuple[str, int]:
+        """Stream a local segment to the peer. Returns (ack status, bytes sent)."""
+        f = await trio.to_thread.run_sync(open, file_path, "rb")
+        try:
+            size = os.fstat(f.fileno()).st_size
+
+            async def body() -> AsyncIterator[bytes]:
+                left = size
+                while left > 0:
+                    chunk = await trio.to_thread.run_sync(f.read, min(READ_CHUNK, left))
+                    if not chunk:
+                        raise PeerError(self.url, f"{file_path} shrank while sending")
+                    left -= len(chunk)
+                    yield chunk
+
+            async with self.gate:
+                try:
+                    response = await self.http.put(
+                        f"/v1/segments/{name.path}", content=body(),
+                        headers={"content-length": str(size),
+                                 "content-type": "video/mp2t"},
+                    )
+                except httpx.HTTPError as e:
+                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+        finally:
+            f.close()
+        data = response.content[: limits.MAX_REQUEST_BYTES + 1]
+        if response.status_code != 200:
+            raise PeerError(self.url, self._error_text(response.status_code, data),
+                            response.status_code)
+        try:
+            ack = m.decode(data, m.Ack)
+        except ProtocolError as e:
+            raise PeerError(self.url, f"bad reply: {e}") from None
+        return ack.status, size  # type: ignore[attr-defined]
+
+    # ---- pull ----
+
+    async def pair_digests(self, first: str, last: str) -> m.PairDigests:
+        return await self.call("/v1/pair-digests", m.PairDigestsRequest(first, last),
+                               m.PairDigests)  # type: ignore[return-value]
+
+    async def hour_digests(self, channel: str, quality: str, first: str, last: str
+                           ) -> m.HourDigests:
+        return await self.call("/v1/hour-digests",
+                               m.HourDigestsRequest(channel, quality, first, last),
+                               m.HourDigests)  # type: ignore[return-value]
+
+    async def listing(self, channel: str, quality: str, hour: str) -> m.Listing:
+        return await self.call("/v1/listing", m.ListingRequest(channel, quality, hour),
+                               m.Listing)  # type: ignore[return-value]
+
+    async def status(self) -> dict:
+        import msgpack
+
+        body = m.encode(m.StatusRequest())
+        async with self.gate:
+            try:
+                response = await self.http.post("/v1/status", content=body)
+            except httpx.HTTPError as e:
+                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise PeerError(self.url, self._error_text(response.status_code, response.content),
+                            response.status_code)
+        try:
+            obj = m.unpack_bounded(response.content, limits.MAX_REPLY_BYTES)
+        except ProtocolError as e:
+            raise PeerError(self.url, f"bad status reply: {e}") from None
+        if not isinstance(obj, dict):
+            raise PeerError(self.url, "bad status reply")
+        return obj
+
+    @asynccontextmanager
+    async def download(self, name: SegmentName, max_bytes: int):
+        """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
+        async with self.gate:
+            try:
+                async with self.http.stream("GET", f"/v1/segments/{name.path}") as response:
+                    if response.status_code != 200:
+                        data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
+                        raise PeerError(self.url, self._error_text(response.status_code, data),
+                                        response.status_code)
+                    declared = response.headers.get("content-length")
+                    size = int(declared) if declared and declared.isdigit() else None
+                    if size is not None and size > max_bytes:
+                        raise PeerError(self.url, f"{name.path}: {size} bytes is over the limit")
+
+                    async def chunks() -> AsyncIterator[bytes]:
+                        try:
+                            async for chunk in response.aiter_raw():
+                                yield chunk
+                        except httpx.HTTPError as e:
+                            raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+
+                    yield size, chunks()
+            except httpx.HTTPError as e:
+                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+
+
+def tombstone_or_segment(kind: Kind) -> str:
+    return "tombstone" if kind is Kind.TOMBSTONE else "segment"

@@ -1,0 +1,197 @@
+"""Agent configuration: defaults, TOML file, command-line flags; validated once.
+
+Flags override the TOML file, which overrides the defaults. Every bad value is a
+`ConfigError` naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .client import normalize_peer_url
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    root: Path
+    listen: str = "127.0.0.1:8200"
+    peers: list[str] = field(default_factory=list)
+    peers_file: Path | None = None
+    token: str | None = None
+    protect_reads: bool = False
+    insecure: bool = False
+    node_name: str = field(default_factory=socket.gethostname)
+    recent_window: float = 120.0
+    backfill_interval: float = 60.0
+    backfill_hours: int = 336
+    max_concurrency: int = 5
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # tuning knobs (TOML only)
+    push_concurrency: int = 4
+    push_queue_size: int = 10_000
+    request_timeout: float = 10.0
+    backoff_cap: float = 30.0
+    max_segment_bytes: int = 256 * 1024 * 1024
+    rescan_interval: float = 3600.0
+    backfill: bool = True
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+# keys a TOML file may hold, with the flag name they mirror
+TOML_KEYS = {f.name.replace("_", "-"): f.name for f in fields(Config)} | {
+    "token-file": "token_file", "peer": "peers",
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"listen {value!r} must be HOST:PORT")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen {value!r}: port must be 0-65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_peers_text(text: str) -> list[str]:
+    """A peers file: one URL per line, '#' comments, blank lines ignored."""
+    peers = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            url = normalize_peer_url(line)
+        except ValueError as e:
+            raise ConfigError(f"line {number}: {e}") from None
+        if url not in peers:
+            peers.append(url)
+    return peers
+
+
+def read_peers_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"peers file {path}: {e}") from None
+    try:
+        return parse_peers_text(text)
+    except ConfigError as e:
+        raise ConfigError(f"peers file {path}: {e}") from None
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"token file {path}: {e}") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in token):
+        raise ConfigError(f"token file {path}: token must be printable ASCII without spaces")
+    return token
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+    out = {}
+    for key, value in raw.items():
+        if key not in TOML_KEYS:
+            raise ConfigError(f"config {path}: unknown key {key!r}")
+        out[TOML_KEYS[key]] = value
+    return out
+
+
+def _positive(name: str, value: Any, kind: type, allow_zero: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number")
+    if kind is int and not float(value).is_integer():
+        raise ConfigError(f"{name} must be a whole number")
+    value = kind(value)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}")
+    return value
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """Validate merged settings (TOML then flags) into a Config."""
+    values = dict(values)
+    if not values.get("root"):
+        raise ConfigError("--root is required")
+    root = Path(values.pop("root"))
+    token_file = values.pop("token_file", None)
+    if token_file:
+        values["token"] = read_token_file(Path(token_file))
+    peers = values.pop("peers", None) or []
+    if isinstance(peers, str) or not isinstance(peers, list):
+        raise ConfigError("peers must be a list of URLs")
+    normalized = []
+    for p in peers:
+        try:
+            url = normalize_peer_url(str(p))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if url not in normalized:
+            normalized.append(url)
+    if values.get("peers_file"):
+        values["peers_file"] = Path(values["peers_file"])
+    cfg = Config(root=root, peers=normalized, **{k: v for k, v in values.items() if v is not None})
+    parse_listen(cfg.listen)
+    cfg.recent_window = _positive("recent-window", cfg.recent_window, float, allow_zero=True)
+    cfg.backfill_interval = _positive("backfill-interval", cfg.backfill_interval, float)
+    cfg.backfill_hours = _positive("backfill-hours", cfg.backfill_hours, int, allow_zero=True)
+    cfg.max_concurrency = _positive("max-concurrency", cfg.max_concurrency, int)
+    cfg.push_concurrency = _positive("push-concurrency", cfg.push_concurrency, int)
+    cfg.push_queue_size = _positive("push-queue-size", cfg.push_queue_size, int)
+    cfg.request_timeout = _positive("request-timeout", cfg.request_timeout, float)
+    cfg.backoff_cap = _positive("backoff-cap", cfg.backoff_cap, float)
+    cfg.max_segment_bytes = _positive("max-segment-bytes", cfg.max_segment_bytes, int)
+    cfg.rescan_interval = _positive("rescan-interval", cfg.rescan_interval, float)
+    if str(cfg.log_level).upper() not in LOG_LEVELS:
+        raise ConfigError(f"log-level must be one of {', '.join(LOG_LEVELS)}")
+    cfg.log_level = str(cfg.log_level).upper()
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError("log-format must be text or json")
+    if not cfg.root.is_dir():
+        raise ConfigError(f"root {cfg.root} is not a directory")
+    if not os.access(cfg.root, os.W_OK):
+        raise ConfigError(f"root {cfg.root} is not writable")
+    host, _ = cfg.listen_host_port
+    if cfg.token is None and not cfg.insecure and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
+        )
+    if cfg.peers_file is not None:
+        read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
+    return cfg

@@ -1,0 +1,350 @@
+"""The HTTP face of a node: one ASGI app served by hypercorn's trio worker.
+
+/v1/...    msgpack endpoints between agents (token-protected when a token is set)
+/files/... /segments/...   read-only JSON/bytes endpoints of existing archive tooling
+/healthz, /metrics
+
+Every input is validated before anything touches the disk; any refusal is a 4xx
+with a clear body and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import urllib.parse
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import trio
+
+from protocol import limits
+from protocol import messages as m
+from protocol.errors import ProtocolError, SegmentNameError
+from protocol.names import Kind, parse_hour, parse_path, validate_component
+
+from .store import WriteRejected
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+MSGPACK = b"application/msgpack"
+UPLOAD_BUFFER = 512 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class ClientGone(Exception):
+    """The peer disconnected before sending the whole body."""
+
+
+def split_raw_path(raw: bytes) -> list[str]:
+    """Split the undecoded path on '/', then decode each part: '%2f' cannot add a level."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "bad_path", "path is not ASCII") from None
+    parts = text.split("/")
+    if parts[0] != "":
+        raise HttpError(400, "bad_path", "path must start with '/'")
+    out = []
+    for part in parts[1:]:
+        try:
+            out.append(urllib.parse.unquote(part, errors="strict"))
+        except UnicodeDecodeError:
+            raise HttpError(400, "bad_path", "path is not valid UTF-8") from None
+    return out
+
+
+class Request:
+    __slots__ = ("scope", "receive", "method", "parts", "query", "headers")
+
+    def __init__(self, scope: dict, receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        raw = raw.split(b"?", 1)[0]
+        self.parts = split_raw_path(raw)
+        try:
+            self.query = urllib.parse.parse_qs(
+                scope.get("query_string", b"").decode("ascii"), keep_blank_values=True,
+                strict_parsing=False, max_num_fields=16,
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise HttpError(400, "bad_query", "query string is malformed") from None
+        self.headers = {k.lower(): v for k, v in scope.get("headers", [])}
+
+    def header(self, name: bytes) -> bytes | None:
+        return self.headers.get(name)
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refusing more than `limit` bytes."""
+        declared = self.content_length()
+        if declared is not None and declared > limit:
+            raise HttpError(413, "too_large", f"body larger than {limit} bytes")
+        buf = bytearray()
+        async for chunk in self.chunks():
+            buf += chunk
+            if len(buf) > limit:
+                raise HttpError(413, "too_large", f"body larger than {limit} bytes")
+        return bytes(buf)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    def content_length(self) -> int | None:
+        raw = self.header(b"content-length")
+        if raw is None:
+            return None
+        if not raw.isdigit() or len(raw) > 15:
+            raise HttpError(400, "bad_length", "Content-Length is not a number")
+        return int(raw)
+
+
+async def send_response(
+    send, status: int, body: bytes, content_type: bytes, extra: list | None = None
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+class App:
+    """ASGI application of one node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.upload_slots = trio.Semaphore(32)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            # hypercorn-trio needs the lifespan protocol answered, not a bare return
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        v1 = scope.get("path", "").startswith("/v1/")
+        try:
+            request = Request(scope, receive)
+            await self.route(request, send)
+        except HttpError as e:
+            self.node.metrics.rejected.labels(e.code).inc()
+            if e.status >= 500:
+                log.error("%s %s: %s", scope.get("method"), scope.get("path"), e.message)
+            else:
+                log.info("refused %s %s: %s", scope.get("method"), scope.get("path"), e.message)
+            if v1:
+                await send_response(send, e.status, m.encode(m.Error(e.code, e.message)), MSGPACK)
+            else:
+                await send_response(
+                    send, e.status, json_body({"error": e.message, "code": e.code}),
+                    b"application/json",
+                )
+        except ClientGone:
+            self.node.metrics.rejected.labels("client_gone").inc()
+            log.info("%s %s: peer disconnected mid-request", scope.get("method"), scope.get("path"))
+
+    # ---- routing ----
+
+    async def route(self, req: Request, send) -> None:
+        parts = req.parts
+        head = parts[0] if parts else ""
+        if head == "healthz" and len(parts) == 1:
+            self._method(req, "GET")
+            return await send_response(send, 200, b"ok\n", b"text/plain")
+        if head == "metrics" and len(parts) == 1:
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await send_response(
+                send, 200, self.node.metrics.render(), b"text/plain; version=0.0.4"
+            )
+        if head == "v1":
+            self._check_token(req)
+            return await self.route_v1(req, parts[1:], send)
+        if head == "files":
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await self.compat_files(req, parts[1:], send)
+        if head == "segments":
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await self.serve_segment(req, "/".join(parts[1:]), send)
+        raise HttpError(404, "not_found", "no such endpoint")
+
+    async def route_v1(self, req: Request, parts: list[str], send) -> None:
+        op = parts[0] if parts else ""
+        if op == "segments" and len(parts) >= 2:
+            path = "/".join(parts[1:])
+            if req.method == "PUT":
+                return await self.receive_segment(req, path, send)
+            self._method(req, "GET")
+            return await self.serve_segment(req, path, send)
+        handlers = {
+            "offer": (m.Offer, self.on_offer),
+            "tombstone": (m.Tombstone, self.on_tombstone),
+            "pair-digests": (m.PairDigestsRequest, self.on_pair_digests),
+            "hour-digests": (m.HourDigestsRequest, self.on_hour_digests),
+            "listing": (m.ListingRequest, self.on_listing),
+            "status": (m.StatusRequest, self.on_status),
+        }
+        if len(parts) != 1 or op not in handlers:
+            raise HttpError(404, "not_found", "no such /v1 endpoint")
+        self._method(req, "POST")
+        cls, handler = handlers[op]
+        body = await req.body(limits.MAX_REQUEST_BYTES)
+        try:
+            message = m.decode(body, cls, limits.MAX_REQUEST_BYTES)
+        except ProtocolError as e:
+            raise HttpError(400, "bad_message", str(e)) from None
+        reply = await handler(message)
+        await send_response(send, 200, m.encode(reply) if isinstance(reply, m.Message)
+                            else reply, MSGPACK)
+
+    def _method(self, req: Request, allowed: str) -> None:
+        if req.method != allowed:
+            raise HttpError(405, "bad_method", f"{req.method} not allowed here; use {allowed}")
+
+    def _check_token(self, req: Request) -> None:
+        token = self.node.config.token
+        if token is None:
+            return
+        expected = b"Bearer " + token.encode()
+        got = req.header(b"authorization") or b""
+        if not hmac.compare_digest(got, expected):
+            raise HttpError(401, "unauthorized", "missing or wrong bearer token")
+
+    def _check_read_auth(self, req: Request) -> None:
+        if self.node.config.protect_reads:
+            self._check_token(req)
+
+    # ---- /v1 handlers ----
+
+    async def on_offer(self, offer: m.Offer) -> m.OfferReply:
+        return m.OfferReply(await self.node.offer_status(offer.segment))
+
+    async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
+        status = await self.node.accept_tombstone(msg.segment, source="push")
+        return m.Ack(status)
+
+    async def on_pair_digests(self, req: m.PairDigestsRequest) -> m.PairDigests:
+        pairs = self.node.index.pair_digests(req.first_hour, req.last_hour)
+        return m.PairDigests(req.first_hour, req.last_hour, pairs)
+
+    async def on_hour_digests(self, req: m.HourDigestsRequest) -> m.HourDigests:
+        hours = self.node.index.hour_digests(req.channel, req.quality, req.first_hour, req.last_hour)
+        return m.HourDigests(req.channel, req.quality, hours)
+
+    async def on_listing(self, req: m.ListingRequest) -> m.Listing:
+        names = self.node.index.replicable(req.channel, req.quality, req.hour)
+        return m.Listing(req.channel, req.quality, req.hour, names)
+
+    async def on_status(self, req: m.StatusRequest) -> bytes:
+        import msgpack
+
+        return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status",
+                              **self.node.status()}, use_bin_type=True)
+
+    async def receive_segment(self, req: Request, path: str, send) -> None:
+        try:
+            name, kind = parse_path(path)
+        except SegmentNameError as e:
+            raise HttpError(400, "bad_name", str(e)) from None
+        if kind is not Kind.SEGMENT:
+            raise HttpError(400, "bad_name", "PUT takes a .ts segment path")
+        size = req.content_length()
+        if size is None:
+            raise HttpError(411, "length_required", "Content-Length is required")
+        if size > self.node.config.max_segment_bytes:
+            raise HttpError(413, "too_large", f"segment larger than "
+                            f"{self.node.config.max_segment_bytes} bytes")
+        async with self.upload_slots:
+            try:
+                status = await self.node.accept_segment(name, size, req.chunks(), source="push")
+            except WriteRejected as e:
+                if e.reason == "tombstoned":
+                    status = "tombstoned"
+                else:
+                    code = 422 if e.reason in ("hash_mismatch", "temp") else 400
+                    raise HttpError(code, e.reason, str(e)) from None
+            except OSError as e:
+                raise HttpError(507, "storage_error", f"could not store {path}: {e.strerror}") \
+                    from None
+        await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
+
+    async def serve_segment(self, req: Request, path: str, send) -> None:
+        try:
+            name, kind = parse_path(path)
+        except SegmentNameError as e:
+            raise HttpError(400, "bad_name", str(e)) from None
+        if kind is not Kind.SEGMENT:
+            raise HttpError(400, "bad_name", "only .ts segments are served")
+        try:
+            f = await trio.to_thread.run_sync(self.node.store.open_segment, name)
+        except (FileNotFoundError, NotADirectoryError):
+            raise HttpError(404, "not_found", f"{path}: no such segment, or tombstoned") from None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"video/mp2t"), (b"content-length", str(size).encode())]})
+            sent = 0
+            while sent < size:
+                chunk = await trio.to_thread.run_sync(f.read, min(UPLOAD_BUFFER, size - sent))
+                if not chunk:
+                    break  # truncated under us: the client sees a short body and rejects it
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": sent < size})
+            if sent < size:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.node.metrics.bytes.labels("served").inc(sent)
+        finally:
+            f.close()
+
+    # ---- compat endpoints ----
+
+    async def compat_files(self, req: Request, parts: list[str], send) -> None:
+        try:
+            if len(parts) == 2:
+                channel = validate_component(parts[0], "channel")
+                quality = validate_component(parts[1], "quality")
+                body = self.node.index.hours(channel, quality)
+            elif len(parts) == 3:
+                channel = validate_component(parts[0], "channel")
+                quality = validate_component(parts[1], "quality")
+                parse_hour(parts[2])
+                flag = req.query.get("tombstones", ["false"])
+                if len(flag) != 1 or flag[0] not in ("true", "false"):
+                    raise HttpError(400, "bad_query", "tombstones must be true or false")
+                names = self.node.index.replicable(channel, quality, parts[2])
+                if flag[0] == "false":
+                    names = [n for n in names if n.endswith(".ts")]
+                body = names
+            else:
+                raise HttpError(404, "not_found", "use /files/CHANNEL/QUALITY[/HOUR]")
+        except SegmentNameError as e:
+            raise HttpError(400, "bad_name", str(e)) from None
+        await send_response(send, 200, json_body(body), b"application/json")

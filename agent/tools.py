@@ -1,0 +1,1 @@
+"""The operator's manual tools (status, tombstone, purge, dupes, demo) register here."""

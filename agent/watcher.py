@@ -1,0 +1,160 @@
+"""watchdog's observer thread, bridged into trio through a bounded hand-off.
+
+The watchdog thread never blocks: it appends to a bounded buffer and, at most once
+per batch, wakes the trio side. When the buffer is full, or inotify reports that the
+kernel dropped events, the bridge flags "rescan" instead of losing the work.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+# watchdog logs (and then swallows) inotify's IN_Q_OVERFLOW under this logger.
+INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """A path that may have become (or stopped being) a final file."""
+
+    path: str
+    deleted: bool = False
+    directory: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    events: list[FileEvent]
+    rescan: str | None  # reason, when events were lost
+
+
+class WatchBridge:
+    """Thread-safe bounded hand-off from the watchdog thread to one trio task."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, max_events: int = 10_000) -> None:
+        self._token = token
+        self._max = max_events
+        self._lock = threading.Lock()
+        self._events: collections.deque[FileEvent] = collections.deque()
+        self._rescan: str | None = None
+        self._wake_pending = False
+        self._ready = trio.Event()
+
+    # -- thread side: never blocks --
+    def put(self, event: FileEvent) -> None:
+        with self._lock:
+            if len(self._events) >= self._max:
+                self._events.clear()  # everything will be found by the rescan
+                self._rescan = "overflow"
+            else:
+                self._events.append(event)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def overflow(self, reason: str = "inotify_overflow") -> None:
+        with self._lock:
+            self._events.clear()
+            self._rescan = reason
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._token.run_sync_soon(self._ready.set)
+        except trio.RunFinishedError:
+            pass
+
+    # -- trio side --
+    async def get(self) -> Batch:
+        await self._ready.wait()
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+            rescan, self._rescan = self._rescan, None
+            self._wake_pending = False
+            self._ready = trio.Event()
+        return Batch(events, rescan)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, bridge: WatchBridge) -> None:
+        self.bridge = bridge
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        if isinstance(event, (FileClosedEvent, FileCreatedEvent)):
+            self.bridge.put(FileEvent(src))
+        elif isinstance(event, FileMovedEvent):
+            self.bridge.put(FileEvent(src, deleted=True))
+            self.bridge.put(FileEvent(os.fsdecode(event.dest_path)))
+        elif isinstance(event, FileDeletedEvent):
+            self.bridge.put(FileEvent(src, deleted=True))
+        elif isinstance(event, DirMovedEvent):
+            self.bridge.put(FileEvent(os.fsdecode(event.dest_path), directory=True))
+        elif isinstance(event, DirCreatedEvent):
+            self.bridge.put(FileEvent(src, directory=True))
+
+
+class _OverflowSpotter(logging.Filter):
+    """Turns watchdog's 'queue overflowed' log line into a rescan request."""
+
+    def __init__(self, bridge: WatchBridge) -> None:
+        super().__init__()
+        self.bridge = bridge
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in record.getMessage().lower():
+            self.bridge.overflow()
+        return True
+
+
+class ArchiveWatcher:
+    """Runs the observer for the lifetime of `run`; stops and joins it on exit."""
+
+    def __init__(self, root: Path, max_events: int = 10_000) -> None:
+        self.root = root
+        self.max_events = max_events
+        self.bridge: WatchBridge | None = None
+
+    async def run(self, handle_batch, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        bridge = self.bridge = WatchBridge(trio.lowlevel.current_trio_token(), self.max_events)
+        observer = Observer()
+        observer.schedule(_Handler(bridge), str(self.root), recursive=True)
+        spotter = _OverflowSpotter(bridge)
+        inotify_log = logging.getLogger(INOTIFY_LOGGER)
+        inotify_log.addFilter(spotter)
+        observer.start()
+        try:
+            task_status.started()
+            while True:
+                batch = await bridge.get()
+                await handle_batch(batch)
+        finally:
+            inotify_log.removeFilter(spotter)
+            observer.stop()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(observer.join, 5)

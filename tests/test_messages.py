@@ -1,0 +1,553 @@
+"""Wire messages: round trips, and strict, bounded decoding of untrusted bytes."""
+
+from __future__ import annotations
+
+import string
+import time
+import tracemalloc
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import limits
+from protocol.digests import hours_between
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    ACK_STATUSES,
+    MESSAGE_TYPES,
+    OFFER_STATUSES,
+    Ack,
+    Error,
+    HourDigests,
+    HourDigestsRequest,
+    Listing,
+    ListingRequest,
+    Message,
+    Offer,
+    OfferReply,
+    PairDigests,
+    PairDigestsRequest,
+    StatusRequest,
+    Tombstone,
+    decode,
+    encode,
+    unpack_bounded,
+)
+from protocol.names import Kind, parse_path
+
+HASH = "7IS92rssMzoSBQDIevHStbTNy-URRV3Vw-jzZ6pwOZM"
+HOUR = "2019-11-13T02"
+SEGMENT_FILE = f"45:51.608000-2.0-full-{HASH}.ts"
+TOMBSTONE_FILE = f"45:51.608000-2.0-full-{HASH}.tombstone"
+SEGMENT_PATH = f"desertbus/source/{HOUR}/{SEGMENT_FILE}"
+TOMBSTONE_PATH = f"desertbus/source/{HOUR}/{TOMBSTONE_FILE}"
+D1, D2 = bytes(range(32)), bytes(range(32, 64))
+BIG = limits.MAX_REPLY_BYTES
+
+
+def examples() -> list[Message]:
+    """At least one valid instance of every message type."""
+    return [
+        Offer(SEGMENT_PATH, 1234567),
+        Offer(SEGMENT_PATH, 0),
+        Offer(SEGMENT_PATH, limits.MAX_SEGMENT_BYTES),
+        *(OfferReply(s) for s in OFFER_STATUSES),
+        Tombstone(TOMBSTONE_PATH),
+        *(Ack(s) for s in ACK_STATUSES),
+        PairDigestsRequest("2019-11-13T00", "2019-11-13T05"),
+        PairDigestsRequest(HOUR, HOUR),
+        PairDigests("2019-11-13T00", "2019-11-13T05", []),
+        PairDigests(
+            "2019-11-13T00", "2019-11-13T05",
+            [("desertbus", "source", D1), ("desertbus", "480p", D2)],
+        ),
+        HourDigestsRequest("desertbus", "source", "2019-11-01T00", "2019-11-13T05"),
+        HourDigests("desertbus", "source", []),
+        HourDigests("desertbus", "source", [("2019-11-13T00", D1), ("2019-11-13T01", D2)]),
+        ListingRequest("desertbus", "source", HOUR),
+        Listing("desertbus", "source", HOUR, []),
+        Listing(
+            "desertbus", "source", HOUR,
+            [SEGMENT_FILE, TOMBSTONE_FILE, f"00:00.000000-2.002-suspect-{HASH}.ts",
+             f"00:02.002000-1.5-partial-{HASH}.ts"],
+        ),
+        StatusRequest(),
+        Error("bad_request", "that was not a segment path"),
+        Error("", ""),
+    ]
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def obj_of(message: Message) -> dict:
+    return msgpack.unpackb(encode(message), raw=False)
+
+
+def rejects(data, *fragments: str, **kwargs) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode(data, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    return info.value
+
+
+def decodes_or_protocol_error(data, **kwargs) -> None:
+    """The contract of decode: a Message, or ProtocolError; nothing else, ever."""
+    try:
+        message = decode(data, **kwargs)
+    except ProtocolError:
+        return
+    assert isinstance(message, Message)
+    assert type(message) in MESSAGE_TYPES.values()
+
+
+# ---- round trips ----
+
+def test_examples_cover_every_message_type():
+    assert {type(m) for m in examples()} == set(MESSAGE_TYPES.values())
+    for type_name, cls in MESSAGE_TYPES.items():
+        assert cls.TYPE == type_name
+
+
+@pytest.mark.parametrize("message", examples(), ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(message):
+    data = encode(message)
+    assert isinstance(data, bytes)
+    decoded = decode(data, max_bytes=BIG)
+    assert decoded == message
+    assert type(decoded) is type(message)
+    assert encode(decoded) == data
+    assert decode(data, expect=type(message), max_bytes=BIG) == message
+
+
+@pytest.mark.parametrize("message", examples(), ids=lambda m: type(m).__name__)
+def test_wire_form_is_a_versioned_map(message):
+    obj = obj_of(message)
+    assert obj["v"] == limits.PROTOCOL_VERSION == 1
+    assert obj["type"] == message.TYPE
+
+
+def test_decode_accepts_bytearray_and_memoryview():
+    data = encode(Offer(SEGMENT_PATH, 10))
+    assert decode(bytearray(data)) == Offer(SEGMENT_PATH, 10)
+    assert decode(memoryview(data)) == Offer(SEGMENT_PATH, 10)
+    assert decode(memoryview(b"xx" + data)[2:]) == Offer(SEGMENT_PATH, 10)
+
+
+def test_offer_and_tombstone_expose_their_segment():
+    segment, _ = parse_path(SEGMENT_PATH)
+    assert Offer(SEGMENT_PATH, 5).segment == segment
+    assert Tombstone(TOMBSTONE_PATH).segment == segment
+
+
+def test_expect_tuple():
+    data = encode(Ack("stored"))
+    assert decode(data, expect=(Offer, Ack)) == Ack("stored")
+
+
+def test_expect_mismatch_is_rejected():
+    rejects(encode(Offer(SEGMENT_PATH, 1)), "expected ack, got offer", expect=Ack)
+    rejects(encode(StatusRequest()), "expected offer or tombstone", expect=(Offer, Tombstone))
+
+
+# ---- version, type, shape ----
+
+@pytest.mark.parametrize("version", [0, 2, -1, 2**40, "1", b"1", None, True, 1.0, [1]])
+def test_rejects_wrong_version(version):
+    obj = obj_of(StatusRequest())
+    obj["v"] = version
+    rejects(pack(obj), "unsupported protocol version")
+
+
+def test_rejects_missing_version():
+    rejects(pack({"type": "status_request"}), "unsupported protocol version None")
+
+
+@pytest.mark.parametrize("type_name", ["nope", "", "Offer", "OFFER", 1, None, b"offer", ["offer"]])
+def test_rejects_unknown_type(type_name):
+    rejects(pack({"v": 1, "type": type_name}), "unknown message type")
+
+
+def test_rejects_missing_type():
+    rejects(pack({"v": 1}), "unknown message type None")
+
+
+@pytest.mark.parametrize("obj", [[], [1, "offer"], 1, "offer", None, b"\x00", 1.5, True])
+def test_rejects_non_map(obj):
+    rejects(pack(obj), "must be a map")
+
+
+@pytest.mark.parametrize("message", [m for m in examples() if obj_of(m).keys() - {"v", "type"}],
+                         ids=lambda m: type(m).__name__)
+def test_rejects_each_missing_field(message):
+    full = obj_of(message)
+    for name in set(full) - {"v", "type"}:
+        obj = dict(full)
+        del obj[name]
+        rejects(pack(obj), "missing fields", name, max_bytes=BIG)
+
+
+@pytest.mark.parametrize("message", examples(), ids=lambda m: type(m).__name__)
+def test_rejects_extra_field(message):
+    obj = obj_of(message)
+    obj["extra"] = 1
+    rejects(pack(obj), "unexpected fields: extra", max_bytes=BIG)
+
+
+def test_rejects_bytes_key_as_extra_field():
+    obj = obj_of(StatusRequest())
+    obj[b"path"] = "x"
+    rejects(pack(obj), "unexpected fields")
+
+
+@pytest.mark.parametrize("key", [1, None, 1.5, True])
+def test_rejects_non_string_map_keys(key):
+    rejects(pack({"v": 1, "type": "status_request", key: 1}), "malformed msgpack")
+
+
+def test_rejects_trailing_bytes():
+    rejects(encode(StatusRequest()) + b"\xc0", "malformed msgpack")
+
+
+def test_rejects_truncated():
+    data = encode(Offer(SEGMENT_PATH, 1))
+    for cut in range(len(data)):
+        rejects(data[:cut])
+
+
+@pytest.mark.parametrize("value", ["x", 1, None, [b"x"]])
+def test_rejects_non_bytes_input(value):
+    rejects(value, "must be bytes")
+
+
+# ---- wrong field types ----
+
+def with_field(base: Message, /, **changes) -> bytes:
+    obj = obj_of(base)
+    obj.update(changes)
+    return pack(obj)
+
+
+OFFER = Offer(SEGMENT_PATH, 100)
+PAIRS = PairDigests("2019-11-13T00", "2019-11-13T05", [("desertbus", "source", D1)])
+HOURS = HourDigests("desertbus", "source", [("2019-11-13T00", D1)])
+LISTING = Listing("desertbus", "source", HOUR, [SEGMENT_FILE])
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (with_field(OFFER, size=True), "size must be an integer"),
+        (with_field(OFFER, size=False), "size must be an integer"),
+        (with_field(OFFER, size=1.0), "size must be an integer"),
+        (with_field(OFFER, size="100"), "size must be an integer"),
+        (with_field(OFFER, size=None), "size must be an integer"),
+        (with_field(OFFER, size=-1), "size must be an integer"),
+        (with_field(OFFER, size=limits.MAX_SEGMENT_BYTES + 1), "size must be an integer"),
+        (with_field(OFFER, size=2**64 - 1), "size must be an integer"),
+        (with_field(OFFER, path=b"a/b/c/d.ts"), "path must be a string"),
+        (with_field(OFFER, path=None), "path"),
+        (with_field(OFFER, path=[SEGMENT_PATH]), "path"),
+        (with_field(OfferReply("want"), status=b"want"), "status must be one of"),
+        (with_field(OfferReply("want"), status="stored"), "status must be one of"),
+        (with_field(OfferReply("want"), status=["want"]), "status must be one of"),
+        (with_field(Ack("stored"), status="want"), "status must be one of"),
+        (with_field(Ack("stored"), status=1), "status must be one of"),
+        (with_field(Error("a", "b"), code=1), "code must be a string"),
+        (with_field(Error("a", "b"), message=b"b"), "message must be a string"),
+        (with_field(PAIRS, pairs={"a": 1}), "pairs must be an array"),
+        (with_field(PAIRS, pairs="abc"), "pairs must be an array"),
+        (with_field(PAIRS, pairs=[["desertbus", "source"]]), "array of 3 items"),
+        (with_field(PAIRS, pairs=[["desertbus", "source", D1, 1]]), "array of 3 items"),
+        (with_field(PAIRS, pairs=["desertbus"]), "array of 3 items"),
+        (with_field(PAIRS, pairs=[["desertbus", "source", D1[:31]]]), "32 bytes"),
+        (with_field(PAIRS, pairs=[["desertbus", "source", D1.hex()]]), "32 bytes"),
+        (with_field(PAIRS, pairs=[[b"desertbus", "source", D1]]), "channel must be a string"),
+        (with_field(PAIRS, pairs=[["desertbus", 1, D1]]), "quality must be a string"),
+        (with_field(PAIRS, first_hour=2019), "first_hour"),
+        (with_field(HOURS, hours=[["2019-11-13T00"]]), "array of 2 items"),
+        (with_field(HOURS, hours=[["2019-11-13T00", D1 + b"x"]]), "32 bytes"),
+        (with_field(HOURS, hours=[[b"2019-11-13T00", D1]]), "hour"),
+        (with_field(HOURS, hours=None), "hours must be an array"),
+        (with_field(HOURS, channel=None), "channel must be a string"),
+        (with_field(LISTING, names="abc"), "names must be an array"),
+        (with_field(LISTING, names=[SEGMENT_FILE[:40].encode()]), "name must be a string"),
+        (with_field(LISTING, names=[1]), "name must be a string"),
+        (with_field(LISTING, names=[[SEGMENT_FILE]]), "name must be a string"),
+        (with_field(ListingRequest("a", "b", HOUR), hour=None), "hour"),
+        (with_field(HourDigestsRequest("a", "b", HOUR, HOUR), last_hour=1.5), "last_hour"),
+    ],
+)
+def test_rejects_wrong_field_types(data, fragment):
+    rejects(data, fragment, max_bytes=BIG)
+
+
+# ---- invalid names and hours inside messages ----
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (with_field(OFFER, path=TOMBSTONE_PATH), "must name a segment"),
+        (with_field(OFFER, path="/" + SEGMENT_PATH), "absolute"),
+        (with_field(OFFER, path="../" + SEGMENT_PATH), "components"),
+        (with_field(OFFER, path="../source/" + HOUR + "/" + SEGMENT_FILE), "channel"),
+        (with_field(OFFER, path=SEGMENT_PATH.replace("full", "bogus")), "type"),
+        (with_field(OFFER, path=SEGMENT_PATH.replace("2.0", "0")), "duration"),
+        (with_field(OFFER, path=SEGMENT_PATH[:-2] + "N.ts"), "hash"),
+        (with_field(OFFER, path=""), "components"),
+        (with_field(Tombstone(TOMBSTONE_PATH), path=SEGMENT_PATH), "must name a tombstone"),
+        (with_field(Tombstone(TOMBSTONE_PATH), path="a\\b/c/d/e"), "NUL"),
+        (with_field(PairDigestsRequest(HOUR, HOUR), first_hour="2019-13-01T00"), "first_hour"),
+        (with_field(PairDigestsRequest(HOUR, HOUR), last_hour="2019-11-13T24"), "last_hour"),
+        (with_field(PairDigestsRequest(HOUR, HOUR), first_hour="2019-11-13 02"), "first_hour"),
+        (with_field(PairDigestsRequest(HOUR, HOUR), first_hour="2019-11-13T03"), "before"),
+        (with_field(HourDigestsRequest("a", "b", HOUR, HOUR), first_hour="2019-11-13T03"), "before"),
+        (with_field(HourDigestsRequest("a", "b", HOUR, HOUR), channel=".."), "channel"),
+        (with_field(HourDigestsRequest("a", "b", HOUR, HOUR), quality="a/b"), "quality"),
+        (with_field(HourDigestsRequest("a", "b", HOUR, HOUR), channel=""), "channel is empty"),
+        (with_field(PAIRS, pairs=[["desertbus", ".hidden", D1]]), "quality"),
+        (with_field(PAIRS, pairs=[["a\x00b", "source", D1]]), "channel"),
+        (with_field(HOURS, hours=[["2019-11-13T25", D1]]), "hour"),
+        (with_field(ListingRequest("a", "b", HOUR), channel="a\\b"), "channel"),
+        (with_field(ListingRequest("a", "b", HOUR), hour="2019-11-13"), "hour"),
+        (with_field(LISTING, names=[f"45:51.608000-2.0-temp-{HASH}.ts"]), "temp"),
+        (with_field(LISTING, names=[SEGMENT_FILE.replace("full", "bogus")]), "listing name"),
+        (with_field(LISTING, names=["../../../etc/passwd"]), "listing name"),
+        (with_field(LISTING, names=[f"x/45:51.608000-2.0-full-{HASH}.ts"]), "listing name"),
+        (with_field(LISTING, names=[SEGMENT_FILE, "README.txt"]), "listing name"),
+        (with_field(LISTING, hour="2019-02-30T00"), "hour"),
+        (with_field(LISTING, channel="."), "channel"),
+    ],
+)
+def test_rejects_invalid_names_and_hours(data, fragment):
+    rejects(data, fragment, max_bytes=BIG)
+
+
+def test_hour_range_limit():
+    first = "2019-01-01T00"
+    ok = PairDigestsRequest(first, "2020-12-31T00")  # within 2 * 366 days
+    assert decode(encode(ok)) == ok
+    # One hour more than the limit is rejected; exactly the limit is fine.
+    hours = hours_between("2018-01-01T00", "2021-01-01T00")
+    assert len(hours) > limits.MAX_HOUR_RANGE + 1
+    last_ok = hours[-1 - limits.MAX_HOUR_RANGE]
+    too_far = hours[-2 - limits.MAX_HOUR_RANGE]
+    start = hours[-1]
+    assert decode(encode(PairDigestsRequest(start, last_ok))) == PairDigestsRequest(start, last_ok)
+    rejects(encode(PairDigestsRequest(start, too_far)), "hour range longer")
+    rejects(encode(HourDigestsRequest("a", "b", start, too_far)), "hour range longer")
+
+
+def test_too_many_pairs_and_hours():
+    pairs = [["c", "q", D1]] * (limits.MAX_PAIRS + 1)
+    rejects(with_field(PAIRS, pairs=pairs), "too many pairs", max_bytes=BIG)
+    hours = [["2019-11-13T00", D1]] * (limits.MAX_HOUR_RANGE + 2)
+    rejects(with_field(HOURS, hours=hours), "too many hours", max_bytes=BIG)
+
+
+# ---- sizes and limits ----
+
+def test_rejects_oversize_buffer():
+    data = encode(Error("x", "y" * 100))
+    assert decode(data, max_bytes=len(data)) == Error("x", "y" * 100)
+    rejects(data, "larger than", max_bytes=len(data) - 1)
+    rejects(b"\x00" * (limits.MAX_REQUEST_BYTES + 1), "larger than")
+    rejects(memoryview(b"\x00" * 100), "larger than", max_bytes=99)
+
+
+def test_default_max_is_request_limit():
+    big = Listing("desertbus", "source", HOUR, [SEGMENT_FILE] * 1000)
+    data = encode(big)
+    assert len(data) > limits.MAX_REQUEST_BYTES
+    rejects(data, "larger than")
+    assert decode(data, max_bytes=limits.MAX_REPLY_BYTES) == big
+
+
+def test_string_length_limit():
+    ok = Error("code", "m" * limits.MAX_STRING)
+    assert decode(encode(ok)) == ok
+    rejects(encode(Error("code", "m" * (limits.MAX_STRING + 1))), "malformed msgpack")
+
+
+def test_binary_length_limit():
+    rejects(with_field(HOURS, hours=[["2019-11-13T00", b"\x00" * (limits.MAX_BINARY + 1)]]),
+            "malformed msgpack")
+    assert unpack_bounded(pack(b"\x00" * limits.MAX_BINARY), 1000) == b"\x00" * limits.MAX_BINARY
+
+
+def test_array_length_limit():
+    assert len(unpack_bounded(pack([0] * limits.MAX_ARRAY), BIG)) == limits.MAX_ARRAY
+    rejects(with_field(LISTING, names=[0] * (limits.MAX_ARRAY + 1)), "malformed msgpack",
+            max_bytes=BIG)
+
+
+def test_map_length_limit():
+    obj = obj_of(StatusRequest())
+    obj.update({f"k{i}": i for i in range(limits.MAX_MAP - 2)})
+    assert len(unpack_bounded(pack(obj), BIG)) == limits.MAX_MAP
+    obj["one_more"] = 0
+    rejects(pack(obj), "malformed msgpack")
+
+
+def test_ext_types_are_rejected_or_harmless():
+    rejects(with_field(OFFER, size=msgpack.ExtType(1, b"abc")), max_bytes=BIG)
+    rejects(pack({"v": 1, "type": "status_request", "t": msgpack.Timestamp(1, 2)}))
+
+
+def test_too_many_containers():
+    obj = obj_of(LISTING)
+    obj["names"] = [[] for _ in range(limits.MAX_ARRAY)]
+    obj["more"] = [[] for _ in range(limits.MAX_CONTAINERS - limits.MAX_ARRAY + 10)]
+    rejects(pack(obj), "too many arrays or maps", max_bytes=BIG)
+
+
+def quickly_rejected(data: bytes, *fragments: str, max_bytes: int = BIG) -> None:
+    """Rejected with ProtocolError, fast, and without allocating much memory."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        rejects(data, *fragments, max_bytes=max_bytes)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0
+    assert peak < 16 * 1024 * 1024, f"decoding {len(data)} bytes peaked at {peak} bytes"
+
+
+def test_100k_empty_arrays_rejected_quickly():
+    quickly_rejected(pack([[] for _ in range(100_000)]))
+    quickly_rejected(b"\x90" * 100_000)  # not one message: the rest is extra data
+    # As fields of a message: within the array limit, beyond the container budget.
+    quickly_rejected(b"\x83\xa1v\x01\xa4type\xa7listing\xa1a" + b"\xdd\x00\x01\x86\xa0"
+                     + b"\x90" * 100_000)
+    obj = {"v": 1, "type": "listing", "a": [[]] * 50_000, "b": [[]] * 50_000}
+    quickly_rejected(pack(obj), "too many arrays or maps")
+
+
+def test_deep_nesting_rejected_quickly():
+    quickly_rejected(b"\x91" * 100_000 + b"\xc0")
+    quickly_rejected(b"\x81\xa1k" * 30_000 + b"\xc0")
+    depth = limits.MAX_DEPTH
+    assert unpack_bounded(b"\x91" * depth + b"\xc0", BIG) is not None
+    with pytest.raises(ProtocolError, match="deeper"):
+        unpack_bounded(b"\x91" * (depth + 1) + b"\xc0", BIG)
+
+
+def test_nested_huge_array_headers_do_not_allocate():
+    # Each header declares 50,000 items (msgpack allocates the slots up front):
+    # a few KB must not turn into tens of MB.
+    quickly_rejected(b"\xdd\x00\x00\xc3\x50" * 1000, max_bytes=limits.MAX_REQUEST_BYTES)
+    quickly_rejected(b"\xdc\xc3\x50" * 20_000)
+    quickly_rejected(b"\xdf\x00\x00\x00\x10" * 1000)
+
+
+# ---- hypothesis ----
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=4096))
+def test_random_bytes_decode_or_protocol_error(data):
+    decodes_or_protocol_error(data, max_bytes=BIG)
+
+
+@st.composite
+def mutated_encodings(draw) -> bytes:
+    data = bytearray(encode(draw(st.sampled_from(examples()))))
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and data:
+            data[pos] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xA0, 0xC0, 0xC1, 0xC2, 0xC3,
+                                              0xC4, 0xC7, 0xCA, 0xCB, 0xCC, 0xCF, 0xD3, 0xD4,
+                                              0xD9, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFF,
+                                              draw(st.integers(0, 255))]))
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete" and data:
+            del data[pos:pos + draw(st.integers(1, 4))]
+        else:
+            del data[pos:]
+    return bytes(data)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_encodings())
+def test_mutated_encodings_decode_or_protocol_error(data):
+    decodes_or_protocol_error(data, max_bytes=BIG)
+    decodes_or_protocol_error(data)
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False), st.text(max_size=20), st.binary(max_size=40),
+)
+msgpack_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(st.text(max_size=6), children, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+def depth_of(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(msgpack_values)
+def test_unpack_bounded_agrees_with_msgpack_within_limits(value):
+    data = pack(value)
+    if depth_of(value) <= limits.MAX_DEPTH:
+        assert unpack_bounded(data, BIG) == msgpack.unpackb(data, raw=False)
+    else:
+        with pytest.raises(ProtocolError, match="deeper"):
+            unpack_bounded(data, BIG)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "type", "path", "size", "status", "channel",
+                                        "quality", "hour", "names", "hours", "pairs",
+                                        "first_hour", "last_hour", "code", "message"]),
+                       st.one_of(msgpack_values, st.sampled_from(
+                           [1, SEGMENT_PATH, TOMBSTONE_PATH, HOUR, "desertbus", [SEGMENT_FILE],
+                            *MESSAGE_TYPES]))))
+def test_random_maps_decode_or_protocol_error(obj):
+    decodes_or_protocol_error(pack(obj), max_bytes=BIG)
+    obj = {**obj, "v": 1}
+    decodes_or_protocol_error(pack(obj), max_bytes=BIG)
+
+
+components = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=12)
+hours = st.datetimes().map(lambda t: f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(
+    st.builds(HourDigests, components, components,
+              st.lists(st.tuples(hours, st.binary(min_size=32, max_size=32)), max_size=20)),
+    st.builds(PairDigests, hours, hours,
+              st.lists(st.tuples(components, components, st.binary(min_size=32, max_size=32)),
+                       max_size=20)),
+    st.builds(ListingRequest, components, components, hours),
+    st.builds(Error, st.text(max_size=100), st.text(max_size=300)),
+    st.builds(OfferReply, st.sampled_from(OFFER_STATUSES)),
+))
+def test_random_valid_messages_round_trip(message):
+    assert decode(encode(message), max_bytes=BIG) == message
+
+
+def test_protocol_error_is_value_error():
+    assert issubclass(ProtocolError, ValueError)
+    assert Kind.SEGMENT is not Kind.TOMBSTONE
