@@ -197,7 +197,15 @@ class Backfiller:
                                  index.names(channel, quality, hour), now, cfg.recent_window)
                 stats.add_plan(plan)
                 for name in plan.tombstones:
-                    status = await self.node.accept_tombstone(name, source=f"pull {client.url}")
+                    try:
+                        status = await self.node.accept_tombstone(
+                            name, source=f"pull {client.url}")
+                    except OSError as e:  # full disk: a later round retries
+                        stats.failed += 1
+                        log.error("backfill: storing %s: %s", name.tombstone_path, e)
+                        self.node.metrics.pulls.labels(client.url, "tombstone",
+                                                       "storage_error").inc()
+                        continue
                     self.node.metrics.pulls.labels(client.url, "tombstone", status).inc()
                     stats.tombstones += 1
                 if plan.fetch:

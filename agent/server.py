@@ -221,7 +221,10 @@ class App:
             message = m.decode(body, cls, limits.MAX_REQUEST_BYTES)
         except ProtocolError as e:
             raise HttpError(400, "bad_message", str(e)) from None
-        reply = await handler(message)
+        try:
+            reply = await handler(message)
+        except OSError as e:  # e.g. no room for a tombstone
+            raise HttpError(507, "storage_error", f"could not store: {e.strerror}") from None
         await send_response(send, 200, m.encode(reply) if isinstance(reply, m.Message)
                             else reply, MSGPACK)
 

@@ -1,0 +1,95 @@
+"""The sender dies mid-stream: the receiver discards the partial upload, nothing visible."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+from fault_helpers import AgentProcess, audit_archive
+from helpers import hours_ago, make_name, replicable_state, write_segment_file
+
+
+def wait_no_temp(agent: AgentProcess, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while audit_archive(agent.root).temps:
+        assert time.monotonic() < deadline, f"temp files stay: {audit_archive(agent.root).temps}"
+        time.sleep(0.02)
+
+
+def partial_put(url: str, path: str, data: bytes, cut: int, linger: float = 0.0,
+                rst: bool = False) -> None:
+    """A PUT announcing len(data) bytes that sends only `cut` of them, then drops."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    try:
+        s.sendall(f"PUT /v1/segments/{path} HTTP/1.1\r\nhost: x\r\n"
+                  f"content-length: {len(data)}\r\n\r\n".encode() + data[:cut])
+        time.sleep(linger)
+        if rst:  # abortive close: RST instead of FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    finally:
+        s.close()
+
+
+def test_partial_uploads_are_discarded(tmp_path):
+    rng = random.Random(61)
+    with AgentProcess(tmp_path / "r", tmp_path / "run") as receiver:
+        receiver.start()
+        data = rng.randbytes(3_000_000)
+        name = make_name(data, hours_ago(2))
+        cuts = [0, 1, 1000, len(data) // 2, len(data) - 1]
+        for i, cut in enumerate(cuts):
+            for rst in (False, True):
+                partial_put(receiver.url, name.path, data, cut, linger=0.05 * (i % 2), rst=rst)
+                wait_no_temp(receiver)
+                assert not (receiver.root / name.path).exists()
+        assert receiver.alive()
+        assert replicable_state(receiver.root) == {}
+        # every kind of refused upload was counted as a disconnect, none as stored
+        import httpx
+
+        metrics = httpx.get(f"{receiver.url}/metrics").text
+        gone = [line for line in metrics.splitlines()
+                if line.startswith("segsync_rejected") and "client_gone" in line]
+        assert gone and float(gone[0].split()[-1]) >= len(cuts) * 2 - 2, gone
+        # and the same segment still goes through whole
+        r = httpx.put(f"{receiver.url}/v1/segments/{name.path}", content=data)
+        assert r.status_code == 200
+        assert (receiver.root / name.path).read_bytes() == data
+
+
+def test_kill9_sender_agent_mid_push(tmp_path):
+    """A real sending agent killed while streaming large segments to a real receiver."""
+    rng = random.Random(62)
+    receiver = AgentProcess(tmp_path / "r", tmp_path / "run", backfill=False)
+    sender = AgentProcess(tmp_path / "s", tmp_path / "run", peers=[receiver.url],
+                          backfill=False)
+    kills = mid_stream = 0
+    try:
+        receiver.start()
+        for cycle in range(6):
+            sender.start()
+            data = rng.randbytes(rng.randrange(8_000_000, 16_000_000))
+            name = make_name(data, hours_ago(1).replace(second=cycle))
+            write_segment_file(sender.root, name, data)
+            deadline = time.monotonic() + 5
+            # kill as soon as the receiver is streaming it into a temp file
+            while not audit_archive(receiver.root).temps and time.monotonic() < deadline:
+                time.sleep(0.001)
+            mid_stream += bool(audit_archive(receiver.root).temps)
+            sender.kill()
+            kills += 1
+            wait_no_temp(receiver)
+            audit = audit_archive(receiver.root)
+            assert audit.bad == []
+            assert receiver.alive()
+        # whatever made it, made it whole; the rest is not visible at all
+        for path, content in replicable_state(receiver.root).items():
+            assert content == (sender.root / path).read_bytes()
+    finally:
+        sender.kill()
+        receiver.kill()
+    print(f"sender killed {kills} times, {mid_stream} of them mid-stream")
+    assert mid_stream >= 1
