@@ -1,14 +1,19 @@
-"""Three real agents on loopback: push replication and tombstones."""
+"""Three real agents on loopback: push replication and tombstones (issue 3)."""
 
-import datetime as dt
 import os
+import socket
 
 import httpx
+import pytest
 import trio
 
 from conftest import wait_until
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
 from protocol.names import Kind
+
+
+def no_temp_files(root):
+    return [p for p in root.rglob(".segsync-*")]
 
 
 async def test_renamed_segment_reaches_every_peer(cluster_factory):
@@ -23,3 +28,172 @@ async def test_renamed_segment_reaches_every_peer(cluster_factory):
         await trio.sleep(0.2)
         for node in c.nodes:
             assert all(p.depth() == 0 for p in node.pusher.peers.values())
+        assert c.nodes[1].metrics.received.labels("segment", "stored")._value.get() == 1
+        assert c.nodes[0].metrics.received.labels("segment", "stored")._value.get() == 0
+
+
+async def test_segment_in_new_hour_directory_is_pushed(cluster_factory):
+    """A rename into a brand-new hour directory may surface only as a synthetic event."""
+    async with cluster_factory(2) as c:
+        for i in range(5):
+            data = os.urandom(5000)
+            name = make_name(data, hours_ago(10 + i))  # each in a new hour directory
+            write_segment_file(c.root(0), name, data)
+            await wait_until(lambda: (c.root(1) / name.path).exists())
+
+
+async def test_slow_in_place_write_never_appears_partial(cluster_factory):
+    async with cluster_factory(2) as c:
+        data = os.urandom(300_000)
+        name = make_name(data, hours_ago(0))
+        target = c.root(0) / name.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remote = c.root(1) / name.path
+        with open(target, "wb") as f:
+            for i in range(0, len(data), 30_000):
+                f.write(data[i:i + 30_000])
+                f.flush()
+                await trio.sleep(0.03)
+                assert not remote.exists(), "a partial file became visible on the peer"
+        await wait_until(remote.exists)
+        assert remote.read_bytes() == data
+        assert no_temp_files(c.root(1)) == []
+
+
+async def test_tombstone_reaches_every_node_and_hides(cluster_factory):
+    async with cluster_factory(3) as c:
+        data = os.urandom(10_000)
+        name = make_name(data, hours_ago(1))
+        write_segment_file(c.root(0), name, data)
+        for i in (1, 2):
+            await wait_until(lambda: (c.root(i) / name.path).exists())
+        touch_tombstone(c.root(1), name)
+        async with httpx.AsyncClient() as http:
+            for i in (0, 2):
+                await wait_until(lambda: (c.root(i) / name.tombstone_path).exists())
+                url = f"{c.nodes[i].url}/files/{name.channel}/{name.quality}/{name.hour}"
+                r = await http.get(url, params={"tombstones": "false"})
+                assert r.status_code == 200 and r.json() == []
+                r = await http.get(url, params={"tombstones": "true"})
+                assert r.json() == [name.tombstone_filename]
+                r = await http.get(f"{c.nodes[i].url}/segments/{name.path}")
+                assert r.status_code == 404
+        # segsync never deletes a segment by itself
+        assert all((c.root(i) / name.path).exists() for i in range(3))
+
+
+async def test_tombstone_refuses_later_push(cluster_factory):
+    async with cluster_factory(2) as c:
+        data = os.urandom(1000)
+        name = make_name(data, hours_ago(1))
+        touch_tombstone(c.root(1), name)
+        await wait_until(lambda: (c.root(0) / name.tombstone_path).exists())
+        write_segment_file(c.root(0), name, data)
+        await trio.sleep(0.3)
+        assert not (c.root(1) / name.path).exists()
+
+
+async def test_stopped_or_hanging_peer_does_not_delay_others(cluster_factory):
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(1)  # accepts into the backlog, never answers
+    try:
+        async with cluster_factory(3, request_timeout=30.0) as c:
+            await c.stop_node(2)
+            a = c.nodes[0]
+            a.config.peers = [c.nodes[1].url, c.nodes[2].url,
+                              "http://127.0.0.1:%d" % blackhole.getsockname()[1]]
+            a.pusher.set_peers(a.peer_urls())
+            names = []
+            for i in range(20):
+                data = os.urandom(20_000)
+                name = make_name(data, hours_ago(0).replace(second=i))
+                write_segment_file(c.root(0), name, data)
+                names.append(name)
+            # all reach the healthy peer long before the hanging peer's 30 s timeout
+            with trio.fail_after(10):
+                await wait_until(lambda: all((c.root(1) / n.path).exists() for n in names))
+            assert a.pusher.peers[c.nodes[2].url].last_error is not None
+    finally:
+        blackhole.close()
+
+
+async def test_token_required_and_constant(tmp_path, cluster_factory):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    async with cluster_factory(2, token_file=str(token_file)) as c:
+        data = os.urandom(4096)
+        name = make_name(data, hours_ago(1))
+        url = f"{c.nodes[1].url}/v1/segments/{name.path}"
+        async with httpx.AsyncClient() as http:
+            for headers in ({}, {"authorization": "Bearer wrong"},
+                            {"authorization": "s3cret-token"}):
+                r = await http.put(url, content=data, headers=headers)
+                assert r.status_code == 401
+            assert not (c.root(1) / name.path).exists()
+            r = await http.get(f"{c.nodes[1].url}/healthz")
+            assert r.status_code == 200
+        # peers holding the token replicate normally
+        write_segment_file(c.root(0), name, data)
+        await wait_until(lambda: (c.root(1) / name.path).exists())
+
+
+async def test_corrupted_push_rejected(cluster_factory):
+    async with cluster_factory(1) as c:
+        data = os.urandom(50_000)
+        name = make_name(data, hours_ago(1))
+        url = f"{c.nodes[0].url}/v1/segments/{name.path}"
+        async with httpx.AsyncClient() as http:
+            r = await http.put(url, content=data[:-1] + b"\0")
+            assert r.status_code == 422
+            assert b"hash" in r.content
+        # a body shorter than announced: the sender dies mid-stream
+        host, port = c.nodes[0].url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            f"PUT /v1/segments/{name.path} HTTP/1.1\r\nhost: x\r\n"
+            f"content-length: {len(data) + 5}\r\n\r\n".encode() + data)
+        await stream.aclose()
+        await wait_until(lambda: c.nodes[0].metrics.rejected.labels("client_gone")._value.get())
+        assert not (c.root(0) / name.path).exists()
+        assert no_temp_files(c.root(0)) == []
+        assert c.nodes[0].metrics.hash_mismatches.labels("push")._value.get() == 1
+        # and it keeps serving
+        async with httpx.AsyncClient() as http:
+            r = await http.put(url, content=data)
+            assert r.status_code == 200
+        assert (c.root(0) / name.path).read_bytes() == data
+
+
+async def test_offer_replies(cluster_factory):
+    from agent.client import PeerClient
+
+    async with cluster_factory(1) as c:
+        data = os.urandom(100)
+        name = make_name(data, hours_ago(1))
+        client = PeerClient(c.nodes[0].url)
+        try:
+            assert await client.offer(name, len(data)) == "want"
+            write_segment_file(c.root(0), name, data)
+            assert await client.offer(name, len(data)) == "have"
+            touch_tombstone(c.root(0), name)
+            assert await client.offer(name, len(data)) == "tombstoned"
+        finally:
+            await client.aclose()
+
+
+async def test_peers_file_reload(tmp_path, cluster_factory):
+    async with cluster_factory(2, connect=False) as c:
+        peers_file = tmp_path / "peers"
+        peers_file.write_text(f"# peers\n{c.nodes[0].url}\n")
+        a = await c.start_node(peers_file=str(peers_file))
+        assert list(a.pusher.peers) == [c.nodes[0].url]
+        peers_file.write_text(f"{c.nodes[0].url}\n{c.nodes[1].url}  # second\n")
+        await wait_until(lambda: len(a.pusher.peers) == 2, timeout=5)
+        peers_file.write_text("not a url\n")
+        await trio.sleep(1.5)
+        assert len(a.pusher.peers) == 2  # kept the last good list
+        data = os.urandom(100)
+        name = make_name(data, hours_ago(1))
+        write_segment_file(c.root(2), name, data)
+        await wait_until(lambda: (c.root(1) / name.path).exists())
