@@ -1,0 +1,115 @@
+"""Configuration, the command line and clean shutdown of a real `segsync run` process."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.cli import main
+from agent.config import ConfigError, build_config, load_toml, parse_peers_text
+
+SEGSYNC = [sys.executable, "-m", "agent.cli"]
+
+
+def test_defaults(tmp_path):
+    cfg = build_config({"root": tmp_path})
+    assert cfg.listen == "127.0.0.1:8200"
+    assert (cfg.recent_window, cfg.backfill_interval, cfg.backfill_hours, cfg.max_concurrency) == (
+        120, 60, 336, 5)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({}, "--root is required"),
+    ({"listen": "nowhere"}, "HOST:PORT"),
+    ({"listen": "127.0.0.1:99999"}, "port"),
+    ({"recent_window": -1}, "recent-window"),
+    ({"backfill_interval": 0}, "backfill-interval"),
+    ({"backfill_hours": 1.5}, "whole number"),
+    ({"max_concurrency": 0}, "max-concurrency"),
+    ({"log_level": "LOUD"}, "log-level"),
+    ({"peers": ["ftp://x"]}, "http"),
+    ({"listen": "0.0.0.0:8200"}, "--token-file"),
+    ({"token_file": "/nonexistent/token"}, "token file"),
+])
+def test_bad_values_rejected(tmp_path, values, message):
+    if values:
+        values = {"root": tmp_path, **values}
+    with pytest.raises(ConfigError, match=message.replace("-", ".").replace("+", ".")):
+        build_config(values)
+
+
+def test_non_loopback_allowed_with_token_or_insecure(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("abc")
+    build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "token_file": token})
+    build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "insecure": True})
+
+
+def test_toml_and_flags(tmp_path):
+    conf = tmp_path / "segsync.toml"
+    conf.write_text(f'root = "{tmp_path}"\nrecent-window = 30\npeer = ["http://a:1"]\n')
+    values = load_toml(conf)
+    assert values == {"root": str(tmp_path), "recent_window": 30, "peers": ["http://a:1"]}
+    values.update({"recent_window": 5})  # a flag overrides the file
+    cfg = build_config(values)
+    assert cfg.recent_window == 5 and cfg.peers == ["http://a:1"]
+    conf.write_text("bogus = 1\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_toml(conf)
+    conf.write_text("root = \n")
+    with pytest.raises(ConfigError):
+        load_toml(conf)
+
+
+def test_peers_file_parsing():
+    assert parse_peers_text("# c\nhttp://a:1/\n\nhttp://b:2 # x\nhttp://a:1\n") == [
+        "http://a:1", "http://b:2"]
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_peers_text("http://a:1\nnot a url\n")
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    assert main(["run", "--root", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_cleanly_on_signal(tmp_path, sig):
+    port = free_port()
+    proc = subprocess.Popen(
+        SEGSYNC + ["run", "--root", str(tmp_path), "--listen", f"127.0.0.1:{port}",
+                   "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "agent did not come up"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "shutting down" in err
+    assert err.lstrip().startswith("{")  # JSON log lines
