@@ -206,8 +206,8 @@ class Node:
             return
         if not await trio.to_thread.run_sync(file_matches_name, self.store.path_of(name), name):
             return  # still being written, or corrupt: its next event (or a rescan) retries
-        self.index.add(name, kind)
-        self.metrics.indexed_segments.inc()
+        if self.index.add(name, kind):
+            self.metrics.indexed_segments.inc()
         if self.index.has(name, Kind.TOMBSTONE):
             return
         self.announced.add(path)
@@ -234,7 +234,7 @@ class Node:
         def scan():
             out = []
             for channel, quality, hour, names in self.store.scan(remove_temp=remove_temp):
-                listing = classify_hour(channel, quality, hour, names, self.store._log_bad)
+                listing = classify_hour(channel, quality, hour, names, self.store.log_bad_name)
                 out.append((channel, quality, hour,
                             listing.segments + listing.hidden + listing.tombstones))
             return out

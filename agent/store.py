@@ -262,7 +262,7 @@ class Store:
             try:
                 check(entry.name)
             except SegmentNameError as e:
-                self._log_bad(str(path / entry.name), str(e))
+                self.log_bad_name(str(path / entry.name), str(e))
                 continue
             out.append(entry.name)
         return sorted(out)
@@ -290,13 +290,14 @@ class Store:
 
     def list_hour(self, channel: str, quality: str, hour: str) -> HourListing:
         return classify_hour(
-            channel, quality, hour, self.raw_filenames(channel, quality, hour), self._log_bad
+            channel, quality, hour, self.raw_filenames(channel, quality, hour), self.log_bad_name
         )
 
     def hour_digest(self, channel: str, quality: str, hour: str) -> bytes:
         return hour_digest(self.list_hour(channel, quality, hour).replicable)
 
-    def _log_bad(self, path: str, why: str) -> None:
+    def log_bad_name(self, path: str, why: str) -> None:
+        """Warn about a name that does not parse, once per path (bounded memory)."""
         if path in self._bad_logged:
             return
         if len(self._bad_logged) < _MAX_LOGGED_BAD_NAMES:
