@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PEER_LIST_POLL = 1.0  # seconds between checks of the peer list for added/removed peers
+
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -113,10 +115,38 @@ class Backfiller:
         }
 
     async def run(self) -> None:
-        cfg = self.node.config
-        while True:
-            await self.round_all(self.node.peer_urls())
-            await trio.sleep(jittered(cfg.backfill_interval, 0.2, self.rng))
+        """One loop per peer, so a slow, hanging or hostile peer never holds back the
+        others' rounds; follows peer-list changes (a new peer's first round waits one
+        interval, the peers known at start-up go at once)."""
+        loops: dict[str, trio.CancelScope] = {}
+        at_start = True
+        async with trio.open_nursery() as nursery:
+            while True:
+                urls = self.node.peer_urls()
+                for url in list(loops):
+                    if url not in urls:
+                        loops.pop(url).cancel()
+                        self.peers.pop(url, None)
+                for url in urls:
+                    if url not in loops:
+                        loops[url] = trio.CancelScope()
+                        nursery.start_soon(self._peer_loop, url, loops[url], at_start)
+                at_start = False
+                await trio.sleep(PEER_LIST_POLL)
+
+    async def _peer_loop(self, url: str, scope: trio.CancelScope, start_now: bool) -> None:
+        interval = self.node.config.backfill_interval
+        with scope:
+            if not start_now:
+                await trio.sleep(jittered(interval, 0.2, self.rng))
+            while True:
+                state = self.peers.setdefault(url, PeerState())
+                await trio.sleep(state.backoff.wait_time(trio.current_time()))
+                await self.round_with_peer(url)
+                self.rounds_done += 1
+                self.round_finished.set()
+                self.round_finished = trio.Event()
+                await trio.sleep(jittered(interval, 0.2, self.rng))
 
     async def round_all(self, urls: list[str], progress: Progress | None = None
                         ) -> list[RoundResult]:

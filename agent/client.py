@@ -8,7 +8,7 @@ hard size limit and decoded by the bounded protocol decoder.
 from __future__ import annotations
 
 import os
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -21,6 +21,11 @@ from protocol.errors import ProtocolError
 from protocol.names import Kind, SegmentName
 
 READ_CHUNK = 512 * 1024
+# httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
+# byte per second would hold a request forever. Every exchange also has a deadline:
+# control messages `CALL_DEADLINE_FACTOR * timeout`, transfers `timeout + bytes / MIN_RATE`.
+CALL_DEADLINE_FACTOR = 3
+MIN_RATE = 64 * 1024  # bytes per second
 
 
 class PeerError(Exception):
@@ -55,6 +60,7 @@ class PeerClient:
         if node_name:
             headers["x-segsync-node"] = node_name
         self.gate = trio.Semaphore(concurrency)
+        self.timeout = timeout
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -77,6 +83,14 @@ class PeerClient:
                 raise PeerError(self.url, f"reply larger than {limit} bytes")
         return bytes(buf)
 
+    @contextmanager
+    def _deadline(self, seconds: float, what: str):
+        """A whole-exchange deadline; running past it is a PeerError."""
+        with trio.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise PeerError(self.url, f"{what}: no complete exchange within {seconds:.0f}s")
+
     def _error_text(self, status: int, body: bytes) -> str:
         try:
             err = m.decode(body, m.Error, limits.MAX_REQUEST_BYTES)
@@ -89,14 +103,15 @@ class PeerClient:
         """POST a message, return the decoded reply of the expected type."""
         body = m.encode(message)
         async with self.gate:
-            try:
-                async with self.http.stream(
-                    "POST", path, content=body,
-                    headers={"content-type": "application/msgpack"},
-                ) as response:
-                    data = await self._read_limited(response, max_reply)
-            except httpx.HTTPError as e:
-                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+            with self._deadline(self.timeout * CALL_DEADLINE_FACTOR, path):
+                try:
+                    async with self.http.stream(
+                        "POST", path, content=body,
+                        headers={"content-type": "application/msgpack"},
+                    ) as response:
+                        data = await self._read_limited(response, max_reply)
+                except httpx.HTTPError as e:
+                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
         if response.status_code != 200:
             raise PeerError(self.url, self._error_text(response.status_code, data),
                             response.status_code)
@@ -133,17 +148,19 @@ class PeerClient:
                     yield chunk
 
             async with self.gate:
-                try:
-                    response = await self.http.put(
-                        f"/v1/segments/{name.path}", content=body(),
-                        headers={"content-length": str(size),
-                                 "content-type": "video/mp2t"},
-                    )
-                except httpx.HTTPError as e:
-                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                with self._deadline(self.timeout + size / MIN_RATE, f"upload {name.path}"):
+                    try:
+                        async with self.http.stream(
+                            "PUT", f"/v1/segments/{name.path}", content=body(),
+                            headers={"content-length": str(size),
+                                     "content-type": "video/mp2t"},
+                        ) as response:
+                            # a reply is an Ack or an Error: never read more than that
+                            data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
+                    except httpx.HTTPError as e:
+                        raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
         finally:
             f.close()
-        data = response.content[: limits.MAX_REQUEST_BYTES + 1]
         if response.status_code != 200:
             raise PeerError(self.url, self._error_text(response.status_code, data),
                             response.status_code)
@@ -174,15 +191,17 @@ class PeerClient:
 
         body = m.encode(m.StatusRequest())
         async with self.gate:
-            try:
-                response = await self.http.post("/v1/status", content=body)
-            except httpx.HTTPError as e:
-                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+            with self._deadline(self.timeout * CALL_DEADLINE_FACTOR, "/v1/status"):
+                try:
+                    async with self.http.stream("POST", "/v1/status", content=body) as response:
+                        data = await self._read_limited(response, limits.MAX_REPLY_BYTES)
+                except httpx.HTTPError as e:
+                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
         if response.status_code != 200:
-            raise PeerError(self.url, self._error_text(response.status_code, response.content),
+            raise PeerError(self.url, self._error_text(response.status_code, data),
                             response.status_code)
         try:
-            obj = m.unpack_bounded(response.content, limits.MAX_REPLY_BYTES)
+            obj = m.unpack_bounded(data, limits.MAX_REPLY_BYTES)
         except ProtocolError as e:
             raise PeerError(self.url, f"bad status reply: {e}") from None
         if not isinstance(obj, dict):
@@ -196,7 +215,8 @@ class PeerClient:
             try:
                 async with self.http.stream("GET", f"/v1/segments/{name.path}") as response:
                     if response.status_code != 200:
-                        data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
+                        with self._deadline(self.timeout, f"error reply for {name.path}"):
+                            data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
                         raise PeerError(self.url, self._error_text(response.status_code, data),
                                         response.status_code)
                     declared = response.headers.get("content-length")
@@ -204,9 +224,15 @@ class PeerClient:
                     if size is not None and size > max_bytes:
                         raise PeerError(self.url, f"{name.path}: {size} bytes is over the limit")
 
+                    deadline = trio.current_time() + self.timeout + (
+                        size if size is not None else max_bytes) / MIN_RATE
+
                     async def chunks() -> AsyncIterator[bytes]:
                         try:
                             async for chunk in response.aiter_raw():
+                                if trio.current_time() > deadline:
+                                    raise PeerError(self.url, f"{name.path}: sent slower than "
+                                                    f"{MIN_RATE} bytes/s")
                                 yield chunk
                         except httpx.HTTPError as e:
                             raise PeerError(self.url, f"{type(e).__name__}: {e}") from None

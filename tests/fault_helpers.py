@@ -304,12 +304,18 @@ async def trickle_peer(task_status=trio.TASK_STATUS_IGNORED, interval: float = 0
 
 
 class LyingPeer:
-    """Speaks the protocol well, lists segments, but serves bytes that do not match names."""
+    """Speaks the protocol well, lists segments, but serves bytes that do not match names.
 
-    def __init__(self, names: list) -> None:
+    mode "mismatch": wrong bytes at full speed; "slow": a segment body at one byte per
+    0.2 s; "flood": answers uploads and downloads with an endless stream of bytes.
+    """
+
+    def __init__(self, names: list, mode: str = "mismatch") -> None:
         self.names = names  # SegmentName list it claims to hold
+        self.mode = mode
         self.downloads = 0
         self.uploads = 0
+        self.flooded = 0  # most bytes one flood reply got out before the client hung up
 
     def _listing(self):
         by_hour: dict[tuple, list[str]] = {}
@@ -349,5 +355,40 @@ class LyingPeer:
             return 200, m.encode(m.Ack("stored"))
         return 404, m.encode(m.Error("not_found", target))
 
+    async def _handle(self, stream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            got = await _read_request(stream, conn)
+            if got is None:
+                return
+            req, body = got
+            segment = req.target.startswith(b"/v1/segments/")
+            if self.mode == "flood" and segment:
+                self.downloads += req.method == b"GET"
+                self.uploads += req.method == b"PUT"
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n")
+                sent, chunk = 0, b"\0" * 65536
+                try:
+                    while sent < 1_000_000_000:
+                        await stream.send_all(chunk)
+                        sent += len(chunk)
+                        self.flooded = max(self.flooded, sent)
+                finally:
+                    self.flooded = max(self.flooded, sent)
+                return
+            if self.mode == "slow" and segment and req.method == b"GET":
+                self.downloads += 1
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n")
+                for _ in range(5000):
+                    await stream.send_all(b"x")
+                    await trio.sleep(0.2)
+                return
+            status, reply = self.reply(req, body)
+            await _respond(stream, conn, status, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        finally:
+            await stream.aclose()
+
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await _serve(lambda s: _one_shot_http(s, self.reply), task_status)
+        await _serve(self._handle, task_status)

@@ -17,32 +17,44 @@ import time
 import pytest
 
 from fault_helpers import AgentProcess, audit_archive, env_int, free_port
-from helpers import hours_ago, make_name, replicable_state, write_segment_file
+from agent.store import Store
+from helpers import hours_ago, make_name, write_segment_file
 
 DEFAULT_CYCLES = env_int("SEGSYNC_CRASH_CYCLES", 12)
 SEED = env_int("SEGSYNC_CRASH_SEED", random.randrange(2**32))
 
 
-def add_segments(rng: random.Random, root, count: int, hours_back: float, counter: list[int]):
-    """Segments of 100 KB - 1.5 MB, each at a distinct start time."""
+def add_segments(rng: random.Random, root, count: int, hours_back: float, counter: list[int],
+                 max_size: int = 1_500_000):
+    """Segments of 50 KB - max_size, each at a distinct start time."""
     for _ in range(count):
         counter[0] += 1
-        data = rng.randbytes(rng.randrange(100_000, 1_500_000))
+        data = rng.randbytes(rng.randrange(50_000, max_size))
         start = hours_ago(hours_back) + dt.timedelta(seconds=counter[0] * 2)
         write_segment_file(root, make_name(data, start), data)
 
 
 def keep_writing(rng: random.Random, root, counter: list[int], done: threading.Event) -> None:
     while not done.is_set():
-        add_segments(rng, root, 1, 1 + counter[0] % 3, counter)
-        time.sleep(rng.uniform(0.0, 0.03))
+        add_segments(rng, root, 1, 1 + counter[0] % 3, counter, max_size=600_000)
+        time.sleep(rng.uniform(0.0, 0.06))
 
 
-def wait_converged(receiver: AgentProcess, sender_root, timeout: float = 60.0) -> dict:
-    want = replicable_state(sender_root)
+def replicable_names(root) -> set[str]:
+    """The replicable listing; with audit_archive's hash check, equal names mean equal bytes."""
+    store = Store(root)
+    out = set()
+    for channel, quality, hour, _ in store.scan():
+        out.update(f"{channel}/{quality}/{hour}/{f}"
+                   for f in store.list_hour(channel, quality, hour).replicable)
+    return out
+
+
+def wait_converged(receiver: AgentProcess, sender_root, timeout: float = 60.0) -> set:
+    want = replicable_names(sender_root)
     deadline = time.monotonic() + timeout
     while True:
-        got = replicable_state(receiver.root)
+        got = replicable_names(receiver.root)
         if got == want:
             return got
         assert receiver.alive(), receiver.log_tail()
