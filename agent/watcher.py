@@ -120,16 +120,22 @@ class _Handler(FileSystemEventHandler):
 
 
 class _OverflowSpotter(logging.Filter):
-    """Turns watchdog's 'queue overflowed' log line into a rescan request."""
+    """Turns watchdog's 'queue overflowed' log line into a rescan request.
 
-    def __init__(self, bridge: WatchBridge) -> None:
+    The line is a WARNING; a logger set to ERROR would drop it before any filter runs,
+    so `run` opens the logger to WARNING and this filter keeps the configured level
+    for what gets printed (`show_from`).
+    """
+
+    def __init__(self, bridge: WatchBridge, show_from: int = logging.NOTSET) -> None:
         super().__init__()
         self.bridge = bridge
+        self.show_from = show_from
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "overflow" in record.getMessage().lower():
             self.bridge.overflow()
-        return True
+        return record.levelno >= self.show_from
 
 
 class ArchiveWatcher:
@@ -144,8 +150,11 @@ class ArchiveWatcher:
         bridge = self.bridge = WatchBridge(trio.lowlevel.current_trio_token(), self.max_events)
         observer = Observer()
         observer.schedule(_Handler(bridge), str(self.root), recursive=True)
-        spotter = _OverflowSpotter(bridge)
         inotify_log = logging.getLogger(INOTIFY_LOGGER)
+        saved_level = inotify_log.level
+        spotter = _OverflowSpotter(bridge, inotify_log.getEffectiveLevel())
+        # pinned here, so raising the root level later cannot silence the line either
+        inotify_log.setLevel(min(logging.WARNING, max(1, inotify_log.getEffectiveLevel())))
         inotify_log.addFilter(spotter)
         observer.start()
         try:
@@ -155,6 +164,7 @@ class ArchiveWatcher:
                 await handle_batch(batch)
         finally:
             inotify_log.removeFilter(spotter)
+            inotify_log.setLevel(saved_level)
             observer.stop()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(observer.join, 5)

@@ -30,7 +30,7 @@ def add_segments(rng: random.Random, root, count: int, hours_back: float, counte
     for _ in range(count):
         counter[0] += 1
         data = rng.randbytes(rng.randrange(50_000, max_size))
-        start = hours_ago(hours_back) + dt.timedelta(seconds=counter[0] * 2)
+        start = hours_ago(hours_back) + dt.timedelta(milliseconds=counter[0] * 7)  # in the past
         write_segment_file(root, make_name(data, start), data)
 
 
