@@ -1,8 +1,9 @@
 """Anti-entropy: pull whatever push missed, comparing digests top-down.
 
-Per peer and round: one request for the pair digests over the hour range; for each
-(channel, quality) that differs, its hour digests; for each hour that differs, its
-listing; then fetch what is missing, `max_concurrency` downloads at a time per node.
+Per peer and round: one request for the pair digests over the hour range; each
+(channel, quality) that differs is then a unit of work of its own: its hour digests,
+the listing of each hour that differs, and the downloads of what is missing,
+`max_concurrency` at a time per node (a segment two peers offer is fetched once).
 The decisions (which pairs, which hours, what to fetch) are pure functions in
 `protocol.replication`; this module only carries them out.
 """
@@ -20,7 +21,7 @@ import trio
 
 from protocol.backoff import Backoff, jittered
 from protocol.digests import hour_range
-from protocol.names import SegmentName
+from protocol.names import Kind, SegmentName
 from protocol.replication import FetchPlan, differing_keys, newest_first, plan_hour
 
 from .client import PeerClient, PeerError
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEER_LIST_POLL = 1.0  # seconds between checks of the peer list for added/removed peers
+MAX_DOWNLOAD_ERRORS = 5  # in a row from one peer: stop this unit, retry next round
 
 
 def utc_now() -> dt.datetime:
@@ -53,6 +55,10 @@ class PairStats:
     hash_mismatch: int = 0
     failed: int = 0
     bytes: int = 0
+    elsewhere: int = 0  # fetched from another peer meanwhile, or already here
+    duration: float = 0.0
+    error: str | None = None  # this unit failed; the next round retries it
+    download_errors: int = 0  # consecutive, to give up on a peer that stopped answering
 
     def add_plan(self, plan: FetchPlan) -> None:
         self.missing += len(plan.fetch)
@@ -100,6 +106,7 @@ class Backfiller:
         self.rng = rng or random.Random()
         self.peers: dict[str, PeerState] = {}
         self.download_slots = trio.Semaphore(node.config.max_concurrency)
+        self.in_flight: dict[str, trio.Event] = {}  # segment path -> download finished
         self.rounds_done = 0
         self.round_finished = trio.Event()
 
@@ -173,6 +180,8 @@ class Backfiller:
         return results
 
     async def round_with_peer(self, url: str, progress: Progress | None = None) -> RoundResult:
+        """One round with one peer: its pair digests, then each (channel, quality) that
+        differs as a unit of work of its own (hour digests, listings, downloads)."""
         cfg = self.node.config
         metrics = self.node.metrics
         state = self.peers.setdefault(url, PeerState())
@@ -181,15 +190,25 @@ class Backfiller:
         client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.max_concurrency + 2,
                             timeout=cfg.request_timeout)
         try:
-            plans = await self.compare(client, result)
-            if progress is not None:
-                progress.planned(sum(len(p.fetch) for _, p in plans), None)
-            await self.fetch_all(client, plans, result, progress)
+            now = self.clock()
+            hours = hour_range(now, cfg.backfill_hours)
+            remote = await client.pair_digests(*hours)
+            remote_pairs = {(c, q): d for c, q, d in remote.pairs}
+            local_pairs = {(c, q): d for c, q, d in self.node.index.pair_digests(*hours)}
+            result.pairs_compared = len(remote_pairs)
+            async with trio.open_nursery() as nursery:
+                for pair in differing_keys(local_pairs, remote_pairs):
+                    stats = result.pairs[pair] = PairStats()
+                    nursery.start_soon(self._pair_unit, client, pair, hours, now, stats, progress)
         except PeerError as e:
             result.ok = False
             result.error = str(e)
         finally:
             await client.aclose()
+        errors = [s.error for s in result.pairs.values() if s.error]
+        if result.ok and errors:
+            result.ok = False
+            result.error = f"{len(errors)} of {len(result.pairs)} pairs failed: {errors[0]}"
         result.duration = trio.current_time() - started
         metrics.round_duration.observe(result.duration)
         if result.ok:
@@ -203,108 +222,155 @@ class Backfiller:
         self._log_round(result)
         return result
 
-    async def compare(self, client: PeerClient, result: RoundResult
-                      ) -> list[tuple[tuple[str, str], FetchPlan]]:
-        """The Merkle walk: pairs, then hours, then listings of differing hours only."""
+    async def _pair_unit(self, client: PeerClient, pair: tuple[str, str], hours: tuple[str, str],
+                         now: dt.datetime, stats: PairStats, progress: Progress | None) -> None:
+        """Compare one (channel, quality) and fetch what it lacks; its failure is its own."""
+        started = trio.current_time()
+        try:
+            plans = await self.compare_pair(client, pair, hours, now, stats)
+            if progress is not None and plans:
+                progress.planned(sum(len(p.fetch) for p in plans), None)
+            await self.fetch_plans(client, plans, stats, progress)
+        except PeerError as e:
+            stats.error = str(e)
+        finally:
+            stats.duration = trio.current_time() - started
+
+    async def compare_pair(self, client: PeerClient, pair: tuple[str, str],
+                           hours: tuple[str, str], now: dt.datetime, stats: PairStats
+                           ) -> list[FetchPlan]:
+        """Hour digests, then listings of the differing hours only, newest first.
+
+        Tombstones the peer has and we lack are created here, without a download.
+        """
         cfg = self.node.config
         index = self.node.index
-        now = self.clock()
-        first, last = hour_range(now, cfg.backfill_hours)
-        remote = await client.pair_digests(first, last)
-        remote_pairs = {(c, q): d for c, q, d in remote.pairs}
-        local_pairs = {(c, q): d for c, q, d in index.pair_digests(first, last)}
-        result.pairs_compared = len(remote_pairs)
+        channel, quality = pair
+        first, last = hours
+        remote_hours = dict((await client.hour_digests(channel, quality, first, last)).hours)
+        local_hours = dict(index.hour_digests(channel, quality, first, last))
+        stats.hours_compared = len(remote_hours)
         plans = []
-        for channel, quality in differing_keys(local_pairs, remote_pairs):
-            stats = result.pairs.setdefault((channel, quality), PairStats())
-            remote_hours = dict((await client.hour_digests(channel, quality, first, last)).hours)
-            local_hours = dict(index.hour_digests(channel, quality, first, last))
-            stats.hours_compared = len(remote_hours)
-            for hour in newest_first(differing_keys(local_hours, remote_hours)):
-                listing = await client.listing(channel, quality, hour)
-                stats.hours_listed += 1
-                plan = plan_hour(channel, quality, hour, listing.names,
-                                 index.names(channel, quality, hour), now, cfg.recent_window)
-                stats.add_plan(plan)
-                for name in plan.tombstones:
-                    try:
-                        status = await self.node.accept_tombstone(
-                            name, source=f"pull {client.url}")
-                    except OSError as e:  # full disk: a later round retries
-                        stats.failed += 1
-                        log.error("backfill: storing %s: %s", name.tombstone_path, e)
-                        self.node.metrics.pulls.labels(client.url, "tombstone",
-                                                       "storage_error").inc()
-                        continue
-                    self.node.metrics.pulls.labels(client.url, "tombstone", status).inc()
-                    stats.tombstones += 1
-                if plan.fetch:
-                    plans.append(((channel, quality), plan))
+        for hour in newest_first(differing_keys(local_hours, remote_hours)):
+            listing = await client.listing(channel, quality, hour)
+            stats.hours_listed += 1
+            plan = plan_hour(channel, quality, hour, listing.names,
+                             index.names(channel, quality, hour), now, cfg.recent_window)
+            stats.add_plan(plan)
+            for name in plan.tombstones:
+                try:
+                    status = await self.node.accept_tombstone(
+                        name, source=f"pull {client.url}")
+                except OSError as e:  # full disk: a later round retries
+                    stats.failed += 1
+                    log.error("backfill: storing %s: %s", name.tombstone_path, e)
+                    self.node.metrics.pulls.labels(client.url, "tombstone",
+                                                   "storage_error").inc()
+                    continue
+                self.node.metrics.pulls.labels(client.url, "tombstone", status).inc()
+                stats.tombstones += 1
+            if plan.fetch:
+                plans.append(plan)
         return plans
 
-    async def fetch_all(self, client: PeerClient, plans, result: RoundResult,
-                        progress: Progress | None) -> None:
+    async def fetch_plans(self, client: PeerClient, plans: list[FetchPlan], stats: PairStats,
+                          progress: Progress | None) -> None:
+        """Download, `max_concurrency` at a time for the whole node (all peers share it)."""
         async with trio.open_nursery() as nursery:
-            for pair, plan in plans:
-                stats = result.pairs[pair]
+            for plan in plans:
                 for name in plan.fetch:
                     await self.download_slots.acquire()
+                    if stats.error is not None:  # the peer stopped answering: next round
+                        self.download_slots.release()
+                        return
                     nursery.start_soon(self._fetch_one, client, name, stats, progress)
 
     async def _fetch_one(self, client: PeerClient, name: SegmentName, stats: PairStats,
                          progress: Progress | None) -> None:
+        """One download; called holding a download slot, which it releases."""
+        holding = True
+        try:
+            # Another peer's round may be fetching the same segment: wait for it rather
+            # than download it twice, and fetch it here only if that one failed.
+            while (other := self.in_flight.get(name.path)) is not None:
+                self.download_slots.release()
+                holding = False
+                await other.wait()
+                await self.download_slots.acquire()
+                holding = True
+            if self.node.index.has(name, Kind.SEGMENT) or self.node.index.has(name, Kind.TOMBSTONE):
+                stats.elsewhere += 1
+                return
+            done = self.in_flight[name.path] = trio.Event()
+            try:
+                await self._download(client, name, stats, progress)
+            finally:
+                del self.in_flight[name.path]
+                done.set()
+        finally:
+            if holding:
+                self.download_slots.release()
+
+    async def _download(self, client: PeerClient, name: SegmentName, stats: PairStats,
+                        progress: Progress | None) -> None:
         metrics = self.node.metrics
         try:
-            try:
-                async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
-                    status = await self.node.accept_segment(name, size, chunks, source="pull")
-            except WriteRejected as e:
-                if e.reason == "hash_mismatch":
-                    stats.hash_mismatch += 1
-                    log.warning("backfill: %s served bytes that do not match %s",
-                                client.url, name.path)
-                    metrics.pulls.labels(client.url, "segment", "hash_mismatch").inc()
-                elif e.reason == "tombstoned":
-                    stats.skipped_tombstoned += 1
-                    metrics.pulls.labels(client.url, "segment", "tombstoned").inc()
-                else:
-                    stats.failed += 1
-                    log.warning("backfill: %s from %s refused: %s", name.path, client.url, e)
-                    metrics.pulls.labels(client.url, "segment", e.reason).inc()
-                return
-            except PeerError as e:
+            async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
+                status = await self.node.accept_segment(name, size, chunks, source="pull")
+        except WriteRejected as e:
+            stats.download_errors = 0  # the peer answered: it is up
+            if e.reason == "hash_mismatch":
+                stats.hash_mismatch += 1
+                log.warning("backfill: %s served bytes that do not match %s",
+                            client.url, name.path)
+                metrics.pulls.labels(client.url, "segment", "hash_mismatch").inc()
+            elif e.reason == "tombstoned":
+                stats.skipped_tombstoned += 1
+                metrics.pulls.labels(client.url, "segment", "tombstoned").inc()
+            else:
                 stats.failed += 1
-                log.info("backfill: fetching %s: %s", name.path, e)
-                metrics.pulls.labels(client.url, "segment", "error").inc()
-                return
-            except OSError as e:
-                stats.failed += 1
-                log.error("backfill: storing %s: %s", name.path, e)
-                metrics.pulls.labels(client.url, "segment", "storage_error").inc()
-                return
-            metrics.pulls.labels(client.url, "segment", status).inc()
-            if status == "stored":
-                size = self.node.store.path_of(name).stat().st_size
-                stats.downloaded += 1
-                stats.bytes += size
-                if progress is not None:
-                    progress.fetched(size)
-        finally:
-            self.download_slots.release()
+                log.warning("backfill: %s from %s refused: %s", name.path, client.url, e)
+                metrics.pulls.labels(client.url, "segment", e.reason).inc()
+            return
+        except PeerError as e:
+            stats.failed += 1
+            stats.download_errors += 1
+            log.info("backfill: fetching %s: %s", name.path, e)
+            metrics.pulls.labels(client.url, "segment", "error").inc()
+            if stats.download_errors >= MAX_DOWNLOAD_ERRORS and stats.error is None:
+                stats.error = f"{stats.download_errors} downloads in a row failed: {e}"
+            return
+        except OSError as e:
+            stats.failed += 1
+            log.error("backfill: storing %s: %s", name.path, e)
+            metrics.pulls.labels(client.url, "segment", "storage_error").inc()
+            return
+        stats.download_errors = 0
+        metrics.pulls.labels(client.url, "segment", status).inc()
+        if status == "stored":
+            size = self.node.store.path_of(name).stat().st_size
+            stats.downloaded += 1
+            stats.bytes += size
+            if progress is not None:
+                progress.fetched(size)
+        else:
+            stats.elsewhere += 1
 
     def _log_round(self, r: RoundResult) -> None:
-        if not r.ok:
-            return
+        """One line per peer and (channel, quality) that differed; in sync is one debug line."""
         if not r.pairs:
-            log.debug("backfill from %s: in sync (%d pairs compared, %.3fs)",
-                      r.peer, r.pairs_compared, r.duration)
+            if r.ok:
+                log.debug("backfill from %s: in sync (%d pairs compared, %.3fs)",
+                          r.peer, r.pairs_compared, r.duration)
             return
         for (channel, quality), s in sorted(r.pairs.items()):
-            log.info(
-                "backfill from %s %s/%s: hours compared %d, listed %d, missing %d, "
-                "downloaded %d, tombstones %d, skipped recent %d temp %d tombstoned %d "
-                "hash-mismatch %d, failed %d, %d bytes, %.3fs",
+            log.log(
+                logging.WARNING if s.error else logging.INFO,
+                "backfill from %s %s/%s: hours compared %d, hours listed %d, missing %d, "
+                "downloaded %d, tombstones %d, got elsewhere %d, skipped recent %d temp %d "
+                "tombstoned %d hash-mismatch %d, failed %d, bytes %d, duration %.3fs%s",
                 r.peer, channel, quality, s.hours_compared, s.hours_listed, s.missing,
-                s.downloaded, s.tombstones, s.skipped_recent, s.skipped_temp,
-                s.skipped_tombstoned, s.hash_mismatch, s.failed, s.bytes, r.duration,
+                s.downloaded, s.tombstones, s.elsewhere, s.skipped_recent, s.skipped_temp,
+                s.skipped_tombstoned, s.hash_mismatch, s.failed, s.bytes, s.duration,
+                f"; error: {s.error}" if s.error else "",
             )
