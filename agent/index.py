@@ -51,9 +51,13 @@ class ArchiveIndex:
         self.version = 0  # bumps on every change; cheap "did anything move" check
         # changes made while a full scan runs, replayed onto its result
         self._journal: list[tuple[bool, SegmentName, Kind]] | None = None
+        self._rebuilds = 0  # scans begun and not yet swapped in
 
     def begin_rebuild(self) -> None:
-        self._journal = []
+        """A full scan starts: journal every change until its `replace_all`."""
+        if self._journal is None:
+            self._journal = []
+        self._rebuilds += 1
 
     # ---- updates ----
 
@@ -104,9 +108,15 @@ class ArchiveIndex:
                 pairs.setdefault((channel, quality), {})[hour] = entry
         self._pairs = pairs
         self.version += 1
+        # Replay in order onto the scan: each name ends as its latest change left it.
+        # With overlapping scans, the journal since the oldest one is replayed (the
+        # changes are idempotent), and kept while a scan is still running.
         journal, self._journal = self._journal, None
+        self._rebuilds = max(0, self._rebuilds - 1)
         for added, name, kind in journal or ():
             (self.add if added else self.discard)(name, kind)
+        if self._rebuilds and journal is not None:
+            self._journal = journal
 
     # ---- queries ----
 
