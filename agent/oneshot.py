@@ -6,69 +6,96 @@ This is how a new node bootstraps. Exit status is non-zero if anything failed.
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import nullcontext
+from typing import TextIO
 
 import trio
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .backfill import Progress
+from .backfill import Progress, RoundResult
 from .config import Config
 from .node import Node
 
 
 class BarProgress(Progress):
-    """Segments and bytes, with rate and ETA, on a terminal."""
+    """Segments (count, rate, ETA) and bytes (amount, rate) on a terminal; silent elsewhere."""
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.bar: tqdm | None = None
+    def __init__(self, stream: TextIO, enabled: bool | None = None) -> None:
+        if enabled is None:
+            isatty = getattr(stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
         self.segments_total = 0
         self.segments_done = 0
+        self.bytes_done = 0
+        self.started = time.monotonic()
+        self.bar = tqdm(total=0, unit="seg", desc="backfill", file=stream,
+                        dynamic_ncols=True, disable=not enabled)
 
     def planned(self, segments: int, nbytes: int | None) -> None:
         self.segments_total += segments
-        if self.bar is None:
-            self.bar = tqdm(total=self.segments_total, unit="seg", file=self.stream,
-                            dynamic_ncols=True, disable=not self.stream.isatty())
-        else:
-            self.bar.total = self.segments_total
+        self.bar.total = self.segments_total
         self.bar.refresh()
 
     def fetched(self, nbytes: int) -> None:
         self.segments_done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bytes = getattr(self, "bytes", 0) + nbytes
-            self.bar.set_postfix_str(f"{self.bytes / 2**20:.1f} MiB", refresh=False)
+        self.bytes_done += nbytes
+        elapsed = time.monotonic() - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        self.bar.set_postfix_str(
+            f"{self.bytes_done / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
-async def run_oneshot(cfg: Config, out=None) -> int:
-    out = out or sys.stdout
-    node = Node(cfg)
-    await node.rescan(push_new=False, remove_temp=True)
-    progress = BarProgress(sys.stderr)
-    started = trio.current_time()
-    try:
-        results = await node.backfiller.round_all(node.peer_urls(), progress)
-    finally:
-        progress.close()
-    elapsed = trio.current_time() - started
+COLUMNS = [  # (heading, width, RoundResult total)
+    ("listed", 7, "hours_listed"), ("missing", 8, "missing"), ("fetched", 8, "downloaded"),
+    ("tombst", 7, "tombstones"), ("recent", 7, "skipped_recent"), ("temp", 5, "skipped_temp"),
+    ("tombstoned", 10, "skipped_tombstoned"), ("mismatch", 8, "hash_mismatch"),
+    ("failed", 7, "failed"),
+]
+
+
+def print_summary(results: list[RoundResult], elapsed: float, out: TextIO) -> int:
+    """One line per peer and a total; returns the number of failures."""
+    print(f"{'peer':40} {'result':7} "
+          + " ".join(f"{h:>{w}}" for h, w, _ in COLUMNS) + f" {'MiB':>9}", file=out)
     failed = 0
-    print(f"{'peer':40} {'result':8} {'missing':>8} {'fetched':>8} {'tombst':>7} "
-          f"{'recent':>7} {'mismatch':>8} {'failed':>7} {'MiB':>9}", file=out)
     for r in results:
         failed += r.failures
-        print(f"{r.peer:40} {'ok' if r.ok else 'FAILED':8} {r.total('missing'):8d} "
-              f"{r.total('downloaded'):8d} {r.total('tombstones'):7d} "
-              f"{r.total('skipped_recent'):7d} {r.total('hash_mismatch'):8d} "
-              f"{r.total('failed'):7d} {r.total('bytes') / 2**20:9.1f}", file=out)
+        print(f"{r.peer:40} {'ok' if r.ok else 'FAILED':7} "
+              + " ".join(f"{r.total(attr):{w}d}" for _, w, attr in COLUMNS)
+              + f" {r.total('bytes') / 2**20:9.1f}", file=out)
         if r.error:
             print(f"  error: {r.error}", file=out)
     total = sum(r.total("bytes") for r in results)
-    print(f"done in {elapsed:.1f}s, {total / 2**20:.1f} MiB, "
-          f"{total / 2**20 / elapsed if elapsed > 0 else 0:.1f} MiB/s; "
-          f"{'FAILURES: ' + str(failed) if failed else 'no failures'}", file=out)
-    return 1 if failed else 0
+    segments = sum(r.total("downloaded") for r in results)
+    rate = total / 2**20 / elapsed if elapsed > 0 else 0.0
+    print(f"done in {elapsed:.1f}s: {segments} segments, {total / 2**20:.1f} MiB, "
+          f"{rate:.1f} MiB/s; {'FAILURES: ' + str(failed) if failed else 'no failures'}",
+          file=out)
+    return failed
+
+
+async def run_oneshot(cfg: Config, out: TextIO | None = None,
+                      err: TextIO | None = None) -> int:
+    """One round with every configured peer into `cfg.root`; 0 if nothing failed."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    node = Node(cfg)
+    # Temp files are left alone: an agent may be writing into this root right now.
+    await node.rescan(push_new=False)
+    progress = BarProgress(err)
+    started = trio.current_time()
+    try:
+        # log lines go above the bar instead of through it
+        with logging_redirect_tqdm() if progress.enabled else nullcontext():
+            results = await node.backfiller.round_all(node.peer_urls(), progress)
+    finally:
+        progress.close()
+    failed = print_summary(results, trio.current_time() - started, out)
+    return 1 if failed or len(results) < len(node.peer_urls()) else 0
