@@ -411,6 +411,8 @@ def _check_framing(view: bytes) -> None:
             width, per_item = _CONTAINERS[b]
             count = int.from_bytes(view[pos : pos + width], "big") * per_item
             pos += width
+            if count > (limits.MAX_ARRAY if per_item == 1 else 2 * limits.MAX_MAP):
+                raise ProtocolError("malformed msgpack: container longer than the limit")
         else:  # 0xC1 is never used
             raise ProtocolError(f"malformed msgpack: byte {b:#x}")
         if count > n - pos:
