@@ -135,13 +135,22 @@ class SegmentWriter:
         self._write = write
         self._hasher = SegmentHasher()
         self.final_path = store.path_of(name, Kind.SEGMENT)
-        store.ensure_hour_dir(name)
         self.temp_path = self.final_path.parent / (
             f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         )
-        self._fd: int | None = os.open(
-            self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-        )
+        # directories made for this write: an aborted write takes them away again, so a
+        # refused upload leaves the archive exactly as it was
+        self.made_dirs: list[Path] = []
+        for attempt in range(3):
+            self.made_dirs += store.make_hour_dirs(name)
+            try:
+                self._fd: int | None = os.open(
+                    self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+                )
+                break
+            except FileNotFoundError:  # another aborted write removed the new directory
+                if attempt == 2:
+                    raise
         self.done = False
 
     @property
@@ -209,10 +218,12 @@ class SegmentWriter:
             pass
 
     def abort(self) -> None:
-        """Remove the temp file; nothing becomes visible. Safe to call twice."""
+        """Remove the temp file, and the directories made for it if they stayed empty;
+        nothing becomes visible. Safe to call twice."""
         if not self.done:
             self.done = True
             self._discard()
+            self.store.remove_empty_dirs(self.made_dirs)
 
     def __enter__(self) -> "SegmentWriter":
         return self
@@ -241,12 +252,35 @@ class Store:
         return self.root / name.format(kind)
 
     def ensure_hour_dir(self, name: SegmentName) -> Path:
+        self.make_hour_dirs(name)
+        return self.root / name.hour_path
+
+    def make_hour_dirs(self, name: SegmentName) -> list[Path]:
+        """Create CHANNEL/QUALITY/HOUR as needed; returns the directories it made."""
         path = self.root / name.hour_path
+        made: list[Path] = []
         if not path.is_dir():
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                for d in (path.parent.parent, path.parent, path):
+                    try:
+                        d.mkdir()
+                        made.append(d)
+                    except FileExistsError:
+                        pass
+            except OSError:  # e.g. no space: leave no half-made tree behind
+                self.remove_empty_dirs(made)
+                raise
             for parent in (path.parent, path.parent.parent, self.root):
                 fsync_dir(parent)
-        return path
+        return made
+
+    def remove_empty_dirs(self, dirs: list[Path]) -> None:
+        """Remove directories (deepest first) that are still empty; others stay."""
+        for d in sorted(set(dirs), key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:  # not empty (another write, a tombstone), or gone
+                pass
 
     # ---- listings ----
 

@@ -191,3 +191,22 @@ def test_real_full_tmpfs(tmp_path, small_fs):
     finally:
         sender.kill()
         receiver.kill()
+
+
+def test_refused_write_leaves_no_new_directories(tmp_path):
+    """A write that fails (bad bytes, full disk) takes the hour directories it made away."""
+    store = Store(tmp_path)
+    data = os.urandom(10_000)
+    name = make_name(data, hours_ago(3), channel="brandnew")
+    with pytest.raises(Exception):
+        store.write_segment(name, [data[:-1] + b"!"], len(data))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError):
+        store.write_segment(name, [data], len(data), write=FullDisk(100).write)
+    assert list(tmp_path.iterdir()) == []
+    # directories that hold something else stay
+    other = make_name(b"other", hours_ago(3), channel="brandnew")
+    assert store.write_segment(other, [b"other"], 5) == "stored"
+    with pytest.raises(Exception):
+        store.write_segment(name, [data[:-1] + b"!"], len(data))
+    assert sorted(p.name for p in (tmp_path / other.hour_path).iterdir()) == [other.filename]
