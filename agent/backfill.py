@@ -353,6 +353,8 @@ class Backfiller:
             stats.bytes += size
             if progress is not None:
                 progress.fetched(size)
+        elif status == "tombstoned":  # a tombstone arrived (by push) since the listing
+            stats.skipped_tombstoned += 1
         else:
             stats.elsewhere += 1
 
