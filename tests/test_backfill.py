@@ -15,7 +15,7 @@ import sys
 
 import trio
 
-from agent.backfill import Backfiller, utc_now
+from agent.backfill import Backfiller, PeerState, utc_now
 from agent.client import PeerClient
 from agent.config import build_config
 from agent.oneshot import BarProgress, print_summary, run_oneshot
@@ -23,6 +23,7 @@ from agent.store import Store
 from conftest import wait_until
 from fault_helpers import refusing_peer_url
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
+from protocol.backoff import Backoff
 from protocol.names import Kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,6 +218,8 @@ async def test_failing_peer_backs_off_on_its_own(cluster_factory):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
         dead = refusing_peer_url()
+        # a first wait of 1-2 s (the default is 0.5-1 s): room for a slow test machine
+        b.backfiller.peers[dead] = PeerState(backoff=Backoff(base=2.0, cap=8.0))
         first = segments(c.root(0), 2, hours_ago(3), 1)
         await indexed(a, first)
         results = {r.peer: r for r in await b.backfiller.round_all([dead, a.url])}
