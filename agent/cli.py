@@ -137,4 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m agent.cli`: the tools register with the importable agent.cli, not __main__
+    from agent.cli import main as _main
+
+    sys.exit(_main())

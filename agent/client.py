@@ -186,6 +186,17 @@ class PeerClient:
         return await self.call("/v1/listing", m.ListingRequest(channel, quality, hour),
                                m.Listing)  # type: ignore[return-value]
 
+    async def ping(self) -> None:
+        """GET /healthz within one deadline; PeerError if the peer does not answer 200."""
+        async with self.gate:
+            with self._deadline(self.timeout, "/healthz"):
+                try:
+                    response = await self.http.get("/healthz")
+                except httpx.HTTPError as e:
+                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+        if response.status_code != 200:
+            raise PeerError(self.url, f"HTTP {response.status_code}", response.status_code)
+
     async def status(self) -> dict:
         import msgpack
 

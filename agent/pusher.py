@@ -56,6 +56,7 @@ class PeerPusher:
         self.last_success: float | None = None  # wall clock
         self.last_error: str | None = None
         self.dropped = 0
+        node.metrics.queue_depth.labels(url).set(0)  # every peer shows up, idle ones too
 
     def depth(self) -> int:
         return len(self.tombstones) + len(self.segments)
@@ -173,6 +174,10 @@ class Pusher:
         for url in list(self.peers):
             if url not in urls:
                 self.peers.pop(url).cancel_scope.cancel()
+                try:
+                    self.node.metrics.queue_depth.remove(url)  # a gone peer has no queue
+                except KeyError:
+                    pass
         for url in urls:
             if url not in self.peers:
                 pusher = self.peers[url] = PeerPusher(self.node, url)

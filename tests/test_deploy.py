@@ -1,0 +1,143 @@
+"""Deployment files, checked by reading them (Docker and systemd are not run here):
+the Dockerfile's layer order, user, label and CMD; the systemd unit; the compose file.
+Every segsync command line in them must parse with the real argument parser."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from agent import cli
+from agent import tools  # noqa: F401  (registers the sub-commands)
+from agent.config import load_toml
+
+REPO = Path(__file__).parent.parent
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, pending = [], ""
+    for raw in (REPO / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending
+    return out
+
+
+def parse_segsync(argv: list[str]):
+    assert Path(argv[0]).name == "segsync", argv
+    return cli.make_parser().parse_args(argv[1:])
+
+
+def test_dockerfile_structure():
+    ins = dockerfile_instructions()
+    kinds = [k for k, _ in ins]
+    assert kinds[0] == "FROM"
+    assert re.fullmatch(r"python:3\.1[1-9]-alpine(3\.\d+)?", ins[0][1]), ins[0][1]
+
+    def index(pred) -> int:
+        return next(i for i, item in enumerate(ins) if pred(*item))
+
+    copy_pyproject = index(lambda k, a: k == "COPY" and a.split()[0] == "pyproject.toml")
+    deps = index(lambda k, a: k == "RUN" and "pip install -r" in a)
+    copies = [i for i, (k, a) in enumerate(ins) if k == "COPY"]
+    source = [i for i in copies if i != copy_pyproject]
+    assert copy_pyproject < deps < min(source), "dependencies must be installed before the source"
+    for i in source:
+        assert ins[i][1].split()[0] in ("README.md", "protocol/", "agent/"), ins[i]
+        assert not ins[i][1].startswith("."), "COPY . would bust the dependency layer"
+    install = index(lambda k, a: k == "RUN" and "pip install --no-deps" in a)
+    assert install > max(source)
+    for i in source:  # each copied path exists
+        assert (REPO / ins[i][1].split()[0]).exists()
+
+    users = [a for k, a in ins if k == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    user_at = max(i for i, (k, _) in enumerate(ins) if k == "USER")
+    assert all(k != "RUN" for k, _ in ins[user_at:]), "nothing runs as root after USER"
+
+    labels = " ".join(a for k, a in ins if k == "LABEL")
+    assert re.search(r"org\.opencontainers\.image\.source=\S+", labels)
+
+    cmds = [a for k, a in ins if k == "CMD"]
+    assert len(cmds) == 1
+    argv = json.loads(cmds[0])  # exec form: the agent is PID 1 and gets SIGTERM itself
+    args = parse_segsync(argv)
+    assert args.command == "run"
+    assert args.root == "/archive" and args.token_file  # 0.0.0.0 needs a token
+    assert args.listen.endswith(":8200") and "8200" in " ".join(a for k, a in ins if k == "EXPOSE")
+
+
+def test_dockerfile_dependency_list_matches_pyproject(tmp_path):
+    """Run the dependency layer's own snippet against the real pyproject.toml."""
+    ins = dockerfile_instructions()
+    run = next(a for k, a in ins if k == "RUN" and "pip install -r" in a)
+    snippet = re.search(r'python -c "(.*?)"\s*&&', run).group(1)
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    subprocess.run([sys.executable, "-c", snippet.replace("/tmp/requirements.txt",
+                                                          str(tmp_path / "req.txt"))],
+                   cwd=tmp_path, check=True)
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = (tmp_path / "req.txt").read_text().split("\n")
+    assert [x for x in listed if x] == (pyproject["build-system"]["requires"]
+                                        + pyproject["project"]["dependencies"])
+
+
+def test_dockerignore_keeps_the_context_small():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".git", "tests"} <= ignored
+    assert not ignored & {"agent", "protocol", "pyproject.toml", "README.md"}
+
+
+def test_systemd_unit():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(REPO / "deploy" / "segsync.service")
+    service = unit["Service"]
+    assert service["User"] not in ("root", "0")
+    assert service["Restart"] in ("on-failure", "always")
+    assert service["KillSignal"] == "SIGTERM"
+    argv = shlex.split(service["ExecStart"])
+    args = parse_segsync(argv)
+    assert args.command == "run" and args.config
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # the example config it points at is valid, and its root is the one the unit may write
+    example = load_toml(REPO / "deploy" / "segsync.toml")
+    assert example["root"] in service["ReadWritePaths"].split()
+    assert example["token_file"] and example["peers_file"]
+
+
+def test_compose_three_nodes():
+    text = (REPO / "deploy" / "compose.yaml").read_text()
+    services = dict(re.findall(r"^  (\w+):\n((?:    .*\n|\n)+)", text.split("\nservices:\n")[1],
+                               re.M))
+    services = {k: v for k, v in services.items() if "command:" in v}
+    assert sorted(services) == ["a", "b", "c"]
+    volumes, ports = set(), set()
+    for name, body in services.items():
+        argv = json.loads(re.search(r"^    command: (\[.*\])$", body, re.M).group(1))
+        args = parse_segsync(argv)
+        assert args.command == "run" and args.node_name == name
+        assert sorted(args.peers) == sorted(f"http://{o}:8200" for o in services if o != name)
+        assert args.token_file == "/run/secrets/segsync_token"
+        volumes.add(re.search(r"- (archive-\w+):/archive", body).group(1))
+        ports.add(re.search(r'"127\.0\.0\.1:(\d+):8200"', body).group(1))
+    assert len(volumes) == 3 and len(ports) == 3  # one archive and one host port each
+    assert re.search(r"^secrets:\n  segsync_token:\n    file: \./token$", text, re.M)
+    assert "deploy/token" in (REPO / ".gitignore").read_text().split()
