@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
+
+# watchdog 7 warns each time it re-registers the inotify callback of a directory it
+# already watches (every new hour directory does that): harmless, and noise on stderr.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                        module=r"watchdog\.")
 
 # watchdog logs (and then swallows) inotify's IN_Q_OVERFLOW under this logger.
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"

@@ -34,6 +34,7 @@ def test_demo_runs_and_summarises():
     proc = demo_process("--seconds", "3")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
+    assert "Warning" not in err and "Traceback" not in err, err
     summary = re.search(
         r"^summary after [\d.]+ s: (\d+) segments \([\d.]+ MiB\) written on a, "
         r"(\d+)/(\d+) copies delivered by push$", out, re.M)
