@@ -93,3 +93,47 @@ def test_kill9_sender_agent_mid_push(tmp_path):
         receiver.kill()
     print(f"sender killed {kills} times, {mid_stream} of them mid-stream")
     assert mid_stream >= 1
+
+
+def test_drip_fed_uploads_do_not_block_other_pushes(tmp_path):
+    """Forty senders that announce a segment and drip it a byte at a time must not hold
+    the receiver's upload slots: a real push still goes through."""
+    import threading
+
+    import httpx
+
+    with AgentProcess(tmp_path / "r", tmp_path / "run", request_timeout=1.0) as receiver:
+        receiver.start()
+        stop = threading.Event()
+        data = b"d" * 1000
+        name = make_name(data, hours_ago(2))
+
+        def drip():
+            host, port = receiver.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(f"PUT /v1/segments/{name.path} HTTP/1.1\r\nhost: x\r\n"
+                          f"content-length: {len(data)}\r\n\r\n".encode())
+                try:
+                    for b in data:
+                        if stop.wait(0.3):
+                            return
+                        s.sendall(bytes([b]))
+                except OSError:
+                    return  # cut off by the receiver: what we want
+
+        threads = [threading.Thread(target=drip, daemon=True) for _ in range(40)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            good = os.urandom(50_000)
+            good_name = make_name(good, hours_ago(3))
+            r = httpx.put(f"{receiver.url}/v1/segments/{good_name.path}", content=good,
+                          timeout=30)
+            assert r.status_code == 200, r.content
+            assert (receiver.root / good_name.path).read_bytes() == good
+        finally:
+            stop.set()
+        assert not (receiver.root / name.path).exists()
+        wait_no_temp(receiver)
+        assert receiver.alive()
