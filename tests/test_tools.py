@@ -51,7 +51,8 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         await wait_until(lambda: all(p.last_success for p in a.pusher.peers.values()))
         # node 1 gets a segment node 0 lacks: the next comparison finds it missing
         extra = put_segment(c.root(1), hours_ago(5))
-        await wait_until(lambda: a.index.has(extra, Kind.SEGMENT))  # pushed
+        for node in (a, c.nodes[2]):  # pushed to both
+            await wait_until(lambda: node.index.has(extra, Kind.SEGMENT))
         os.unlink(c.root(0) / extra.path)
         await a.rescan(push_new=False)
         await a.backfiller.round_with_peer(c.nodes[2].url)
