@@ -1,8 +1,11 @@
 """In-memory index of the archive, so an in-sync backfill round reads no directory.
 
 Fed by a full scan at start-up (and after watcher loss, and hourly), by the watcher
-and by the store's own writes. Per segment it keeps one file-name string in a set:
-about 200 bytes, bounded by design (no per-segment objects beyond that).
+and by the store's own writes. Per segment it keeps one file-name string, a key of
+its hour's dict: about 150 bytes, bounded by design (no per-segment objects beyond
+that). A dict, not a set: a dict of strings to None is ~30 bytes a key against a
+set's ~70, and is not tracked by the cyclic GC, which would otherwise visit every
+indexed name on each full collection (~70 ms at 1M segments, in an in-sync round).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class HourEntry:
     __slots__ = ("names", "_digest")
 
     def __init__(self, names: Iterable[str] = ()) -> None:
-        self.names: set[str] = set(names)
+        self.names: dict[str, None] = dict.fromkeys(names)  # used as a set
         self._digest: bytes | None = None
 
     def replicable(self) -> list[str]:
@@ -74,7 +77,7 @@ class ArchiveIndex:
             self._journal.append((True, name, kind))
         if filename in entry.names:
             return False
-        entry.names.add(filename)
+        entry.names[filename] = None
         entry._digest = None
         self.version += 1
         return True
@@ -87,7 +90,7 @@ class ArchiveIndex:
         entry = hours.get(name.hour) if hours else None
         if entry is None or filename not in entry.names:
             return False
-        entry.names.discard(filename)
+        del entry.names[filename]
         entry._digest = None
         if not entry.names:
             del hours[name.hour]
