@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.node import file_matches_name
 from fault_helpers import AgentProcess, env_int, tree_snapshot
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
 from protocol import limits
@@ -346,18 +347,28 @@ def check_one(world: World, raw: bytes, mode: str) -> None:
 
 
 def accepted_write(world: World, after: dict, status, raw: bytes) -> None:
-    """The tree changed: only a 200 for a valid tombstone inside the archive may do that."""
+    """The tree changed: only well-formed writes that the agent may accept can do that
+    (a tombstone, or a segment whose bytes hash to its name), inside the archive, and
+    nothing that was there may change."""
     added = set(after) - set(world.snapshot)
     changed = {k for k in world.snapshot if after.get(k) != world.snapshot[k]}
-    assert status == 200 and raw.startswith(b"POST /v1/tombstone") and not changed, \
-        f"tree changed ({sorted(added)[:5]}, {sorted(changed)[:5]}) by {raw[:200]!r}"
-    for rel in added:
-        assert rel.startswith("archive/"), rel
-        if after[rel][0] == "file":
-            _, kind = parse_path(rel.removeprefix("archive/"))
-            assert kind is Kind.TOMBSTONE and after[rel][1] == 0
+    assert not changed, f"tree changed ({sorted(changed)[:5]}) by {raw[:200]!r}"
+    for rel in sorted(added):
+        assert rel.startswith("archive/"), f"{rel} written outside the archive by {raw[:200]!r}"
+        if after[rel][0] != "file":
+            continue
+        name, kind = parse_path(rel.removeprefix("archive/"))
+        if kind is Kind.TOMBSTONE:
+            assert after[rel][1] == 0
+            COUNTS["accepted tombstones"] = COUNTS.get("accepted tombstones", 0) + 1
+        else:
+            assert file_matches_name(world.base / rel, name), rel
+            COUNTS["accepted segments"] = COUNTS.get("accepted segments", 0) + 1
+    for rel in added:  # directories only as the parents of accepted files
+        if after[rel][0] == "dir":
+            assert any(k.startswith(rel + "/") and after[k][0] == "file" for k in added), \
+                f"empty directory {rel} left by {raw[:200]!r}"
     world.snapshot = after
-    COUNTS["accepted tombstones"] = COUNTS.get("accepted tombstones", 0) + 1
 
 
 def fuzz_settings(n: int):
