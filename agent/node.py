@@ -10,7 +10,6 @@ from typing import AsyncIterator
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
@@ -18,7 +17,9 @@ from protocol.names import Kind, SegmentName, parse_path
 from protocol.replication import offer_status
 
 from .backfill import Backfiller
+from .client import PeerClient, PeerError
 from .config import Config, ConfigError, read_peers_file
+from .httpserver import serve
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .pusher import Pusher
@@ -29,7 +30,7 @@ from .watcher import ArchiveWatcher, Batch
 
 log = logging.getLogger(__name__)
 
-UPLOAD_BUFFER = 512 * 1024
+UPLOAD_BUFFER = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 
 
@@ -272,17 +273,29 @@ class Node:
             metrics.received.labels("segment", "have").inc()
             return "have"
         writer = await trio.to_thread.run_sync(self.store.open_writer, name, size)
+
+        def write(batch: list[bytes]) -> None:
+            for chunk in batch:
+                writer.write(chunk)
+
+        def write_and_commit(batch: list[bytes]) -> str:
+            write(batch)
+            return writer.commit()
+
         try:
-            buf = bytearray()
+            # chunks are batched as they come (no copying) and each batch is written
+            # in one thread hop; the last batch and the commit share one: a hop costs
+            # more than writing a few hundred KiB to the page cache
+            batch: list[bytes] = []
+            batched = 0
             async for chunk in chunks:
-                buf += chunk
-                if len(buf) >= UPLOAD_BUFFER:
-                    data, buf = bytes(buf), bytearray()
-                    await trio.to_thread.run_sync(writer.write, data)
-            if buf:
-                await trio.to_thread.run_sync(writer.write, bytes(buf))
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched > UPLOAD_BUFFER:
+                    await trio.to_thread.run_sync(write, batch)
+                    batch, batched = [], 0
             self.received.add(name.path)  # before the rename, so the watcher sees an echo
-            status = await trio.to_thread.run_sync(writer.commit)
+            status = await trio.to_thread.run_sync(write_and_commit, batch)
         except WriteRejected as e:
             writer.abort()
             if e.reason == "hash_mismatch":
@@ -312,7 +325,27 @@ class Node:
 
     # ---- status ----
 
-    def status(self) -> dict:
+    async def probe_peers(self, timeout: float = 2.0) -> dict[str, str | None]:
+        """Ask every peer's /healthz now, in parallel: url -> None (answered) or the error."""
+        out: dict[str, str | None] = {}
+
+        async def probe(url: str) -> None:
+            client = PeerClient(url, concurrency=1, connect_timeout=timeout, timeout=timeout)
+            try:
+                await client.ping()
+                out[url] = None
+            except PeerError as e:
+                out[url] = str(e)
+            finally:
+                await client.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for url in self.peer_urls():
+                nursery.start_soon(probe, url)
+        return out
+
+    def status(self, probes: dict[str, str | None] | None = None) -> dict:
+        """What `segsync status` shows; `probes` (from probe_peers) decides "reachable"."""
         peers = []
         for url in self.peer_urls():
             pusher = self.pusher.peers.get(url)
@@ -324,10 +357,14 @@ class Node:
                 "push_dropped": pusher.dropped if pusher else 0,
                 **self.backfiller.peer_status(url),
             })
+            if probes is not None and url in probes:
+                peers[-1]["reachable"] = probes[url] is None
+                peers[-1]["reach_error"] = probes[url]
         return {
             "node": self.config.node_name,
             "url": self.url,
             "started_at": self.started_at,
+            "time": time.time(),  # ages are computed against the node's own clock
             "segments": self.index.segment_count(),
             "peers": peers,
         }

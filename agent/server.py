@@ -24,6 +24,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.names import Kind, parse_hour, parse_path, validate_component
 
+from .client import MIN_RATE
 from .store import WriteRejected
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MSGPACK = b"application/msgpack"
-UPLOAD_BUFFER = 512 * 1024
+UPLOAD_BUFFER = 1024 * 1024  # bytes read per thread hop when serving a segment
 
 
 class HttpError(Exception):
@@ -149,6 +150,7 @@ class App:
         if scope["type"] != "http":
             return
         v1 = scope.get("path", "").startswith("/v1/")
+        send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)
             await self.route(request, send)
@@ -168,6 +170,26 @@ class App:
         except ClientGone:
             self.node.metrics.rejected.labels("client_gone").inc()
             log.info("%s %s: peer disconnected mid-request", scope.get("method"), scope.get("path"))
+
+    def _tolerant_send(self, scope, send):
+        """hypercorn may shut the socket while we answer (the client sent bytes after
+        `connection: close`, or left): then nobody reads the answer, and trio's refusal
+        of the send must not become an application error."""
+        gone = False
+
+        async def tolerant(message) -> None:
+            nonlocal gone
+            if gone:
+                return
+            try:
+                await send(message)
+            except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+                gone = True
+                self.node.metrics.rejected.labels("client_gone").inc()
+                log.info("%s %s: connection closed while answering", scope.get("method"),
+                         scope.get("path"))
+
+        return tolerant
 
     # ---- routing ----
 
@@ -269,8 +291,9 @@ class App:
     async def on_status(self, req: m.StatusRequest) -> bytes:
         import msgpack
 
+        probes = await self.node.probe_peers()
         return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status",
-                              **self.node.status()}, use_bin_type=True)
+                              **self.node.status(probes)}, use_bin_type=True)
 
     async def receive_segment(self, req: Request, path: str, send) -> None:
         try:
@@ -285,18 +308,32 @@ class App:
         if size > self.node.config.max_segment_bytes:
             raise HttpError(413, "too_large", f"segment larger than "
                             f"{self.node.config.max_segment_bytes} bytes")
-        async with self.upload_slots:
-            try:
-                status = await self.node.accept_segment(name, size, req.chunks(), source="push")
-            except WriteRejected as e:
-                if e.reason == "tombstoned":
-                    status = "tombstoned"
-                else:
-                    code = 422 if e.reason in ("hash_mismatch", "temp") else 400
-                    raise HttpError(code, e.reason, str(e)) from None
-            except OSError as e:
-                raise HttpError(507, "storage_error", f"could not store {path}: {e.strerror}") \
-                    from None
+        # a sender that drips its body must not hold a slot for ever: bounded wait for a
+        # slot, then the body must arrive at MIN_RATE (as the client demands of peers)
+        timeout = self.node.config.request_timeout
+        with trio.move_on_after(timeout) as waiting:
+            await self.upload_slots.acquire()
+        if waiting.cancelled_caught:
+            raise HttpError(429, "busy", "every upload slot is busy; retry later")
+        try:
+            with trio.move_on_after(timeout + size / MIN_RATE) as receiving:
+                try:
+                    status = await self.node.accept_segment(name, size, req.chunks(),
+                                                            source="push")
+                except WriteRejected as e:
+                    if e.reason == "tombstoned":
+                        status = "tombstoned"
+                    else:
+                        code = 422 if e.reason in ("hash_mismatch", "temp") else 400
+                        raise HttpError(code, e.reason, str(e)) from None
+                except OSError as e:
+                    raise HttpError(507, "storage_error",
+                                    f"could not store {path}: {e.strerror}") from None
+        finally:
+            self.upload_slots.release()
+        if receiving.cancelled_caught:
+            raise HttpError(408, "too_slow", f"{path}: body not received at "
+                            f"{MIN_RATE} bytes/s or more")
         await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
 
     async def serve_segment(self, req: Request, path: str, send) -> None:
