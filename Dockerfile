@@ -5,8 +5,9 @@
 # reads its peers from /etc/segsync/peers (one URL per line, re-read on change).
 FROM python:3.11-alpine
 
-# where the source lives (OCI label); override with --build-arg SOURCE_URL=...
-ARG SOURCE_URL=https://github.com/segsync/segsync
+# where the source lives (OCI label): the project has no public home yet, so the
+# builder names it: docker build --build-arg SOURCE_URL=https://... .
+ARG SOURCE_URL=""
 LABEL org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.title="segsync" \
       org.opencontainers.image.description="Keeps video segment archives identical across nodes"
