@@ -22,7 +22,7 @@ import trio
 from protocol import limits
 from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
-from protocol.names import Kind, parse_hour, parse_path, validate_component
+from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
 
 from .client import MIN_RATE
 from .store import WriteRejected
@@ -124,6 +124,17 @@ async def send_response(
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+def segment_from_path(path: str, not_segment: str) -> SegmentName:
+    """A URL's segment path, validated: 400 bad_name for anything else."""
+    try:
+        name, kind = parse_path(path)
+    except SegmentNameError as e:
+        raise HttpError(400, "bad_name", str(e)) from None
+    if kind is not Kind.SEGMENT:
+        raise HttpError(400, "bad_name", not_segment)
+    return name
 
 
 def json_body(value: Any) -> bytes:
@@ -296,12 +307,7 @@ class App:
                               **self.node.status(probes)}, use_bin_type=True)
 
     async def receive_segment(self, req: Request, path: str, send) -> None:
-        try:
-            name, kind = parse_path(path)
-        except SegmentNameError as e:
-            raise HttpError(400, "bad_name", str(e)) from None
-        if kind is not Kind.SEGMENT:
-            raise HttpError(400, "bad_name", "PUT takes a .ts segment path")
+        name = segment_from_path(path, "PUT takes a .ts segment path")
         size = req.content_length()
         if size is None:
             raise HttpError(411, "length_required", "Content-Length is required")
@@ -337,12 +343,7 @@ class App:
         await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
 
     async def serve_segment(self, req: Request, path: str, send) -> None:
-        try:
-            name, kind = parse_path(path)
-        except SegmentNameError as e:
-            raise HttpError(400, "bad_name", str(e)) from None
-        if kind is not Kind.SEGMENT:
-            raise HttpError(400, "bad_name", "only .ts segments are served")
+        name = segment_from_path(path, "only .ts segments are served")
         try:
             f = await trio.to_thread.run_sync(self.node.store.open_segment, name)
         except (FileNotFoundError, NotADirectoryError):
