@@ -20,7 +20,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.names import Kind, SegmentName
 
-READ_CHUNK = 512 * 1024
+READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 # httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
 # byte per second would hold a request forever. Every exchange also has a deadline:
 # control messages `CALL_DEADLINE_FACTOR * timeout`, transfers `timeout + bytes / MIN_RATE`.

@@ -125,9 +125,13 @@ class PeerPusher:
         if item.kind is Kind.TOMBSTONE:
             return await self.client.send_tombstone(item.name)
         path = self.node.store.path_of(item.name)
-        if not await trio.to_thread.run_sync(self.node.store.is_visible, item.name):
+
+        def visible_size() -> int | None:  # one thread hop, not two: it is on the push path
+            return path.stat().st_size if self.node.store.is_visible(item.name) else None
+
+        size = await trio.to_thread.run_sync(visible_size)
+        if size is None:
             return "skipped"  # tombstoned or removed since it was queued
-        size = (await trio.to_thread.run_sync(path.stat)).st_size
         status = await self.client.offer(item.name, size)
         if status != "want":
             return status
