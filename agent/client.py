@@ -125,9 +125,13 @@ class PeerClient:
                         data = await self._read_limited(response, max_reply)
                 except httpx.HTTPError as e:
                     raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
-        if response.status_code != 200:
-            raise PeerError(self.url, self._error_text(response.status_code, data),
-                            response.status_code)
+        return self._reply(response.status_code, data, expect, max_reply)
+
+    def _reply(self, status: int, data: bytes, expect: type[m.Message],
+               max_reply: int) -> m.Message:
+        """A 200 reply decoded as `expect`; anything else is a PeerError saying why."""
+        if status != 200:
+            raise PeerError(self.url, self._error_text(status, data), status)
         try:
             return m.decode(data, expect, max_reply)
         except ProtocolError as e:
@@ -174,13 +178,7 @@ class PeerClient:
                         raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
         finally:
             f.close()
-        if response.status_code != 200:
-            raise PeerError(self.url, self._error_text(response.status_code, data),
-                            response.status_code)
-        try:
-            ack = m.decode(data, m.Ack)
-        except ProtocolError as e:
-            raise PeerError(self.url, f"bad reply: {e}") from None
+        ack = self._reply(response.status_code, data, m.Ack, limits.MAX_REQUEST_BYTES)
         return ack.status, size  # type: ignore[attr-defined]
 
     # ---- pull ----
