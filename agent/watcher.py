@@ -27,6 +27,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 # already watches (every new hour directory does that): harmless, and noise on stderr.
 warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
                         module=r"watchdog\.")
+
+# watchdog holds each IN_MOVED_FROM for `delay` (0.5 s) to pair it with its
+# IN_MOVED_TO, and its queue reader can begin that wait just before the pair forms:
+# it then sleeps the whole 0.5 s, holding back every later event of the tree, so a
+# segment renamed into place reached the pusher half a second late now and then
+# (1 rename in ~2000 on an idle machine, more under load; bench/push_latency.py).
+# The handler takes a move as "source gone, destination appeared", paired or not,
+# so never wait: an unpaired half comes out at once as a delete or a create.
+InotifyMoveEventGrouper.delay = 0
 
 # watchdog logs (and then swallows) inotify's IN_Q_OVERFLOW under this logger.
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"

@@ -142,8 +142,9 @@ def run(args, base: Path) -> dict:
                 os.sync()
                 if kind == "segsync":
                     cpu0 = server.cpu_seconds()
-                    cmd = [str(benchlib.SEGSYNC), "backfill", "--root", str(dst),
-                           "--from", server.url, "--log-level", args.log_level]
+                    cmd = benchlib.segsync_command("backfill", "--root", str(dst),
+                                                   "--from", server.url,
+                                                   "--log-level", args.log_level)
                     if args.max_concurrency:
                         cmd += ["--max-concurrency", str(args.max_concurrency)]
                     r = timed(cmd, base / "backfill.log")

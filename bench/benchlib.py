@@ -49,6 +49,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def segsync_command(*args: str) -> list[str]:
+    """`segsync ARGS`, behind SEGSYNC_BENCH_WRAP if set: a command prefix (a tracer, or
+    `env PYTHONPATH=OTHER_CHECKOUT python` to measure another version of the code)."""
+    wrap = os.environ.get("SEGSYNC_BENCH_WRAP", "").split()
+    return wrap + [str(SEGSYNC), *args]
+
+
 class Agent:
     """One `segsync run` process with its root, URL and log file."""
 
@@ -59,10 +66,8 @@ class Agent:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
-        # SEGSYNC_BENCH_WRAP: a command prefix for the agents (a profiler, a tracer)
-        wrap = os.environ.get("SEGSYNC_BENCH_WRAP", "").split()
-        self.args = wrap + [str(SEGSYNC), "run", "--root", str(root),
-                     "--listen", f"127.0.0.1:{port}", "--node-name", name]
+        self.args = segsync_command("run", "--root", str(root),
+                                    "--listen", f"127.0.0.1:{port}", "--node-name", name)
         for peer in peers:
             self.args += ["--peer", peer]
         self.args += list(extra)

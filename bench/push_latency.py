@@ -43,6 +43,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 import benchlib
 from benchlib import Agent, print_table, summary_ms
@@ -55,6 +56,11 @@ TOMBSTONE_GOAL_MS = 20.0
 
 
 # ---- arrival detection ----
+
+# watchdog may hold a rename back 0.5 s while it pairs IN_MOVED_FROM with IN_MOVED_TO
+# (a race in its delay queue; see agent/watcher.py): that would be a stall of the
+# measuring tool, not of the agents. Arrival needs only the IN_MOVED_TO: never wait.
+InotifyMoveEventGrouper.delay = 0
 
 class Arrivals(FileSystemEventHandler):
     """Records the first time each expected path appears under any watched root."""
