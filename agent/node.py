@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .pusher import Pusher
 from .recent import RecentSet
 from .server import App
-from .store import Store, WriteRejected, classify_hour
+from .store import SegmentWriter, Store, WriteRejected, classify_hour
 from .watcher import ArchiveWatcher, Batch
 
 log = logging.getLogger(__name__)
@@ -266,13 +266,20 @@ class Node:
     ) -> str:
         """Stream a segment from a peer into the store: verified, atomic, indexed."""
         metrics = self.metrics
-        if self.store.has_tombstone(name):
-            metrics.received.labels("segment", "tombstoned").inc()
-            return "tombstoned"
-        if self.store.has_segment(name):
-            metrics.received.labels("segment", "have").inc()
-            return "have"
-        writer = await trio.to_thread.run_sync(self.store.open_writer, name, size)
+
+        def open_writer() -> tuple[str | None, SegmentWriter | None]:
+            # in the thread too: a lookup of a name not yet in the directory waits for
+            # the directory's lock, which a rename stuck behind a journal commit holds
+            if self.store.has_tombstone(name):
+                return "tombstoned", None
+            if self.store.has_segment(name):
+                return "have", None
+            return None, self.store.open_writer(name, size)
+
+        early, writer = await trio.to_thread.run_sync(open_writer)
+        if writer is None:
+            metrics.received.labels("segment", early).inc()
+            return early
 
         def write(batch: list[bytes]) -> None:
             for chunk in batch:

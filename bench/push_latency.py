@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,8 @@ TOMBSTONE_GOAL_MS = 20.0
 # (a race in its delay queue; see agent/watcher.py): that would be a stall of the
 # measuring tool, not of the agents. Arrival needs only the IN_MOVED_TO: never wait.
 InotifyMoveEventGrouper.delay = 0
+# and it warns each time it re-registers the watch of a new hour directory: harmless
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 class Arrivals(FileSystemEventHandler):
     """Records the first time each expected path appears under any watched root."""
