@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import settings
+
+# `make test` is reproducible: the same examples on every run and every machine, so a
+# red CI run is a real regression. `--hypothesis-profile=explore` draws fresh random
+# examples each run, to hunt for new counterexamples.
+settings.register_profile("default", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile("default")
 
 sys.path.insert(0, os.path.dirname(__file__))
 

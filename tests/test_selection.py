@@ -115,6 +115,13 @@ def test_version_key_orders_all_rules():
     assert sorted(shuffled, key=version_key) == cands
 
 
+def test_a_better_version_that_ends_before_the_range_does_not_hide_one_that_covers_it():
+    suspect = candidate(0, duration="2.0", type_="suspect")
+    full = candidate(0, duration="0.5", type_="full")
+    assert best_segments([suspect, full], at(0.5), at(0.501)) == [suspect]
+    assert best_segments([suspect, full], at(0), at(0.4)) == [full]
+
+
 @settings(max_examples=200)
 @given(st.lists(
     st.tuples(st.sampled_from(["full", "suspect", "partial", "temp"]),
@@ -308,7 +315,10 @@ def test_best_segments_properties(specs, start_ms, length_ms):
     for c in chosen:
         assert c.name.type != "temp"
         assert c.name.end > start and c.name.start < end
-        same_start = [o for o in cands if o.name.start == c.name.start]
+        # the best of the versions at that start that reach into the range: a better
+        # version that ends before the range starts covers none of it
+        same_start = [o for o in cands if o.name.start == c.name.start
+                      and o.name.end > start and o.name.start < end]
         assert c == pick_best(same_start)
     # Every usable overlapping start time is represented.
     expected = {
