@@ -22,7 +22,13 @@ import trio
 from protocol.backoff import Backoff, jittered
 from protocol.digests import hour_range
 from protocol.names import Kind, SegmentName
-from protocol.replication import FetchPlan, differing_keys, newest_first, plan_hour
+from protocol.replication import (
+    FetchPlan,
+    differing_keys,
+    fetch_batches,
+    newest_first,
+    plan_hour,
+)
 
 from .client import PeerClient, PeerError
 from .store import WriteRejected
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PEER_LIST_POLL = 1.0  # seconds between checks of the peer list for added/removed peers
 MAX_DOWNLOAD_ERRORS = 5  # in a row from one peer: stop this unit, retry next round
+FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
 
 
 def utc_now() -> dt.datetime:
@@ -275,15 +282,52 @@ class Backfiller:
 
     async def fetch_plans(self, client: PeerClient, plans: list[FetchPlan], stats: PairStats,
                           progress: Progress | None) -> None:
-        """Download, `max_concurrency` at a time for the whole node (all peers share it)."""
+        """Download in batch fetches, `max_concurrency` at a time for the whole node (all
+        peers share the slots)."""
+        names = [name for plan in plans for name in plan.fetch]
+        batches = fetch_batches(names, self.node.config.max_concurrency, FETCH_BATCH)
         async with trio.open_nursery() as nursery:
-            for plan in plans:
-                for name in plan.fetch:
-                    await self.download_slots.acquire()
-                    if stats.error is not None:  # the peer stopped answering: next round
-                        self.download_slots.release()
-                        return
-                    nursery.start_soon(self._fetch_one, client, name, stats, progress)
+            for batch in batches:
+                await self.download_slots.acquire()
+                if stats.error is not None:  # the peer stopped answering: next round
+                    self.download_slots.release()
+                    return
+                nursery.start_soon(self._fetch_batch, client, batch, stats, progress)
+
+    async def _fetch_batch(self, client: PeerClient, names: list[SegmentName],
+                           stats: PairStats, progress: Progress | None) -> None:
+        """One batch; called holding a download slot, which it releases.
+
+        Another peer's round may be fetching some of these segments: those wait for it
+        (one at a time, afterwards) rather than being downloaded twice."""
+        mine, others = [], []
+        for name in names:
+            if name.path in self.in_flight:
+                others.append(name)
+            elif self._have(name):
+                stats.elsewhere += 1
+            else:
+                mine.append(name)
+        done = {name.path: trio.Event() for name in mine}
+        self.in_flight.update(done)
+        try:
+            if mine:
+                await self._download_batch(client, mine, stats, progress)
+        finally:
+            for path, event in done.items():
+                del self.in_flight[path]
+                event.set()
+            self.download_slots.release()
+        for name in others:
+            await self.download_slots.acquire()
+            if stats.error is not None:
+                self.download_slots.release()
+                return
+            await self._fetch_one(client, name, stats, progress)
+
+    def _have(self, name: SegmentName) -> bool:
+        index = self.node.index
+        return index.has(name, Kind.SEGMENT) or index.has(name, Kind.TOMBSTONE)
 
     async def _fetch_one(self, client: PeerClient, name: SegmentName, stats: PairStats,
                          progress: Progress | None) -> None:
@@ -298,7 +342,7 @@ class Backfiller:
                 await other.wait()
                 await self.download_slots.acquire()
                 holding = True
-            if self.node.index.has(name, Kind.SEGMENT) or self.node.index.has(name, Kind.TOMBSTONE):
+            if self._have(name):
                 stats.elsewhere += 1
                 return
             done = self.in_flight[name.path] = trio.Event()
@@ -311,12 +355,68 @@ class Backfiller:
             if holding:
                 self.download_slots.release()
 
+    async def _download_batch(self, client: PeerClient, names: list[SegmentName],
+                              stats: PairStats, progress: Progress | None) -> None:
+        """Fetch `names` in one response; one by one from a peer without batch fetch."""
+        if not client.batch_fetch:
+            for name in names:
+                await self._download(client, name, stats, progress)
+            return
+        settled = 0
+        stored_dirs: set = set()
+        try:
+            async with client.fetch(names, self.node.config.max_segment_bytes) as items:
+                async for name, size, chunks in items:
+                    if chunks is None:  # gone at the peer since its listing
+                        stats.failed += 1
+                        self.node.metrics.pulls.labels(client.url, "segment", "missing").inc()
+                    elif await self._store(client, name, size, chunks, stats, progress,
+                                           sync_dir=False):
+                        stored_dirs.add(self.node.store.path_of(name).parent)
+                    settled += 1
+        except PeerError as e:
+            if settled == 0 and e.status in (404, 405):
+                log.info("backfill: %s has no batch fetch; fetching one by one", client.url)
+                client.batch_fetch = False
+                return await self._download_batch(client, names, stats, progress)
+            for name in names[settled:]:
+                self._peer_failed(client, name, stats, e)
+        finally:
+            # one directory fsync per hour for the whole batch, not one per segment
+            if stored_dirs:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(self.node.store.sync_dirs, stored_dirs)
+                    except OSError as e:  # the files are there; only the renames may not last
+                        log.error("backfill: syncing hour directories: %s", e)
+
     async def _download(self, client: PeerClient, name: SegmentName, stats: PairStats,
                         progress: Progress | None) -> None:
-        metrics = self.node.metrics
         try:
             async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
-                status = await self.node.accept_segment(name, size, chunks, source="pull")
+                await self._store(client, name, size, chunks, stats, progress)
+        except PeerError as e:
+            self._peer_failed(client, name, stats, e)
+
+    def _peer_failed(self, client: PeerClient, name: SegmentName, stats: PairStats,
+                     e: PeerError) -> None:
+        stats.failed += 1
+        stats.download_errors += 1
+        log.info("backfill: fetching %s: %s", name.path, e)
+        self.node.metrics.pulls.labels(client.url, "segment", "error").inc()
+        if stats.download_errors >= MAX_DOWNLOAD_ERRORS and stats.error is None:
+            stats.error = f"{stats.download_errors} downloads in a row failed: {e}"
+
+    async def _store(self, client: PeerClient, name: SegmentName, size: int | None,
+                     chunks, stats: PairStats, progress: Progress | None,
+                     sync_dir: bool = True) -> bool:
+        """Store one segment as its bytes arrive, and count what happened; True if it
+        was stored. A PeerError (the transfer broke) propagates; what the store refuses
+        is counted here."""
+        metrics = self.node.metrics
+        try:
+            status = await self.node.accept_segment(name, size, chunks, source="pull",
+                                                    sync_dir=sync_dir)
         except WriteRejected as e:
             stats.download_errors = 0  # the peer answered: it is up
             if e.reason == "hash_mismatch":
@@ -331,24 +431,17 @@ class Backfiller:
                 stats.failed += 1
                 log.warning("backfill: %s from %s refused: %s", name.path, client.url, e)
                 metrics.pulls.labels(client.url, "segment", e.reason).inc()
-            return
-        except PeerError as e:
-            stats.failed += 1
-            stats.download_errors += 1
-            log.info("backfill: fetching %s: %s", name.path, e)
-            metrics.pulls.labels(client.url, "segment", "error").inc()
-            if stats.download_errors >= MAX_DOWNLOAD_ERRORS and stats.error is None:
-                stats.error = f"{stats.download_errors} downloads in a row failed: {e}"
-            return
+            return False
         except OSError as e:
             stats.failed += 1
             log.error("backfill: storing %s: %s", name.path, e)
             metrics.pulls.labels(client.url, "segment", "storage_error").inc()
-            return
+            return False
         stats.download_errors = 0
         metrics.pulls.labels(client.url, "segment", status).inc()
         if status == "stored":
-            size = self.node.store.path_of(name).stat().st_size
+            if size is None:  # a peer that did not say: what was written
+                size = (await trio.to_thread.run_sync(self.node.store.path_of(name).stat)).st_size
             stats.downloaded += 1
             stats.bytes += size
             if progress is not None:
@@ -357,6 +450,7 @@ class Backfiller:
             stats.skipped_tombstoned += 1
         else:
             stats.elsewhere += 1
+        return status == "stored"
 
     def _log_round(self, r: RoundResult) -> None:
         """One line per peer and (channel, quality) that differed; in sync is one debug line."""

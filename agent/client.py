@@ -8,6 +8,7 @@ hard size limit and decoded by the bounded protocol decoder.
 from __future__ import annotations
 
 import os
+from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -18,6 +19,7 @@ import trio
 from protocol import limits
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemStart
 from protocol.names import Kind, SegmentName
 
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
@@ -73,6 +75,7 @@ class PeerClient:
             headers["x-segsync-node"] = node_name
         self.gate = trio.Semaphore(concurrency)
         self.timeout = timeout
+        self.batch_fetch = True  # until the peer turns out not to have /v1/fetch
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -209,8 +212,6 @@ class PeerClient:
             raise PeerError(self.url, f"HTTP {response.status_code}", response.status_code)
 
     async def status(self) -> dict:
-        import msgpack
-
         body = m.encode(m.StatusRequest())
         async with self.gate:
             with self._deadline(self.timeout * CALL_DEADLINE_FACTOR, "/v1/status"):
@@ -262,6 +263,87 @@ class PeerClient:
                     yield size, chunks()
             except httpx.HTTPError as e:
                 raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+
+    @asynccontextmanager
+    async def fetch(self, names: list[SegmentName], max_bytes: int):
+        """Batch download (POST /v1/fetch): yields an async iterator of
+        `(name, size, chunks)` in the order asked, `size` and `chunks` None for a
+        segment the peer does not serve. Chunks a consumer leaves unread are skipped.
+        A peer without the endpoint answers 404 or 405: a PeerError with that status."""
+        paths = [name.path for name in names]
+        by_path = dict(zip(paths, names))
+        body = m.encode(m.FetchRequest(paths))
+        async with self.gate:
+            try:
+                async with self.http.stream(
+                    "POST", "/v1/fetch", content=body,
+                    headers={"content-type": "application/msgpack"},
+                ) as response:
+                    if response.status_code != 200:
+                        with self._deadline(self.timeout, "error reply for /v1/fetch"):
+                            data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
+                        raise PeerError(self.url, self._error_text(response.status_code, data),
+                                        response.status_code)
+                    items = self._fetched_items(response, by_path, max_bytes)
+                    try:
+                        yield items
+                    finally:
+                        await items.aclose()
+            except httpx.HTTPError as e:
+                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+            except ProtocolError as e:
+                raise PeerError(self.url, f"bad fetch reply: {e}") from None
+
+    async def _fetched_items(self, response: httpx.Response, by_path: dict[str, SegmentName],
+                             max_bytes: int):
+        reader = FetchStreamReader(list(by_path), max_bytes)
+        raw = response.aiter_raw()
+        pending: deque = deque()
+        # each segment must arrive at MIN_RATE, each frame header within the timeout
+        deadline = trio.current_time() + self.timeout
+
+        async def next_event():
+            while not pending:
+                try:
+                    chunk = await raw.__anext__()
+                except StopAsyncIteration:
+                    reader.finish()
+                    raise PeerError(self.url, "fetch reply ended early") from None
+                if trio.current_time() > deadline:
+                    raise PeerError(self.url, f"fetch reply sent slower than {MIN_RATE} bytes/s")
+                pending.extend(reader.feed(chunk))
+            return pending.popleft()
+
+        while not reader.done or pending:
+            event = await next_event()
+            if isinstance(event, ItemMissing):
+                deadline = trio.current_time() + self.timeout
+                yield by_path[event.path], None, None
+                continue
+            assert isinstance(event, ItemStart), event
+            deadline = trio.current_time() + self.timeout + event.size / MIN_RATE
+            ended = False
+
+            async def chunks() -> AsyncIterator[bytes]:
+                nonlocal ended
+                while not ended:
+                    item = await next_event()
+                    if isinstance(item, ItemEnd):
+                        ended = True
+                    else:
+                        yield item.data
+
+            body = chunks()
+            try:
+                yield by_path[event.path], event.size, body
+                async for _ in body:  # the consumer stopped early: skip the rest
+                    pass
+            finally:
+                await body.aclose()
+            deadline = trio.current_time() + self.timeout
+        async for chunk in raw:  # nothing may follow the last answer
+            reader.feed(chunk)
+        reader.finish()
 
 
 def tombstone_or_segment(kind: Kind) -> str:

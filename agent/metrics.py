@@ -28,6 +28,9 @@ class Metrics:
         self.hash_mismatches = Counter(
             "segsync_hash_mismatches", "Bytes that did not hash to their name",
             ["source"], registry=r)
+        self.requests = Counter(
+            "segsync_http_requests", "HTTP requests received, by endpoint", ["endpoint"],
+            registry=r)
         self.rejected = Counter(
             "segsync_rejected_requests", "Requests refused, by reason", ["reason"], registry=r)
         self.queue_depth = Gauge(

@@ -263,59 +263,67 @@ class Node:
 
     async def accept_segment(
         self, name: SegmentName, size: int | None, chunks: AsyncIterator[bytes], source: str,
+        sync_dir: bool = True,
     ) -> str:
-        """Stream a segment from a peer into the store: verified, atomic, indexed."""
+        """Stream a segment from a peer into the store: verified, atomic, indexed.
+        `sync_dir=False`: the caller fsyncs the hour directory later (see
+        `SegmentWriter.commit`), once for many segments."""
         metrics = self.metrics
+        writer: SegmentWriter | None = None
 
-        def open_writer() -> tuple[str | None, SegmentWriter | None]:
-            # in the thread too: a lookup of a name not yet in the directory waits for
-            # the directory's lock, which a rename stuck behind a journal commit holds
-            if self.store.has_tombstone(name):
-                return "tombstoned", None
-            if self.store.has_segment(name):
-                return "have", None
-            return None, self.store.open_writer(name, size)
-
-        early, writer = await trio.to_thread.run_sync(open_writer)
-        if writer is None:
-            metrics.received.labels("segment", early).inc()
-            return early
-
-        def write(batch: list[bytes]) -> None:
-            for chunk in batch:
-                writer.write(chunk)
-
-        def write_and_commit(batch: list[bytes]) -> str:
-            write(batch)
-            return writer.commit()
+        def write(batch: list[bytes], last: bool) -> str | None:
+            """One thread hop: open the temp file with the first batch (unless the
+            segment is tombstoned or here already), write, and commit after the last.
+            The checks run in the thread too: a lookup of a name not yet in the
+            directory waits for its lock, which a rename stuck behind a journal commit
+            holds."""
+            nonlocal writer
+            if writer is None:
+                if self.store.has_tombstone(name):
+                    return "tombstoned"
+                if self.store.has_segment(name):
+                    return "have"
+                writer = self.store.open_writer(name, size)
+            if batch:
+                writer.write_many(batch)
+            return writer.commit(sync_dir) if last else None
 
         try:
             # chunks are batched as they come (no copying) and each batch is written
-            # in one thread hop; the last batch and the commit share one: a hop costs
-            # more than writing a few hundred KiB to the page cache
+            # in one thread hop; a segment of up to UPLOAD_BUFFER bytes takes a single
+            # hop for open, write and commit: a hop costs more than writing a few
+            # hundred KiB to the page cache
             batch: list[bytes] = []
             batched = 0
+            status: str | None = None
             async for chunk in chunks:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched > UPLOAD_BUFFER:
-                    await trio.to_thread.run_sync(write, batch)
+                    status = await trio.to_thread.run_sync(write, batch, False)
+                    if status is not None:  # tombstoned or here: the rest is not needed
+                        break
                     batch, batched = [], 0
-            self.received.add(name.path)  # before the rename, so the watcher sees an echo
-            status = await trio.to_thread.run_sync(write_and_commit, batch)
+            if status is None:
+                self.received.add(name.path)  # before the rename: the watcher sees an echo
+                status = await trio.to_thread.run_sync(write, batch, True)
         except WriteRejected as e:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             if e.reason == "hash_mismatch":
                 metrics.hash_mismatches.labels(source).inc()
             metrics.received.labels("segment", e.reason).inc()
             raise
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             metrics.received.labels("segment", "error").inc()
             raise
+        assert status is not None
         if status == "stored":
             self.index.add(name, Kind.SEGMENT)
             metrics.indexed_segments.inc()
+            assert writer is not None
             metrics.bytes.labels("received" if source == "push" else "pulled").inc(writer.size)
         metrics.received.labels("segment", status).inc()
         return status

@@ -22,6 +22,7 @@ import trio
 from protocol import limits
 from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
+from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
 
 from .client import MIN_RATE
@@ -33,7 +34,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MSGPACK = b"application/msgpack"
+FETCH_STREAM = b"application/x-segsync-fetch"
 UPLOAD_BUFFER = 1024 * 1024  # bytes read per thread hop when serving a segment
+BATCH_SERVES = 16  # batch fetches answered at once (each holds up to 64 open files)
+
+
+ENDPOINTS = frozenset({
+    "v1-segments", "v1-fetch", "v1-offer", "v1-tombstone", "v1-pair-digests",
+    "v1-hour-digests", "v1-listing", "v1-status", "files", "segments", "metrics", "healthz",
+})
+
+
+def endpoint_label(path: str) -> str:
+    """The endpoint a request path names, from a fixed set (bounded metric labels)."""
+    parts = path.split("/")[1:]
+    label = "-".join(parts[:2]) if parts[:1] == ["v1"] else (parts[0] if parts else "")
+    return label if label in ENDPOINTS else "other"
+
+
+def _close_all(opened: list) -> None:
+    for o in opened:
+        if o is not None:
+            o[0].close()
 
 
 class HttpError(Exception):
@@ -147,6 +169,7 @@ class App:
     def __init__(self, node: "Node") -> None:
         self.node = node
         self.upload_slots = trio.Semaphore(32)
+        self.batch_slots = trio.Semaphore(BATCH_SERVES)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -161,6 +184,7 @@ class App:
         if scope["type"] != "http":
             return
         v1 = scope.get("path", "").startswith("/v1/")
+        self.node.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
         send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)
@@ -237,6 +261,9 @@ class App:
                 return await self.receive_segment(req, path, send)
             self._method(req, "GET")
             return await self.serve_segment(req, path, send)
+        if op == "fetch" and len(parts) == 1:
+            self._method(req, "POST")
+            return await self.serve_batch(req, send)
         handlers = {
             "offer": (m.Offer, self.on_offer),
             "tombstone": (m.Tombstone, self.on_tombstone),
@@ -342,28 +369,100 @@ class App:
                             f"{MIN_RATE} bytes/s or more")
         await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
 
+    def _open_for_serving(self, name: SegmentName):
+        """(open file, size), or None when the segment is not served (absent,
+        tombstoned). An open file keeps its bytes even if the name goes away."""
+        try:
+            f = self.node.store.open_segment(name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return f, os.fstat(f.fileno()).st_size
+        except BaseException:
+            f.close()
+            raise
+
+    def _open_batch(self, names: list[SegmentName]) -> list:
+        opened = []
+        try:
+            for name in names:
+                opened.append(self._open_for_serving(name))
+        except BaseException:
+            _close_all(opened)
+            raise
+        return opened
+
+    async def _send_file(self, f, size: int, send, last: bool) -> bool:
+        """Stream an open segment as body messages; False if the file came up short
+        (cut under us): then nothing more may be sent, and returning leaves the
+        response unfinished, so hypercorn closes the connection and the receiver
+        rejects what it got instead of storing it."""
+        sent = 0
+        while sent < size:
+            chunk = await trio.to_thread.run_sync(f.read, min(UPLOAD_BUFFER, size - sent))
+            if not chunk:
+                log.warning("%s shrank while being served", f.name)
+                return False
+            sent += len(chunk)
+            self.node.metrics.bytes.labels("served").inc(len(chunk))
+            await send({"type": "http.response.body", "body": chunk,
+                        "more_body": sent < size or not last})
+        return True
+
     async def serve_segment(self, req: Request, path: str, send) -> None:
         name = segment_from_path(path, "only .ts segments are served")
+        opened = await trio.to_thread.run_sync(self._open_for_serving, name)
+        if opened is None:
+            raise HttpError(404, "not_found", f"{path}: no such segment, or tombstoned")
+        f, size = opened
         try:
-            f = await trio.to_thread.run_sync(self.node.store.open_segment, name)
-        except (FileNotFoundError, NotADirectoryError):
-            raise HttpError(404, "not_found", f"{path}: no such segment, or tombstoned") from None
-        try:
-            size = os.fstat(f.fileno()).st_size
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"video/mp2t"), (b"content-length", str(size).encode())]})
-            sent = 0
-            while sent < size:
-                chunk = await trio.to_thread.run_sync(f.read, min(UPLOAD_BUFFER, size - sent))
-                if not chunk:
-                    break  # truncated under us: the client sees a short body and rejects it
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": sent < size})
-            if sent < size:
+            if size == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.node.metrics.bytes.labels("served").inc(sent)
+            await self._send_file(f, size, send, last=True)
         finally:
             f.close()
+
+    async def serve_batch(self, req: Request, send) -> None:
+        """POST /v1/fetch: many segments in one response, framed (protocol.fetchstream).
+        Every file is opened (and sized) before the answer starts, so the response has
+        a Content-Length and the bytes of each are the ones that were there then."""
+        body = await req.body(limits.MAX_REQUEST_BYTES)
+        try:
+            request = m.decode(body, m.FetchRequest, limits.MAX_REQUEST_BYTES)
+        except ProtocolError as e:
+            raise HttpError(400, "bad_message", str(e)) from None
+        names = [parse_path(path)[0] for path in request.paths]
+        # each batch holds up to MAX_FETCH_PATHS open files: a bounded number at a time
+        with trio.move_on_after(self.node.config.request_timeout) as waiting:
+            await self.batch_slots.acquire()
+        if waiting.cancelled_caught:
+            raise HttpError(429, "busy", "every batch fetch slot is busy; retry later")
+        try:
+            await self._serve_batch(names, send)
+        finally:
+            self.batch_slots.release()
+
+    async def _serve_batch(self, names: list[SegmentName], send) -> None:
+        opened = await trio.to_thread.run_sync(self._open_batch, names)
+        try:
+            headers = [
+                frame_header(m.FetchMissing(name.path, "not_found") if o is None
+                             else m.FetchItem(name.path, o[1]))
+                for name, o in zip(names, opened)
+            ]
+            total = sum(map(len, headers)) + sum(o[1] for o in opened if o is not None)
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", FETCH_STREAM), (b"content-length", str(total).encode())]})
+            for i, (header, o) in enumerate(zip(headers, opened)):
+                last = i == len(names) - 1
+                await send({"type": "http.response.body", "body": header,
+                            "more_body": not last or (o is not None and o[1] > 0)})
+                if o is not None and not await self._send_file(o[0], o[1], send, last):
+                    return
+        finally:
+            _close_all(opened)
 
     # ---- compat endpoints ----
 

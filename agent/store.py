@@ -42,6 +42,8 @@ READ_CHUNK = 256 * 1024
 _MAX_LOGGED_BAD_NAMES = 10_000
 
 WriteFn = Callable[[int, bytes | memoryview], int]
+WritevFn = Callable[[int, list], int]
+_IOV_MAX = 1024  # buffers one writev takes on Linux
 
 
 class WriteRejected(Exception):
@@ -113,6 +115,23 @@ def write_all(fd: int, data: bytes | memoryview, write: WriteFn = os.write) -> N
         view = view[n:]
 
 
+def writev_all(fd: int, chunks: Iterable[bytes | memoryview],
+               writev: WritevFn = os.writev) -> None:
+    """Loop until every byte of every chunk is written: `writev` may write fewer bytes
+    than offered, and takes at most IOV_MAX buffers at a time."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    first = 0
+    while first < len(views):
+        n = writev(fd, views[first:first + _IOV_MAX])
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while first < len(views) and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
+        if n:
+            views[first] = views[first][n:]
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -133,6 +152,10 @@ class SegmentWriter:
         self.expected_size = expected_size
         self.max_size = max_size
         self._write = write
+        # an injected `write` (a test's short or failing disk) serves as a writev that
+        # writes part of the first buffer, which writev_all must handle anyway
+        self._writev: WritevFn = os.writev if write is os.write else (
+            lambda fd, buffers: write(fd, buffers[0]))
         self._hasher = SegmentHasher()
         self.final_path = store.path_of(name, Kind.SEGMENT)
         self.temp_path = self.final_path.parent / (
@@ -157,15 +180,18 @@ class SegmentWriter:
     def size(self) -> int:
         return self._hasher.size
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        if self._fd is None:
-            raise RuntimeError("writer is closed")
+    def _check_room(self, more: int) -> None:
         limit = self.expected_size if self.expected_size is not None else self.max_size
-        if self._hasher.size + len(chunk) > limit:
+        if self._hasher.size + more > limit:
             self.abort()
             raise WriteRejected(
                 "too_large", f"{self.name.path}: more than {limit} bytes received"
             )
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise RuntimeError("writer is closed")
+        self._check_room(len(chunk))
         try:
             write_all(self._fd, chunk, self._write)
         except BaseException:
@@ -173,8 +199,28 @@ class SegmentWriter:
             raise
         self._hasher.update(chunk)
 
-    def commit(self) -> str:
-        """Verify, fsync, rename into place. Returns 'stored' or 'have'."""
+    def write_many(self, chunks: list) -> None:
+        """Write chunks that arrived one after the other with one `writev` and hash
+        them: each syscall releases and retakes the GIL, which costs more than the
+        write itself while the event loop is busy."""
+        if self._fd is None:
+            raise RuntimeError("writer is closed")
+        self._check_room(sum(map(len, chunks)))
+        try:
+            writev_all(self._fd, chunks, self._writev)
+        except BaseException:
+            self.abort()
+            raise
+        for chunk in chunks:
+            self._hasher.update(chunk)
+
+    def commit(self, sync_dir: bool = True) -> str:
+        """Verify, fsync, rename into place. Returns 'stored' or 'have'.
+
+        `sync_dir=False` leaves the directory's fsync (which makes the rename itself
+        durable) to the caller, who can then sync a directory once for many files
+        (`Store.sync_dirs`). Until then a crash can lose the rename, never expose a
+        partial file: the data was synced before the name appeared."""
         try:
             if self.expected_size is not None and self._hasher.size != self.expected_size:
                 raise WriteRejected(
@@ -200,7 +246,8 @@ class SegmentWriter:
                 return "have"
             os.rename(self.temp_path, self.final_path)
             self.done = True
-            fsync_dir(self.final_path.parent)
+            if sync_dir:
+                fsync_dir(self.final_path.parent)
             return "stored"
         except BaseException:
             self.abort()
@@ -383,6 +430,11 @@ class Store:
 
     def segment_size(self, name: SegmentName) -> int:
         return self.path_of(name).stat().st_size
+
+    def sync_dirs(self, dirs: Iterable[Path]) -> None:
+        """fsync each directory: the renames made into it become durable."""
+        for d in sorted(set(dirs)):
+            fsync_dir(d)
 
     def open_writer(
         self, name: SegmentName, expected_size: int | None = None, write: WriteFn = os.write

@@ -21,3 +21,7 @@ MAX_DEPTH = 8
 # Hours a single digest query may name (2 years).
 MAX_HOUR_RANGE = 24 * 366 * 2
 MAX_PAIRS = 10_000
+# Segments one batch fetch may ask for (a catch-up pulls many in one response).
+MAX_FETCH_PATHS = 64
+# One frame header inside a batch fetch response (a path and a size, msgpack).
+MAX_FRAME_HEADER = 2048

@@ -312,6 +312,53 @@ class Listing(Message):
 
 
 @dataclass(frozen=True)
+class FetchRequest(Message):
+    """'Send me these segments, in this order, in one response' (a batch download)."""
+
+    TYPE: ClassVar[str] = "fetch_request"
+    paths: list
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "FetchRequest":
+        (paths,) = _require(obj, "paths")
+        paths = _list(paths, "paths")
+        if not 1 <= len(paths) <= limits.MAX_FETCH_PATHS:
+            raise ProtocolError(f"paths must hold 1 to {limits.MAX_FETCH_PATHS} segment paths")
+        for path in paths:
+            _path(path, "path", Kind.SEGMENT)
+        return cls(list(paths))
+
+
+@dataclass(frozen=True)
+class FetchItem(Message):
+    """Frame header in a batch fetch response: `size` bytes of `path` follow."""
+
+    TYPE: ClassVar[str] = "fetch_item"
+    path: str
+    size: int
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "FetchItem":
+        path, size = _require(obj, "path", "size")
+        return cls(_path(path, "path", Kind.SEGMENT),
+                   _int(size, "size", 0, limits.MAX_SEGMENT_BYTES))
+
+
+@dataclass(frozen=True)
+class FetchMissing(Message):
+    """Frame header in a batch fetch response: `path` is not served (gone, tombstoned)."""
+
+    TYPE: ClassVar[str] = "fetch_missing"
+    path: str
+    reason: str
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> "FetchMissing":
+        path, reason = _require(obj, "path", "reason")
+        return cls(_path(path, "path", Kind.SEGMENT), _str(reason, "reason"))
+
+
+@dataclass(frozen=True)
 class StatusRequest(Message):
     TYPE: ClassVar[str] = "status_request"
 
@@ -340,6 +387,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     for cls in (
         Offer, OfferReply, Tombstone, Ack, PairDigestsRequest, PairDigests,
         HourDigestsRequest, HourDigests, ListingRequest, Listing, StatusRequest, Error,
+        FetchRequest, FetchItem, FetchMissing,
     )
 }
 

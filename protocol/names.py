@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 
@@ -47,13 +47,17 @@ class SegmentName:
     duration: Decimal
     type: str
     hash: bytes
+    # every path and file name derives from the stem: formatted once, on first use
+    _stem: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def stem(self) -> str:
         """The file name without suffix: `MM:SS.ffffff-DURATION-TYPE-HASH`."""
-        return (
-            f"{self.start:%M:%S.%f}-{self.duration:f}-{self.type}-{encode_hash(self.hash)}"
-        )
+        if self._stem is None:
+            object.__setattr__(self, "_stem", (
+                f"{self.start:%M:%S.%f}-{self.duration:f}-{self.type}-{encode_hash(self.hash)}"
+            ))
+        return self._stem  # type: ignore[return-value]
 
     @property
     def filename(self) -> str:

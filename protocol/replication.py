@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from .errors import SegmentNameError
 from .names import Kind, SegmentName, parse_filename, tombstone_filename_for
+
+T = TypeVar("T")
 
 
 def offer_status(has_segment: bool, has_tombstone: bool) -> str:
@@ -82,3 +84,17 @@ def differing_keys(local: Mapping, remote: Mapping) -> list:
 
 def newest_first(hours: Iterable[str]) -> list[str]:
     return sorted(hours, reverse=True)
+
+
+def fetch_batches(names: Sequence[T], slots: int, max_batch: int) -> list[list[T]]:
+    """Split what to download into batch fetches, in order.
+
+    Few large batches pay the per-request cost rarely; but every download slot should
+    get work, and the last batch should not leave the others idle for long. So a
+    batch takes about a quarter of one slot's share, between 1 and `max_batch`.
+    """
+    if not names:
+        return []
+    per_slot = -(-len(names) // max(1, slots))
+    size = max(1, min(max_batch, -(-per_slot // 4)))
+    return [list(names[i:i + size]) for i in range(0, len(names), size)]

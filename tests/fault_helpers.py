@@ -21,6 +21,7 @@ from pathlib import Path
 
 import h11
 import httpx
+import msgpack
 import trio
 
 from agent.node import file_matches_name
@@ -28,6 +29,7 @@ from agent.store import is_temp_file
 from protocol import messages as m
 from protocol.digests import hour_digest, pair_digest
 from protocol.errors import SegmentNameError
+from protocol.fetchstream import frame_header
 from protocol.names import Kind, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,6 +196,9 @@ def tree_snapshot(base: Path) -> dict[str, tuple]:
 
 # ---- hostile peers ----
 
+FETCH_STREAM = b"application/x-segsync-fetch"
+
+
 async def _serve(handler, task_status) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -308,11 +313,14 @@ class LyingPeer:
 
     mode "mismatch": wrong bytes at full speed; "slow": a segment body at one byte per
     0.2 s; "flood": answers uploads and downloads with an endless stream of bytes.
+    With `batch`, it also answers batch fetches (/v1/fetch) in the same spirit; without,
+    it is a peer from before batch fetch (404), and downloads come one by one.
     """
 
-    def __init__(self, names: list, mode: str = "mismatch") -> None:
+    def __init__(self, names: list, mode: str = "mismatch", batch: bool = False) -> None:
         self.names = names  # SegmentName list it claims to hold
         self.mode = mode
+        self.batch = batch
         self.downloads = 0
         self.uploads = 0
         self.flooded = 0  # most bytes one flood reply got out before the client hung up
@@ -383,12 +391,42 @@ class LyingPeer:
                     await stream.send_all(b"x")
                     await trio.sleep(0.2)
                 return
+            if self.batch and req.target == b"/v1/fetch":
+                return await self._fetch(stream, conn, m.decode(body, m.FetchRequest).paths)
             status, reply = self.reply(req, body)
             await _respond(stream, conn, status, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         finally:
             await stream.aclose()
+
+    async def _fetch(self, stream, conn: h11.Connection, paths: list[str]) -> None:
+        self.downloads += len(paths)
+        if self.mode == "mismatch":  # well framed, wrong bytes
+            body = b"".join(frame_header(m.FetchItem(p, 5000)) + os.urandom(5000)
+                            for p in paths)
+            return await _respond(stream, conn, 200, body, FETCH_STREAM)
+        if self.mode == "slow":
+            header = frame_header(m.FetchItem(paths[0], 5000))
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n"
+                                  % (len(header) + 5000) + header)
+            for _ in range(5000):
+                await stream.send_all(b"x")
+                await trio.sleep(0.2)
+            return
+        # flood: announces a segment far over any limit, then sends bytes for ever
+        huge = msgpack.packb({"v": 1, "type": "fetch_item", "path": paths[0],
+                              "size": 10**12})
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\n"
+                              + len(huge).to_bytes(2, "big") + huge)
+        sent, chunk = 0, b"\0" * 65536
+        try:
+            while True:
+                await stream.send_all(chunk)
+                sent += len(chunk)
+                self.flooded = max(self.flooded, sent)
+        finally:
+            self.flooded = max(self.flooded, sent)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await _serve(self._handle, task_status)

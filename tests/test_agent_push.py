@@ -4,12 +4,10 @@ import os
 import socket
 
 import httpx
-import pytest
 import trio
 
 from conftest import wait_until
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
-from protocol.names import Kind
 
 
 def no_temp_files(root):

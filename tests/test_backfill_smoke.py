@@ -1,6 +1,5 @@
 import os
 
-from conftest import wait_until
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
 
 

@@ -1,6 +1,5 @@
 """Configuration, the command line and clean shutdown of a real `segsync run` process."""
 
-import os
 import signal
 import socket
 import subprocess

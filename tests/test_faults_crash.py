@@ -9,7 +9,6 @@ variant; `--runslow` adds a 200-cycle variant of each.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import threading
 import time

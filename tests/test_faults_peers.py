@@ -26,7 +26,8 @@ from fault_helpers import (
 )
 from helpers import hours_ago, make_name, write_segment_file
 
-KINDS = ["refuses", "http500", "garbage", "silent", "trickle", "liar", "slow-liar", "flood"]
+KINDS = ["refuses", "http500", "garbage", "silent", "trickle", "liar", "slow-liar", "flood",
+         "liar-batch", "slow-liar-batch", "flood-batch"]
 
 
 def _segments(root, count: int, hours_back: float, tag: int) -> list:
@@ -51,7 +52,9 @@ async def _start_broken(nursery: trio.Nursery, kind: str, liar: LyingPeer) -> st
 async def test_broken_peer_costs_only_itself(cluster_factory, kind):
     fake = [make_name(os.urandom(64), hours_ago(3) + dt.timedelta(seconds=2 * i))
             for i in range(6)]
-    liar = LyingPeer(fake, {"slow-liar": "slow", "flood": "flood"}.get(kind, "mismatch"))
+    lie = kind.removesuffix("-batch")
+    liar = LyingPeer(fake, {"slow-liar": "slow", "flood": "flood"}.get(lie, "mismatch"),
+                     batch=kind.endswith("-batch"))
     async with trio.open_nursery() as hostile:
         broken = await _start_broken(hostile, kind, liar)
         async with cluster_factory(3, connect=False, backfill_interval=0.3,
@@ -86,16 +89,16 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
                 assert (await http.get(f"{a.url}/healthz")).status_code == 200
             status = a.status()
             by_url = {p["url"]: p for p in status["peers"]}
-            if kind not in ("liar", "slow-liar"):
+            if lie not in ("liar", "slow-liar"):
                 await wait_until(lambda: a.pusher.peers[broken].last_error is not None, 10)
             if kind == "trickle":  # cut by the whole-exchange deadline, not a read timeout
                 assert "no complete exchange" in a.pusher.peers[broken].last_error
-            if kind in ("liar", "slow-liar", "flood"):
+            if lie in ("liar", "slow-liar", "flood"):
                 await wait_until(lambda: liar.downloads >= len(fake), timeout=20)
                 assert not any((c.root(0) / n.path).exists() for n in fake)
-            if kind == "liar":
+            if lie == "liar":
                 assert a.metrics.hash_mismatches.labels("pull")._value.get() >= len(fake)
-            if kind == "flood":  # replies are read only up to their size limit
+            if lie == "flood":  # replies are read only up to their size limit
                 await wait_until(lambda: liar.uploads >= 1, timeout=20)
                 await trio.sleep(0.5)
                 assert liar.flooded < 64 * 2**20, liar.flooded

@@ -18,7 +18,6 @@ SEGSYNC_FUZZ_EXAMPLES sets the examples per agent (default 1200; --runslow: 1500
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import urllib.parse
@@ -104,7 +103,7 @@ HOSTILE_COMPONENTS = [
 ]
 PREFIXES = [b"/v1/segments", b"/segments", b"/files", b"/v1/offer", b"/v1/tombstone",
             b"/v1/pair-digests", b"/v1/hour-digests", b"/v1/listing", b"/v1/status",
-            b"/healthz", b"/metrics", b"/v1", b"", b"/..", b"/%2e%2e", b"//v1/segments",
+            b"/v1/fetch", b"/healthz", b"/metrics", b"/v1", b"", b"/..", b"/%2e%2e", b"//v1/segments",
             b"/V1/segments", b"/v1/segments/", b"/v2/segments"]
 METHODS = [b"GET", b"PUT", b"POST", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"FOO", b"get"]
 
@@ -117,7 +116,9 @@ def message_objects(world: World) -> list[dict]:
             m.PairDigestsRequest(hour, hour), m.HourDigestsRequest(n.channel, n.quality,
                                                                    hour, hour),
             m.ListingRequest(n.channel, n.quality, hour), m.StatusRequest(),
-            m.Ack("stored"), m.Error("x", "y"), m.Listing(n.channel, n.quality, hour, [])]
+            m.Ack("stored"), m.Error("x", "y"), m.Listing(n.channel, n.quality, hour, []),
+            m.FetchRequest([world.held.path, n.path, world.buried.path]),
+            m.FetchItem(n.path, 12), m.FetchMissing(n.path, "not_found")]
     return [msg.to_obj() for msg in msgs]
 
 
@@ -159,7 +160,7 @@ def mutated_message(draw, world: World) -> bytes:
 
 ENDPOINTS = [(b"POST", b"/v1/offer"), (b"POST", b"/v1/tombstone"),
              (b"POST", b"/v1/pair-digests"), (b"POST", b"/v1/hour-digests"),
-             (b"POST", b"/v1/listing"), (b"POST", b"/v1/status")]
+             (b"POST", b"/v1/listing"), (b"POST", b"/v1/status"), (b"POST", b"/v1/fetch")]
 
 
 @st.composite
@@ -317,6 +318,7 @@ def check_one(world: World, raw: bytes, mode: str) -> None:
     after = tree_snapshot(world.base)
     request_line = raw.split(b"\r\n", 1)[0][:200]
     assert CANARY not in data, f"canary leaked by {request_line!r}"
+    assert b"tombstoned segment " * 2 not in data, f"tombstoned bytes served to {request_line!r}"
     if not data:
         # silence is only for a body that never finished arriving
         assert mode != "exact", f"no answer to {request_line!r}"

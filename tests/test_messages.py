@@ -20,6 +20,9 @@ from protocol.messages import (
     OFFER_STATUSES,
     Ack,
     Error,
+    FetchItem,
+    FetchMissing,
+    FetchRequest,
     HourDigests,
     HourDigestsRequest,
     Listing,
@@ -76,6 +79,11 @@ def examples() -> list[Message]:
         StatusRequest(),
         Error("bad_request", "that was not a segment path"),
         Error("", ""),
+        FetchRequest([SEGMENT_PATH]),
+        FetchRequest([SEGMENT_PATH] * limits.MAX_FETCH_PATHS),
+        FetchItem(SEGMENT_PATH, 0),
+        FetchItem(SEGMENT_PATH, limits.MAX_SEGMENT_BYTES),
+        FetchMissing(SEGMENT_PATH, "not_found"),
     ]
 
 

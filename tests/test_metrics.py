@@ -135,7 +135,7 @@ async def test_counters_move_as_segments_flow(cluster_factory):
                         continue
                     assert not re.search(r"\d{4}-\d{2}-\d{2}T\d{2}|\.ts$|\.tombstone$|/", val)
                     assert key in {"peer", "kind", "outcome", "direction", "source", "reason",
-                                   "le"}, key
+                                   "endpoint", "le"}, key
 
 
 async def test_removed_peer_leaves_no_queue_gauge(cluster_factory):
@@ -217,3 +217,14 @@ def test_run_with_json_logs_writes_only_json(tmp_path):
     assert any("segsync node j serving" in msg for msg in messages), messages
     assert any("shutting down" in msg for msg in messages), messages
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_endpoint_labels_are_a_fixed_set():
+    from agent.server import ENDPOINTS, endpoint_label
+
+    assert endpoint_label("/v1/segments/c/q/2026-01-01T00/x.ts") == "v1-segments"
+    assert endpoint_label("/v1/fetch") == "v1-fetch"
+    assert endpoint_label("/files/c/q") == "files"
+    for odd in ("", "/", "/v1", "/v1/nope", "/x/../../etc", "/" + "a" * 5000, "/v1/fetch%00"):
+        assert endpoint_label(odd) == "other"
+    assert {endpoint_label("/" + e.replace("-", "/", 1)) for e in ENDPOINTS} == ENDPOINTS

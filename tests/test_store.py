@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Store, Tombstoned, WriteRejected, classify_hour, write_all
+from agent.store import Store, Tombstoned, WriteRejected, classify_hour, write_all, writev_all
 from protocol.digests import hour_digest
-from protocol.names import Kind
 from protocol.selection import Hole
 from helpers import make_name, touch_tombstone, write_segment_file
 
@@ -239,3 +238,58 @@ def test_small_gap_is_not_a_hole(tmp_path):
     write_segment_file(tmp_path, b, b"b")
     result = store.best_segments("desertbus", "source", base, base + dt.timedelta(seconds=4))
     assert [r.name for r in result] == [a, b]
+
+
+def test_writev_all_loops_over_short_vectored_writes(tmp_path):
+    """Every short-write pattern: within a buffer, at a boundary, over several buffers,
+    and more buffers than one writev takes."""
+    rng_chunks = [os.urandom(n) for n in (1, 0, 700, 3, 4096, 1500, 0, 2)]
+    many = [bytes([i % 256]) * 3 for i in range(2500)]  # more than IOV_MAX buffers
+    for chunks in (rng_chunks, many):
+        expected = b"".join(chunks)
+        for cap in (1, 2, 5, 699, 700, 701, 10_000, None):
+            path = tmp_path / f"out-{len(chunks)}-{cap}"
+            offered = []
+
+            def short_writev(fd, buffers, cap=cap):
+                offered.append(len(buffers))
+                data = b"".join(bytes(b) for b in buffers)
+                return os.write(fd, data if cap is None else data[:cap])
+
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                writev_all(fd, chunks, short_writev)
+            finally:
+                os.close(fd)
+            assert path.read_bytes() == expected, cap
+            assert max(offered) <= 1024
+
+
+def test_writev_all_rejects_no_progress(tmp_path):
+    fd = os.open(tmp_path / "x", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(OSError) as info:
+            writev_all(fd, [b"abc", b"def"], lambda fd, buffers: 0)
+        assert info.value.errno == errno.EIO
+        writev_all(fd, [b"", b""], lambda fd, buffers: 0)  # nothing to write: no call
+    finally:
+        os.close(fd)
+
+
+def test_write_many_writes_hashes_and_limits(tmp_path):
+    store = Store(tmp_path)
+    data = os.urandom(5000)
+    name = make_name(data, T0)
+    writer = store.open_writer(name, len(data))
+    writer.write_many([data[:1], data[1:3000], b"", data[3000:]])
+    assert writer.size == len(data)
+    assert writer.commit() == "stored"
+    assert (tmp_path / name.path).read_bytes() == data
+    # more than announced: refused, and nothing stays behind
+    other = make_name(data[:100], T0.replace(second=9))
+    writer = store.open_writer(other, 100)
+    with pytest.raises(WriteRejected) as info:
+        writer.write_many([data[:60], data[60:101]])
+    assert info.value.reason == "too_large"
+    assert not (tmp_path / other.path).exists()
+    assert not list(tmp_path.rglob(".segsync-*"))
