@@ -117,6 +117,13 @@ class Backfiller:
         self.rounds_done = 0
         self.round_finished = trio.Event()
 
+    def _peer_state(self, url: str) -> PeerState:
+        state = self.peers.get(url)
+        if state is None:  # a failing peer backs off up to --backoff-cap, like pushes
+            cap = self.node.config.backoff_cap
+            state = self.peers[url] = PeerState(Backoff(base=min(1.0, cap), cap=cap))
+        return state
+
     def peer_status(self, url: str) -> dict:
         state = self.peers.get(url)
         result = state.last_result if state else None
@@ -154,7 +161,7 @@ class Backfiller:
             if not start_now:
                 await trio.sleep(jittered(interval, 0.2, self.rng))
             while True:
-                state = self.peers.setdefault(url, PeerState())
+                state = self._peer_state(url)
                 await trio.sleep(state.backoff.wait_time(trio.current_time()))
                 await self.round_with_peer(url)
                 self.rounds_done += 1
@@ -169,7 +176,7 @@ class Backfiller:
         now_mono = trio.current_time()
 
         async def one(url: str) -> None:
-            state = self.peers.setdefault(url, PeerState())
+            state = self._peer_state(url)
             if not state.backoff.ready(now_mono):
                 log.debug("backfill: %s backing off", url)
                 return
@@ -191,7 +198,7 @@ class Backfiller:
         differs as a unit of work of its own (hour digests, listings, downloads)."""
         cfg = self.node.config
         metrics = self.node.metrics
-        state = self.peers.setdefault(url, PeerState())
+        state = self._peer_state(url)
         result = RoundResult(url)
         started = trio.current_time()
         client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.max_concurrency + 2,

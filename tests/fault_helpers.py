@@ -13,7 +13,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import trio
 
 from agent.node import file_matches_name
 from agent.store import is_temp_file
+from helpers import free_port
 from protocol import messages as m
 from protocol.digests import hour_digest, pair_digest
 from protocol.errors import SegmentNameError
@@ -33,13 +33,6 @@ from protocol.fetchstream import frame_header
 from protocol.names import Kind, parse_path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bind to 0, read it, release it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_int(name: str, default: int) -> int:

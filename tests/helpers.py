@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 from pathlib import Path
 
 from protocol.hashing import encode_hash, hash_bytes
 from protocol.names import Kind, SegmentName, format_hour, parse_path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bind to 0, read it, release it),
+    for a subprocess that must be told its port before it starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_name(

@@ -442,3 +442,13 @@ def test_backfiller_needs_no_running_node(tmp_path):
     node = Node(build_config(dict(root=tmp_path, backfill=False)))
     assert isinstance(node.backfiller, Backfiller)
     assert node.backfiller.peers == {} and node.backfiller.in_flight == {}
+
+
+async def test_backfill_backoff_is_capped_by_the_config(cluster_factory):
+    async with cluster_factory(1, backoff_cap=2.5) as c:
+        state = c.nodes[0].backfiller._peer_state("http://127.0.0.1:9")
+        assert state.backoff.cap == 2.5
+        delays = [state.backoff.failure(100.0) for _ in range(30)]
+        assert max(delays) <= 2.5
+        assert state.backoff.wait_time(100.0) <= 2.5
+        assert state is c.nodes[0].backfiller._peer_state("http://127.0.0.1:9")

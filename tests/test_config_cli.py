@@ -1,7 +1,6 @@
 """Configuration, the command line and clean shutdown of a real `segsync run` process."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from agent.cli import main
 from agent.config import ConfigError, build_config, load_toml, parse_peers_text
+from helpers import free_port
 
 SEGSYNC = [sys.executable, "-m", "agent.cli"]
 
@@ -76,12 +76,6 @@ def test_peers_file_parsing():
 def test_cli_reports_bad_config(tmp_path, capsys):
     assert main(["run", "--root", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

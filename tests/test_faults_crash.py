@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from fault_helpers import AgentProcess, audit_archive, env_int, free_port
+from fault_helpers import AgentProcess, audit_archive, env_int
 from agent.store import Store
-from helpers import hours_ago, make_name, write_segment_file
+from helpers import free_port, hours_ago, make_name, write_segment_file
 
 DEFAULT_CYCLES = env_int("SEGSYNC_CRASH_CYCLES", 12)
 SEED = env_int("SEGSYNC_CRASH_SEED", random.randrange(2**32))

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.logs import setup_logging
 from conftest import wait_until
-from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
+from helpers import free_port, hours_ago, make_name, touch_tombstone, write_segment_file
 from protocol.names import Kind
 
 Samples = dict[tuple[str, frozenset], float]
@@ -188,9 +187,7 @@ def test_text_log_lines_are_readable():
 
 
 def test_run_with_json_logs_writes_only_json(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "--root", str(tmp_path),
          "--listen", f"127.0.0.1:{port}", "--log-format", "json", "--node-name", "j"],
