@@ -131,6 +131,12 @@ class Request:
             if not message.get("more_body", False):
                 return
 
+    async def wait_disconnect(self) -> None:
+        """Return when the client has gone (what is left of the request body is
+        skipped); an answer still being streamed then reaches nobody."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
     def content_length(self) -> int | None:
         raw = self.header(b"content-length")
         if raw is None:
@@ -415,12 +421,16 @@ class App:
         if opened is None:
             raise HttpError(404, "not_found", f"{path}: no such segment, or tombstoned")
         f, size = opened
-        try:
+
+        async def answer(send) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"video/mp2t"), (b"content-length", str(size).encode())]})
             if size == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             await self._send_file(f, size, send, last=True)
+
+        try:
+            await self._answer_unless_gone(req, send, answer)
         finally:
             f.close()
 
@@ -440,9 +450,37 @@ class App:
         if waiting.cancelled_caught:
             raise HttpError(429, "busy", "every batch fetch slot is busy; retry later")
         try:
-            await self._serve_batch(names, send)
+            await self._answer_unless_gone(
+                req, send, lambda send: self._serve_batch(names, send))
         finally:
             self.batch_slots.release()
+
+    async def _answer_unless_gone(self, req: Request, send, answer) -> None:
+        """Run `answer(send)`, which streams a response, but stop as soon as the client
+        disconnects: hypercorn then drops what we send, and we would go on reading
+        files for nobody. (hypercorn also reports a disconnect once the last body
+        message went out; that one is no reason to stop.)"""
+        gone = finishing = False
+
+        async def tracking_send(message) -> None:
+            nonlocal finishing
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finishing = True
+            await send(message)
+
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                nonlocal gone
+                await req.wait_disconnect()
+                if not finishing:
+                    gone = True
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await answer(tracking_send)
+            nursery.cancel_scope.cancel()
+        if gone:
+            raise ClientGone()
 
     async def _serve_batch(self, names: list[SegmentName], send) -> None:
         opened = await trio.to_thread.run_sync(self._open_batch, names)

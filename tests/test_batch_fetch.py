@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from agent.client import PeerClient, PeerError
+from conftest import wait_until
 from fault_helpers import LyingPeer
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
 from protocol import limits
@@ -215,3 +216,29 @@ async def test_client_refuses_bytes_after_the_last_answer():
         # used) or after them; either way no byte of it reaches a consumer
         assert got in ([], [data])
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("batch", [True, False])
+async def test_server_stops_reading_files_for_a_client_that_left(cluster_factory, batch):
+    async with cluster_factory(1) as c:
+        node = c.nodes[0]
+        names = _segments(c.root(0), 12, hours_ago(2), size=4 * 2**20)
+        await node.rescan(push_new=False)
+        host, port = node.url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        if batch:
+            body = m.encode(m.FetchRequest([n.path for n in names]))
+            request = (b"POST /v1/fetch HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+                       % len(body) + body)
+        else:
+            request = f"GET /v1/segments/{names[0].path} HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+        await stream.send_all(request)
+        assert await stream.receive_some(1000)  # the answer started
+        await stream.aclose()
+        gone = node.metrics.rejected.labels("client_gone")
+        await wait_until(lambda: gone._value.get() == 1)
+        served = node.metrics.bytes.labels("served")._value.get()
+        await trio.sleep(0.3)
+        # it stopped: far less than asked was read, and nothing more since
+        assert node.metrics.bytes.labels("served")._value.get() == served
+        assert served < (12 if batch else 1) * 4 * 2**20 / 2
