@@ -126,20 +126,26 @@ def _require(obj: dict, *names: str) -> list:
 
 
 @dataclass(frozen=True)
-class Offer(Message):
-    """'I have this segment of this size; do you want it?'"""
+class _PathAndSize(Message):
+    """A segment path and its size in bytes: the shape of offers and fetch frames."""
 
-    TYPE: ClassVar[str] = "offer"
     path: str
     size: int
 
     @classmethod
-    def from_obj(cls, obj: dict) -> "Offer":
+    def from_obj(cls, obj: dict) -> "_PathAndSize":
         path, size = _require(obj, "path", "size")
         return cls(
             _path(path, "path", Kind.SEGMENT),
             _int(size, "size", 0, limits.MAX_SEGMENT_BYTES),
         )
+
+
+@dataclass(frozen=True)
+class Offer(_PathAndSize):
+    """'I have this segment of this size; do you want it?'"""
+
+    TYPE: ClassVar[str] = "offer"
 
     @property
     def segment(self) -> SegmentName:
@@ -330,18 +336,10 @@ class FetchRequest(Message):
 
 
 @dataclass(frozen=True)
-class FetchItem(Message):
+class FetchItem(_PathAndSize):
     """Frame header in a batch fetch response: `size` bytes of `path` follow."""
 
     TYPE: ClassVar[str] = "fetch_item"
-    path: str
-    size: int
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "FetchItem":
-        path, size = _require(obj, "path", "size")
-        return cls(_path(path, "path", Kind.SEGMENT),
-                   _int(size, "size", 0, limits.MAX_SEGMENT_BYTES))
 
 
 @dataclass(frozen=True)
