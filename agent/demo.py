@@ -65,6 +65,14 @@ class Written:
     at: float  # trio clock, just after the rename
 
 
+def _on_every_node(per_node: dict) -> float | None:
+    """The latest of the nodes' latencies, or None while any node has none yet."""
+    values = list(per_node.values())
+    if not values or any(v is None for v in values):
+        return None
+    return max(values)
+
+
 @dataclass
 class DemoResult:
     seconds: float = 0.0
@@ -91,17 +99,12 @@ class DemoResult:
     @property
     def tombstone_latency(self) -> float | None:
         """Until the tombstone was on every node (None if it never was)."""
-        values = list(self.tombstone_reached.values())
-        if not values or any(v is None for v in values):
-            return None
-        return max(values)  # type: ignore[type-var]
+        return _on_every_node(self.tombstone_reached)
 
     @property
     def gone_latency(self) -> float | None:
-        values = list(self.segment_gone.values())
-        if not values or any(v is None for v in values):
-            return None
-        return max(values)  # type: ignore[type-var]
+        """Until the segment was gone from every node's listing (None if it never was)."""
+        return _on_every_node(self.segment_gone)
 
     @property
     def ok(self) -> bool:

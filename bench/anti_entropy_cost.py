@@ -359,12 +359,8 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=3.0)
     p.add_argument("--build-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--ready-timeout", type=float, default=900.0)
-    p.add_argument("--log-level", default="WARNING")
     p.add_argument("--archive-cache", help="keep built archives here and reuse them")
-    p.add_argument("--workdir", help="directory for the archives (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir")
-    p.add_argument("--quick", action="store_true", help="short smoke run (1k and 10k)")
-    p.add_argument("--output", default="anti_entropy_cost", help="result file stem")
+    benchlib.add_common_arguments(p, "anti_entropy_cost", "1k and 10k")
     args = p.parse_args()
     if args.quick:
         args.sizes, args.window, args.idle_seconds = "1000,10000", 5.0, 1.0

@@ -176,11 +176,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3,
                    help="copies of each kind, alternating (default 3; best and median "
                         "are reported)")
-    p.add_argument("--log-level", default="WARNING")
-    p.add_argument("--workdir", help="directory for the archives (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir")
-    p.add_argument("--quick", action="store_true", help="short smoke run (1 x 50 segments)")
-    p.add_argument("--output", default="backfill_throughput", help="result file stem")
+    benchlib.add_common_arguments(p, "backfill_throughput", "1 x 50 segments")
     args = p.parse_args()
     if args.quick:
         args.hours, args.per_hour, args.repeat = 1, 50, 1

@@ -7,6 +7,7 @@ work never shares an interpreter (or a GIL) with an agent.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -161,6 +162,16 @@ def process_rss_bytes(pid: int) -> int:
 
 
 # ---- working directories ----
+
+def add_common_arguments(p: argparse.ArgumentParser, output: str, quick: str) -> None:
+    """The options every benchmark takes: agents' log level, where to work, whether to
+    keep it, a smoke run (`quick` says what it does), and the result file stem."""
+    p.add_argument("--log-level", default="WARNING", help="agents' log level")
+    p.add_argument("--workdir", help="directory for the archives (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--quick", action="store_true", help=f"short smoke run ({quick})")
+    p.add_argument("--output", default=output, help="result file stem")
+
 
 @contextmanager
 def workdir(path: str | None, keep: bool) -> Iterator[Path]:

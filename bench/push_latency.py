@@ -184,6 +184,31 @@ def latencies(fired: list[float], arrivals: Arrivals, peers: int
     return out, missing, raw
 
 
+def timed_wave(agents: list[Agent], roots: list[Path], names: list[str], rate: float,
+               timeout: float, prepare, fire) -> dict:
+    """One kind of item on roots[0], paced at `rate`: `prepare(i)` off the clock, then
+    the time from `fire(i)` until names[i] is on every other root; and the agents' CPU."""
+    cpu_before = [a.cpu_seconds() for a in agents]
+    arrivals = Arrivals(roots[1:])
+    observer = watch(roots[1:], arrivals)
+    try:
+        def prepare_and_expect(i: int) -> None:
+            prepare(i)
+            arrivals.expect(i, names[i])
+
+        fired, achieved = pace(len(names), rate, prepare_and_expect, fire)
+        wait_all(arrivals, timeout)
+    finally:
+        observer.stop()
+        observer.join()
+    lat, missing, raw = latencies(fired, arrivals, len(roots) - 1)
+    cpu_after = [a.cpu_seconds() for a in agents]
+    return {"achieved_rate": achieved, "missing": missing,
+            "fallback_polled": len(arrivals.polled), "latencies_s": lat, **summary_ms(lat),
+            "items": [[name, *r] for name, r in zip(names, raw)],
+            "agent_cpu_s": dict(zip("abc", (e - b for e, b in zip(cpu_after, cpu_before))))}
+
+
 def run_agents(args, base: Path, payloads: Payloads) -> dict:
     ports = benchlib.free_ports(3)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -199,67 +224,33 @@ def run_agents(args, base: Path, payloads: Payloads) -> dict:
     with benchlib.running(agents):
         # a round of backfill runs at start-up; give it a moment to finish (empty archives)
         time.sleep(0.5)
-        cpu_before = [a.cpu_seconds() for a in agents]
+        items = payloads.items[: args.count]
 
-        # -- segments --
-        seg_arrivals = Arrivals(roots[1:])
-        observer = watch(roots[1:], seg_arrivals)
-        try:
-            items = payloads.items[: args.count]
+        def prepare(i: int) -> None:
+            item = items[i]
+            (origin / item["dir"]).mkdir(parents=True, exist_ok=True)
+            with open(origin / item["temp"], "wb") as f:
+                f.write(item["data"])
 
-            def prepare(i: int) -> None:
-                item = items[i]
-                (origin / item["dir"]).mkdir(parents=True, exist_ok=True)
-                with open(origin / item["temp"], "wb") as f:
-                    f.write(item["data"])
-                seg_arrivals.expect(i, item["final"])
+        def fire(i: int) -> float:
+            t0 = time.monotonic()
+            os.rename(origin / items[i]["temp"], origin / items[i]["final"])
+            return t0
 
-            def fire(i: int) -> float:
-                t0 = time.monotonic()
-                os.rename(origin / items[i]["temp"], origin / items[i]["final"])
-                return t0
-
-            fired, rate = pace(len(items), args.rate, prepare, fire)
-            wait_all(seg_arrivals, args.timeout)
-        finally:
-            observer.stop()
-            observer.join()
-        seg, seg_missing, seg_raw = latencies(fired, seg_arrivals, 2)
-        cpu_mid = [a.cpu_seconds() for a in agents]
-        out["segments"] = {"achieved_rate": rate, "missing": seg_missing,
-                           "fallback_polled": len(seg_arrivals.polled),
-                           "latencies_s": seg, **summary_ms(seg),
-                           "items": [[it["final"], *r] for it, r in zip(items, seg_raw)]}
-        out["segments"]["agent_cpu_s"] = dict(zip("abc", (m - b for m, b in zip(cpu_mid, cpu_before))))
+        out["segments"] = timed_wave(agents, roots, [it["final"] for it in items], args.rate,
+                                     args.timeout, prepare, fire)
         check_copies(roots, items, out["segments"])
 
-        # -- tombstones --
-        tomb_arrivals = Arrivals(roots[1:])
-        observer = watch(roots[1:], tomb_arrivals)
-        try:
-            titems = items[: args.tombstones]
+        titems = items[: args.tombstones]
 
-            def tprepare(i: int) -> None:
-                tomb_arrivals.expect(i, titems[i]["tombstone"])
+        def tfire(i: int) -> float:
+            t0 = time.monotonic()
+            fd = os.open(origin / titems[i]["tombstone"], os.O_WRONLY | os.O_CREAT, 0o644)
+            os.close(fd)
+            return t0
 
-            def tfire(i: int) -> float:
-                t0 = time.monotonic()
-                fd = os.open(origin / titems[i]["tombstone"], os.O_WRONLY | os.O_CREAT, 0o644)
-                os.close(fd)
-                return t0
-
-            tfired, trate = pace(len(titems), args.tombstone_rate, tprepare, tfire)
-            wait_all(tomb_arrivals, args.timeout)
-        finally:
-            observer.stop()
-            observer.join()
-        tomb, tomb_missing, tomb_raw = latencies(tfired, tomb_arrivals, 2)
-        cpu_end = [a.cpu_seconds() for a in agents]
-        out["tombstones"] = {"achieved_rate": trate, "missing": tomb_missing,
-                             "fallback_polled": len(tomb_arrivals.polled),
-                             "latencies_s": tomb, **summary_ms(tomb),
-                             "items": [[it["tombstone"], *r] for it, r in zip(titems, tomb_raw)]}
-        out["tombstones"]["agent_cpu_s"] = dict(zip("abc", (e - m for e, m in zip(cpu_end, cpu_mid))))
+        out["tombstones"] = timed_wave(agents, roots, [it["tombstone"] for it in titems],
+                                       args.tombstone_rate, args.timeout, lambda i: None, tfire)
     return out
 
 
@@ -443,11 +434,7 @@ def main() -> int:
     p.add_argument("--baseline-count", type=int, help="items per baseline (default: all)")
     p.add_argument("--timeout", type=float, default=15.0,
                    help="seconds to wait for stragglers after the last item")
-    p.add_argument("--log-level", default="WARNING", help="agents' log level")
-    p.add_argument("--workdir", help="directory for the archives (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir")
-    p.add_argument("--quick", action="store_true", help="short smoke run (3 s)")
-    p.add_argument("--output", default="push_latency", help="result file stem")
+    benchlib.add_common_arguments(p, "push_latency", "3 s")
     args = p.parse_args()
     if args.quick:
         args.duration = min(args.duration, 3.0)

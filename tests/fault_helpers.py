@@ -15,17 +15,15 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h11
-import httpx
 import msgpack
 import trio
 
 from agent.node import file_matches_name
 from agent.store import is_temp_file
-from helpers import free_port
+from helpers import free_port, wait_healthy
 from protocol import messages as m
 from protocol.digests import hour_digest, pair_digest
 from protocol.errors import SegmentNameError
@@ -87,19 +85,7 @@ class AgentProcess:
         return self
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent on {self.url} exited with {self.proc.returncode}; "
-                                     f"log:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agent on {self.url} not healthy; log:\n{self.log_tail()}")
-            time.sleep(0.02)
+        wait_healthy(self.url, self.proc, timeout, self.log_tail)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -5,7 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
+
+import httpx
 
 from protocol.hashing import encode_hash, hash_bytes
 from protocol.names import Kind, SegmentName, format_hour, parse_path
@@ -17,6 +22,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 20.0,
+                 log: Callable[[], str] = lambda: "") -> None:
+    """Until the agent process at `url` answers /healthz; an AssertionError carrying
+    `log()` if it exits or stays silent for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"agent on {url} exited with {proc.returncode}; "
+                                 f"log:\n{log()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agent on {url} not healthy; log:\n{log()}")
+        time.sleep(0.02)
 
 
 def make_name(

@@ -3,15 +3,13 @@
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.cli import main
 from agent.config import ConfigError, build_config, load_toml, parse_peers_text
-from helpers import free_port
+from helpers import free_port, wait_healthy
 
 SEGSYNC = [sys.executable, "-m", "agent.cli"]
 
@@ -88,16 +86,7 @@ def test_run_stops_cleanly_on_signal(tmp_path, sig):
         cwd=Path(__file__).parent.parent,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "agent did not come up"
-            time.sleep(0.05)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log=proc.stderr.read)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=15)
     finally:

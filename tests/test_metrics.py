@@ -20,7 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.logs import setup_logging
 from conftest import wait_until
-from helpers import free_port, hours_ago, make_name, touch_tombstone, write_segment_file
+from helpers import (
+    free_port,
+    hours_ago,
+    make_name,
+    touch_tombstone,
+    wait_healthy,
+    write_segment_file,
+)
 from protocol.names import Kind
 
 Samples = dict[tuple[str, frozenset], float]
@@ -194,15 +201,7 @@ def test_run_with_json_logs_writes_only_json(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).parent.parent)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log=proc.stderr.read)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     finally:
