@@ -13,6 +13,8 @@ import errno
 import logging
 import os
 import secrets
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -44,6 +46,13 @@ _MAX_LOGGED_BAD_NAMES = 10_000
 WriteFn = Callable[[int, bytes | memoryview], int]
 WritevFn = Callable[[int, list], int]
 _IOV_MAX = 1024  # buffers one writev takes on Linux
+# Most bytes per write call (rsync writes 256 KiB too). The page cache sizes its folios
+# by the write: a 1 MiB write asks for 1 MiB folios, which the kernel carves out of
+# large free blocks, memory that a VM has often handed back to its host (free page
+# reporting) and that costs several times as much to fill as recently freed pages.
+# Measured in bench/backfill_throughput.py: 1 MiB writes spent 1.8-2.0 s of system
+# time per 600 MiB catch-up, 256 KiB writes 1.0-1.5 s.
+MAX_WRITE = 256 * 1024
 
 
 class WriteRejected(Exception):
@@ -116,20 +125,27 @@ def write_all(fd: int, data: bytes | memoryview, write: WriteFn = os.write) -> N
 
 
 def writev_all(fd: int, chunks: Iterable[bytes | memoryview],
-               writev: WritevFn = os.writev) -> None:
-    """Loop until every byte of every chunk is written: `writev` may write fewer bytes
-    than offered, and takes at most IOV_MAX buffers at a time."""
-    views = [memoryview(c) for c in chunks if len(c)]
-    first = 0
-    while first < len(views):
-        n = writev(fd, views[first:first + _IOV_MAX])
+               writev: WritevFn = os.writev, max_write: int = MAX_WRITE) -> None:
+    """Loop until every byte of every chunk is written, offering at most `max_write`
+    bytes and IOV_MAX buffers per `writev`, which may write fewer bytes than offered."""
+    views = deque(memoryview(c) for c in chunks if len(c))
+    while views:
+        offer: list[memoryview] = []
+        room = max_write
+        for view in views:
+            if not room or len(offer) == _IOV_MAX:
+                break
+            offer.append(view[:room])
+            room -= len(offer[-1])
+        n = writev(fd, offer)
         if n <= 0:
             raise OSError(errno.EIO, "write made no progress")
-        while first < len(views) and n >= len(views[first]):
-            n -= len(views[first])
-            first += 1
-        if n:
-            views[first] = views[first][n:]
+        while n:  # drop what was written from the front
+            if n >= len(views[0]):
+                n -= len(views.popleft())
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def fsync_dir(path: Path) -> None:
@@ -164,17 +180,19 @@ class SegmentWriter:
         # directories made for this write: an aborted write takes them away again, so a
         # refused upload leaves the archive exactly as it was
         self.made_dirs: list[Path] = []
-        for attempt in range(3):
-            self.made_dirs += store.make_hour_dirs(name)
-            try:
-                self._fd: int | None = os.open(
-                    self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-                )
-                break
-            except FileNotFoundError:  # another aborted write removed the new directory
-                if attempt == 2:
-                    raise
+        self._fd: int | None = None
         self.done = False
+        self._ended = False
+        store.begin_write()
+        try:
+            self.made_dirs = store.make_hour_dirs(name)
+            self._fd = os.open(
+                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        except BaseException:
+            self.done = True
+            self._end(self.made_dirs)
+            raise
 
     @property
     def size(self) -> int:
@@ -200,9 +218,10 @@ class SegmentWriter:
         self._hasher.update(chunk)
 
     def write_many(self, chunks: list) -> None:
-        """Write chunks that arrived one after the other with one `writev` and hash
-        them: each syscall releases and retakes the GIL, which costs more than the
-        write itself while the event loop is busy."""
+        """Write chunks that arrived one after the other with `writev`, MAX_WRITE bytes
+        per call rather than one call per chunk, and hash them: each syscall releases
+        and retakes the GIL, which costs more than a small write while the event loop
+        is busy."""
         if self._fd is None:
             raise RuntimeError("writer is closed")
         self._check_room(sum(map(len, chunks)))
@@ -243,9 +262,11 @@ class SegmentWriter:
             if self.final_path.exists():
                 self._discard()
                 self.done = True
+                self._end(self.made_dirs)
                 return "have"
             os.rename(self.temp_path, self.final_path)
             self.done = True
+            self._end([])
             if sync_dir:
                 fsync_dir(self.final_path.parent)
             return "stored"
@@ -270,7 +291,12 @@ class SegmentWriter:
         if not self.done:
             self.done = True
             self._discard()
-            self.store.remove_empty_dirs(self.made_dirs)
+            self._end(self.made_dirs)
+
+    def _end(self, unused_dirs: list[Path]) -> None:
+        if not self._ended:
+            self._ended = True
+            self.store.end_write(unused_dirs)
 
     def __enter__(self) -> "SegmentWriter":
         return self
@@ -286,6 +312,11 @@ class Store:
         self.root = Path(root)
         self.max_segment_bytes = max_segment_bytes
         self._bad_logged: set[str] = set()
+        # writes in progress (from worker threads) and the empty directories that
+        # ended ones left to remove; see end_write
+        self._writes_lock = threading.Lock()
+        self._writes = 0
+        self._unused_dirs: set[Path] = set()
 
     # ---- paths ----
 
@@ -303,7 +334,8 @@ class Store:
         return self.root / name.hour_path
 
     def make_hour_dirs(self, name: SegmentName) -> list[Path]:
-        """Create CHANNEL/QUALITY/HOUR as needed; returns the directories it made."""
+        """Create CHANNEL/QUALITY/HOUR as needed; returns the directories it made.
+        Called by a write in progress (`begin_write`)."""
         path = self.root / name.hour_path
         made: list[Path] = []
         if not path.is_dir():
@@ -314,12 +346,30 @@ class Store:
                         made.append(d)
                     except FileExistsError:
                         pass
-            except OSError:  # e.g. no space: leave no half-made tree behind
-                self.remove_empty_dirs(made)
+                for parent in (path.parent, path.parent.parent, self.root):
+                    fsync_dir(parent)
+            except OSError:  # e.g. no space: leave no half-made tree behind (this
+                with self._writes_lock:  # write's end_write removes them)
+                    self._unused_dirs.update(made)
                 raise
-            for parent in (path.parent, path.parent.parent, self.root):
-                fsync_dir(parent)
         return made
+
+    def begin_write(self) -> None:
+        """A write (a segment's temp file, a tombstone) is about to make its hour
+        directory, or find it, and create its file there."""
+        with self._writes_lock:
+            self._writes += 1
+
+    def end_write(self, unused_dirs: Iterable[Path] = ()) -> None:
+        """A write ended; `unused_dirs` are directories it made and no longer needs.
+        They are removed (if empty) only once no write is in progress: another one may
+        have found such a directory and be about to create its file in it."""
+        with self._writes_lock:
+            self._writes -= 1
+            self._unused_dirs.update(unused_dirs)
+            if self._writes == 0 and self._unused_dirs:
+                self.remove_empty_dirs(list(self._unused_dirs))
+                self._unused_dirs.clear()
 
     def remove_empty_dirs(self, dirs: list[Path]) -> None:
         """Remove directories (deepest first) that are still empty; others stay."""
@@ -463,12 +513,15 @@ class Store:
 
     def create_tombstone(self, name: SegmentName) -> bool:
         """Create NAME.tombstone (and its hour directory). False if it already existed."""
-        self.ensure_hour_dir(name)
         path = self.path_of(name, Kind.TOMBSTONE)
+        self.begin_write()
         try:
+            self.ensure_hour_dir(name)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
+        finally:
+            self.end_write()
         try:
             os.fsync(fd)
         finally:

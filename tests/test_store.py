@@ -5,10 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Store, Tombstoned, WriteRejected, classify_hour, write_all, writev_all
+from agent.store import (
+    MAX_WRITE,
+    Store,
+    Tombstoned,
+    WriteRejected,
+    classify_hour,
+    write_all,
+    writev_all,
+)
 from protocol.digests import hour_digest
 from protocol.selection import Hole
-from helpers import make_name, touch_tombstone, write_segment_file
+from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
 
 T0 = dt.datetime(2019, 11, 13, 2, 45, 51, 608000, tzinfo=dt.timezone.utc)
 
@@ -265,6 +273,30 @@ def test_writev_all_loops_over_short_vectored_writes(tmp_path):
             assert max(offered) <= 1024
 
 
+def test_writev_all_offers_at_most_max_write_bytes(tmp_path):
+    """Large chunks are cut: no call is offered more than `max_write` bytes, and the
+    bytes still arrive whole and in order (also when calls write short)."""
+    chunks = [os.urandom(n) for n in (300_000, 5, 70_000, 0, 262_144, 1)]
+    expected = b"".join(chunks)
+    for max_write, cap in ((MAX_WRITE, None), (MAX_WRITE, 100_000), (1000, None), (7, 3)):
+        path = tmp_path / f"out-{max_write}-{cap}"
+        offered = []
+
+        def capped_writev(fd, buffers, cap=cap):
+            data = b"".join(bytes(b) for b in buffers)
+            offered.append(len(data))
+            return os.write(fd, data if cap is None else data[:cap])
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            writev_all(fd, chunks, capped_writev, max_write)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == expected
+        assert max(offered) <= max_write
+        assert offered[0] == min(max_write, len(expected))  # full offers, across chunks
+
+
 def test_writev_all_rejects_no_progress(tmp_path):
     fd = os.open(tmp_path / "x", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
@@ -293,3 +325,70 @@ def test_write_many_writes_hashes_and_limits(tmp_path):
     assert info.value.reason == "too_large"
     assert not (tmp_path / other.path).exists()
     assert not list(tmp_path.rglob(".segsync-*"))
+
+
+def test_an_aborted_write_keeps_its_new_directory_while_another_write_may_use_it(tmp_path):
+    """The directory a refused write made goes away with it, but not while another
+    write is in progress: that one may have found the directory and be about to create
+    its file in it (the race: found it, the abort removed it, the open fails)."""
+    store = Store(tmp_path)
+    data = b"segment"
+    name = make_name(data, hours_ago(3))
+    hour = tmp_path / name.hour_path
+    first = store.open_writer(name)
+    store.begin_write()  # a second write has found the hour directory
+    first.abort()
+    assert hour.is_dir()
+    store.end_write()  # the last write ended: what the refused one made goes
+    assert list(tmp_path.iterdir()) == []
+
+    # a write that needs the directory keeps it; the refused write's is removed only
+    # where empty
+    first = store.open_writer(name)
+    other = make_name(b"other", hours_ago(3).replace(second=30))
+    second = store.open_writer(other)
+    first.abort()
+    second.write(b"other")
+    assert second.commit() == "stored"
+    assert (tmp_path / other.path).read_bytes() == b"other"
+    assert [p.name for p in hour.iterdir()] == [other.filename]
+
+
+def test_concurrent_writes_into_a_new_hour_never_lose_their_directory(tmp_path):
+    """Threads writing into brand-new hour directories, half of them refused (wrong
+    bytes): no write fails for a directory another write's abort removed, and nothing
+    is left behind but the stored segments."""
+    import threading
+
+    store = Store(tmp_path)
+    errors: list[BaseException] = []
+    stored: list = []
+    start = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(40):
+            try:
+                data = f"{k}-{i}".encode()
+                name = make_name(data, hours_ago(3 + i % 5).replace(minute=k, second=i))
+                with store.open_writer(name) as writer:
+                    writer.write(data if k % 2 else b"wrong")
+                    writer.commit()
+                    stored.append(name)
+            except WriteRejected:
+                pass
+            except BaseException as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(stored) == 4 * 40  # the threads with odd k write the right bytes
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == sorted(n.path for n in stored)
+    hours = {p for p in tmp_path.rglob("*")
+             if p.is_dir() and len(p.relative_to(tmp_path).parts) == 3}
+    assert hours == {tmp_path / n.hour_path for n in stored}
