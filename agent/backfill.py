@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEER_LIST_POLL = 1.0  # seconds between checks of the peer list for added/removed peers
-MAX_DOWNLOAD_ERRORS = 5  # in a row from one peer: stop this unit, retry next round
+MAX_DOWNLOAD_ERRORS = 5  # broken exchanges in a row: stop this unit, retry next round
 FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
 
 
@@ -65,7 +65,7 @@ class PairStats:
     elsewhere: int = 0  # fetched from another peer meanwhile, or already here
     duration: float = 0.0
     error: str | None = None  # this unit failed; the next round retries it
-    download_errors: int = 0  # consecutive, to give up on a peer that stopped answering
+    download_errors: int = 0  # broken exchanges in a row: a peer that stopped answering
 
     def add_plan(self, plan: FetchPlan) -> None:
         self.missing += len(plan.fetch)
@@ -386,8 +386,11 @@ class Backfiller:
                 log.info("backfill: %s has no batch fetch; fetching one by one", client.url)
                 client.batch_fetch = False
                 return await self._download_batch(client, names, stats, progress)
+            # every segment not settled failed, but as one exchange with the peer: a
+            # single broken response must not count as several failures in a row
             for name in names[settled:]:
-                self._peer_failed(client, name, stats, e)
+                self._segment_failed(client, name, stats, e)
+            self._exchange_failed(stats, e)
         finally:
             # one directory fsync per hour for the whole batch, not one per segment
             if stored_dirs:
@@ -403,16 +406,22 @@ class Backfiller:
             async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
                 await self._store(client, name, size, chunks, stats, progress)
         except PeerError as e:
-            self._peer_failed(client, name, stats, e)
+            self._segment_failed(client, name, stats, e)
+            self._exchange_failed(stats, e)
 
-    def _peer_failed(self, client: PeerClient, name: SegmentName, stats: PairStats,
-                     e: PeerError) -> None:
+    def _segment_failed(self, client: PeerClient, name: SegmentName, stats: PairStats,
+                        e: PeerError) -> None:
         stats.failed += 1
-        stats.download_errors += 1
         log.info("backfill: fetching %s: %s", name.path, e)
         self.node.metrics.pulls.labels(client.url, "segment", "error").inc()
+
+    @staticmethod
+    def _exchange_failed(stats: PairStats, e: PeerError) -> None:
+        """One more exchange with the peer in a row that broke; enough of them end the
+        unit for this round."""
+        stats.download_errors += 1
         if stats.download_errors >= MAX_DOWNLOAD_ERRORS and stats.error is None:
-            stats.error = f"{stats.download_errors} downloads in a row failed: {e}"
+            stats.error = f"{stats.download_errors} downloads in a row broke: {e}"
 
     async def _store(self, client: PeerClient, name: SegmentName, size: int | None,
                      chunks, stats: PairStats, progress: Progress | None,

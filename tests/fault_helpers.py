@@ -291,7 +291,8 @@ class LyingPeer:
     """Speaks the protocol well, lists segments, but serves bytes that do not match names.
 
     mode "mismatch": wrong bytes at full speed; "slow": a segment body at one byte per
-    0.2 s; "flood": answers uploads and downloads with an endless stream of bytes.
+    0.2 s; "flood": answers uploads and downloads with an endless stream of bytes;
+    "cut" (batch only): a batch reply breaks off in its first segment.
     With `batch`, it also answers batch fetches (/v1/fetch) in the same spirit; without,
     it is a peer from before batch fetch (404), and downloads come one by one.
     """
@@ -385,6 +386,11 @@ class LyingPeer:
             body = b"".join(frame_header(m.FetchItem(p, 5000)) + os.urandom(5000)
                             for p in paths)
             return await _respond(stream, conn, 200, body, FETCH_STREAM)
+        if self.mode == "cut":  # the first segment starts, then the connection drops
+            header = frame_header(m.FetchItem(paths[0], 5000))
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n"
+                                  % (len(header) + 5000) + header + b"x" * 100)
+            return
         if self.mode == "slow":
             header = frame_header(m.FetchItem(paths[0], 5000))
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n"

@@ -12,7 +12,7 @@ import trio
 
 from agent.client import PeerClient, PeerError
 from conftest import wait_until
-from fault_helpers import LyingPeer
+from fault_helpers import LyingPeer, audit_archive
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
 from protocol import limits
 from protocol import messages as m
@@ -166,6 +166,27 @@ async def test_backfill_uses_batches_and_falls_back_for_older_peers(cluster_fact
             assert result.total("hash_mismatch") == len(fake)
             assert liar.downloads == len(fake)
             assert replicable_state(c.root(0)) == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broken_batch_is_one_failure_not_one_per_segment(cluster_factory):
+    """Each batch reply breaks off: every segment of it failed, but it is one broken
+    exchange. Four in a row stay under the limit (5) that ends a unit for the round,
+    so every batch is tried; counting per segment, the second batch would end it."""
+    fake = [make_name(os.urandom(64), hours_ago(3) + dt.timedelta(seconds=2 * i))
+            for i in range(12)]
+    liar = LyingPeer(fake, "cut", batch=True)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(liar.run)
+        # one download slot: the 12 segments go in 4 batches of 3, one after the other
+        async with cluster_factory(1, backfill=False, max_concurrency=1) as c:
+            node = c.nodes[0]
+            (result,) = await node.backfiller.round_all([url])
+            (stats,) = result.pairs.values()
+            assert liar.downloads == len(fake)
+            assert stats.failed == len(fake) and stats.error is None
+            assert replicable_state(c.root(0)) == {}
+            assert audit_archive(c.root(0)).temps == []
         nursery.cancel_scope.cancel()
 
 
