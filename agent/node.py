@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
@@ -19,7 +18,6 @@ from protocol.replication import offer_status
 from .backfill import Backfiller
 from .client import PeerClient, PeerError
 from .config import Config, ConfigError, read_peers_file
-from .httpserver import serve
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .pusher import Pusher
@@ -89,6 +87,12 @@ class Node:
         self.cancel_scope.cancel()
 
     async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # imported here: the one-shot backfill never serves, and hypercorn (with h2 and
+        # wsproto) is a tenth of a second of its start-up
+        from hypercorn.config import Config as HypercornConfig
+
+        from .httpserver import serve
+
         hc = HypercornConfig()
         host, port = self.config.listen_host_port
         hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -12,7 +12,6 @@ from typing import TextIO
 
 import trio
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .backfill import Progress, RoundResult
 from .config import Config
@@ -93,6 +92,9 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     started = trio.current_time()
     try:
         # log lines go above the bar instead of through it
+        if progress.enabled:
+            # imported only for a terminal: it pulls in asyncio (20 ms of start-up)
+            from tqdm.contrib.logging import logging_redirect_tqdm
         with logging_redirect_tqdm() if progress.enabled else nullcontext():
             results = await node.backfiller.round_all(node.peer_urls(), progress)
     finally:
