@@ -10,6 +10,7 @@ Parsing is strict and total: every input either parses into a `SegmentName` whos
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -121,6 +122,13 @@ def parse_hour(value: object) -> dt.datetime:
     """`%Y-%m-%dT%H` -> an aware UTC datetime at the start of that hour."""
     if not isinstance(value, str) or not _HOUR.match(value):
         raise SegmentNameError(f"hour {value!r} is not of the form YYYY-MM-DDTHH")
+    return _parse_hour_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_hour_text(value: str) -> dt.datetime:
+    # every segment name carries its hour and strptime costs ~30 us: a listing or a
+    # scan parses the same few hours again and again (errors are not cached)
     try:
         return dt.datetime.strptime(value, HOUR_FORMAT).replace(tzinfo=dt.timezone.utc)
     except ValueError:
