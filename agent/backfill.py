@@ -295,11 +295,18 @@ class Backfiller:
         batches = fetch_batches(names, self.node.config.max_concurrency, FETCH_BATCH)
         async with trio.open_nursery() as nursery:
             for batch in batches:
-                await self.download_slots.acquire()
-                if stats.error is not None:  # the peer stopped answering: next round
-                    self.download_slots.release()
+                if not await self._download_slot(stats):
                     return
                 nursery.start_soon(self._fetch_batch, client, batch, stats, progress)
+
+    async def _download_slot(self, stats: PairStats) -> bool:
+        """Take a download slot; False (holding none) if the unit failed meanwhile:
+        the peer stopped answering, the rest waits for the next round."""
+        await self.download_slots.acquire()
+        if stats.error is not None:
+            self.download_slots.release()
+            return False
+        return True
 
     async def _fetch_batch(self, client: PeerClient, names: list[SegmentName],
                            stats: PairStats, progress: Progress | None) -> None:
@@ -326,9 +333,7 @@ class Backfiller:
                 event.set()
             self.download_slots.release()
         for name in others:
-            await self.download_slots.acquire()
-            if stats.error is not None:
-                self.download_slots.release()
+            if not await self._download_slot(stats):
                 return
             await self._fetch_one(client, name, stats, progress)
 

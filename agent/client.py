@@ -126,6 +126,15 @@ class PeerClient:
         except ProtocolError:
             return f"HTTP {status}"
 
+    async def _raise_unless_ok(self, response: httpx.Response, what: str) -> None:
+        """A streamed reply that is not 200: its (bounded) error body, read within the
+        timeout, becomes a PeerError carrying the status."""
+        if response.status_code != 200:
+            with self._deadline(self.timeout, f"error reply for {what}"):
+                data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
+            raise PeerError(self.url, self._error_text(response.status_code, data),
+                            response.status_code)
+
     async def call(self, path: str, message: m.Message, expect: type[m.Message],
                    max_reply: int = limits.MAX_REPLY_BYTES) -> m.Message:
         """POST a message, return the decoded reply of the expected type."""
@@ -249,11 +258,7 @@ class PeerClient:
         async with self.gate:
             try:
                 async with self.http.stream("GET", f"/v1/segments/{name.path}") as response:
-                    if response.status_code != 200:
-                        with self._deadline(self.timeout, f"error reply for {name.path}"):
-                            data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
-                        raise PeerError(self.url, self._error_text(response.status_code, data),
-                                        response.status_code)
+                    await self._raise_unless_ok(response, name.path)
                     declared = response.headers.get("content-length")
                     size = int(declared) if declared and declared.isdigit() else None
                     if size is not None and size > max_bytes:
@@ -291,11 +296,7 @@ class PeerClient:
                     "POST", "/v1/fetch", content=body,
                     headers={"content-type": "application/msgpack"},
                 ) as response:
-                    if response.status_code != 200:
-                        with self._deadline(self.timeout, "error reply for /v1/fetch"):
-                            data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
-                        raise PeerError(self.url, self._error_text(response.status_code, data),
-                                        response.status_code)
+                    await self._raise_unless_ok(response, "/v1/fetch")
                     items = self._fetched_items(response, by_path, max_bytes)
                     try:
                         yield items

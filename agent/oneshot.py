@@ -92,10 +92,12 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     started = trio.current_time()
     try:
         # log lines go above the bar instead of through it
+        redirect_logs = nullcontext()
         if progress.enabled:
             # imported only for a terminal: it pulls in asyncio (20 ms of start-up)
             from tqdm.contrib.logging import logging_redirect_tqdm
-        with logging_redirect_tqdm() if progress.enabled else nullcontext():
+            redirect_logs = logging_redirect_tqdm()
+        with redirect_logs:
             results = await node.backfiller.round_all(node.peer_urls(), progress)
     finally:
         progress.close()

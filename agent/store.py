@@ -182,7 +182,6 @@ class SegmentWriter:
         self.made_dirs: list[Path] = []
         self._fd: int | None = None
         self.done = False
-        self._ended = False
         store.begin_write()
         try:
             self.made_dirs = store.make_hour_dirs(name)
@@ -190,8 +189,7 @@ class SegmentWriter:
                 self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
             )
         except BaseException:
-            self.done = True
-            self._end(self.made_dirs)
+            self._finish(self.made_dirs)
             raise
 
     @property
@@ -261,12 +259,10 @@ class SegmentWriter:
                 raise Tombstoned(self.name.path)
             if self.final_path.exists():
                 self._discard()
-                self.done = True
-                self._end(self.made_dirs)
+                self._finish(self.made_dirs)
                 return "have"
             os.rename(self.temp_path, self.final_path)
-            self.done = True
-            self._end([])
+            self._finish([])
             if sync_dir:
                 fsync_dir(self.final_path.parent)
             return "stored"
@@ -289,14 +285,16 @@ class SegmentWriter:
         """Remove the temp file, and the directories made for it if they stayed empty;
         nothing becomes visible. Safe to call twice."""
         if not self.done:
-            self.done = True
-            self._discard()
-            self._end(self.made_dirs)
+            try:
+                self._discard()
+            finally:
+                self._finish(self.made_dirs)
 
-    def _end(self, unused_dirs: list[Path]) -> None:
-        if not self._ended:
-            self._ended = True
-            self.store.end_write(unused_dirs)
+    def _finish(self, unused_dirs: list[Path]) -> None:
+        """The write is over (stored, here already, or given up): it no longer holds
+        the store's directories; `unused_dirs` may go."""
+        self.done = True
+        self.store.end_write(unused_dirs)
 
     def __enter__(self) -> "SegmentWriter":
         return self

@@ -65,6 +65,20 @@ def write_segment_file(root: Path, name: SegmentName, data: bytes) -> Path:
     return path
 
 
+def write_segments(root: Path, count: int, start: dt.datetime, tag: int = 0,
+                   size: int = 3000) -> list[SegmentName]:
+    """`count` real segments of random bytes (sizes from `size` up), 2 s apart from
+    `start` (`tag` microseconds later, to tell batches apart), written like a downloader
+    does."""
+    names = []
+    for i in range(count):
+        data = os.urandom(size + i)
+        name = make_name(data, start + dt.timedelta(seconds=2 * i, microseconds=tag))
+        write_segment_file(root, name, data)
+        names.append(name)
+    return names
+
+
 def touch_tombstone(root: Path, name: SegmentName) -> Path:
     path = Path(root) / name.format(Kind.TOMBSTONE)
     path.parent.mkdir(parents=True, exist_ok=True)

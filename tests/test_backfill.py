@@ -22,22 +22,18 @@ from agent.oneshot import BarProgress, print_summary, run_oneshot
 from agent.store import Store
 from conftest import wait_until
 from fault_helpers import refusing_peer_url
-from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
+from helpers import (
+    hours_ago,
+    make_name,
+    replicable_state,
+    touch_tombstone,
+    write_segment_file,
+    write_segments,
+)
 from protocol.backoff import Backoff
 from protocol.names import Kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def segments(root, count: int, start: dt.datetime, tag: int, size: int = 3000) -> list:
-    """`count` real segments, 2 s apart from `start`, written like a downloader does."""
-    names = []
-    for i in range(count):
-        data = os.urandom(size + i)
-        name = make_name(data, start + dt.timedelta(seconds=2 * i, microseconds=tag))
-        write_segment_file(root, name, data)
-        names.append(name)
-    return names
 
 
 async def indexed(node, names, kind: Kind = Kind.SEGMENT) -> None:
@@ -57,12 +53,12 @@ def pulled(node, peer: str, outcome: str) -> float:
 async def test_restarted_node_converges_to_exactly_the_peers_state(cluster_factory):
     async with cluster_factory(3, backfill=False) as c:
         a, b, _ = c.nodes
-        early = segments(c.root(0), 4, hours_ago(5), 1)
+        early = write_segments(c.root(0), 4, hours_ago(5), 1)
         await wait_until(lambda: all((c.root(i) / n.path).exists()
                                      for n in early for i in (1, 2)))
         await c.stop_node(2)
         # while C is down: new segments that started hours ago, and tombstones
-        late = segments(c.root(0), 6, hours_ago(3), 2) + segments(c.root(0), 3, hours_ago(2), 3)
+        late = write_segments(c.root(0), 6, hours_ago(3), 2) + write_segments(c.root(0), 3, hours_ago(2), 3)
         touch_tombstone(c.root(0), early[0])  # C holds this one: it must become hidden
         touch_tombstone(c.root(0), late[0])   # C never saw this one: tombstone only
         expected = replicable_state(c.root(0))
@@ -95,7 +91,7 @@ async def test_restarted_node_converges_to_exactly_the_peers_state(cluster_facto
 async def test_in_sync_rounds_list_no_hour_and_read_no_directory(cluster_factory, monkeypatch):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
-        names = segments(c.root(0), 5, hours_ago(30), 1) + segments(c.root(0), 5, hours_ago(2), 2)
+        names = write_segments(c.root(0), 5, hours_ago(30), 1) + write_segments(c.root(0), 5, hours_ago(2), 2)
         touch_tombstone(c.root(0), names[3])
         await indexed(a, names)
         await indexed(a, [names[3]], Kind.TOMBSTONE)
@@ -122,8 +118,8 @@ async def test_recent_window(cluster_factory):
     async with cluster_factory(2, connect=False, backfill=False, recent_window=600) as c:
         a, b = c.nodes
         now = utc_now()
-        inside = segments(c.root(0), 1, now - dt.timedelta(seconds=60), 1)[0]
-        outside = segments(c.root(0), 1, now - dt.timedelta(seconds=1200), 2)[0]
+        inside = write_segments(c.root(0), 1, now - dt.timedelta(seconds=60), 1)[0]
+        outside = write_segments(c.root(0), 1, now - dt.timedelta(seconds=1200), 2)[0]
         await indexed(a, [inside, outside])
         (r,) = await b.backfiller.round_all([a.url])
         assert r.ok, r.error
@@ -141,8 +137,8 @@ async def test_corrupting_peer_costs_only_itself(cluster_factory, caplog):
     caplog.set_level(logging.WARNING, logger="agent.backfill")
     async with cluster_factory(3, connect=False, backfill=False) as c:
         a, b, cn = c.nodes
-        bad, good_a = segments(c.root(0), 2, hours_ago(4), 1)
-        good_b = segments(c.root(1), 3, hours_ago(4), 2)
+        bad, good_a = write_segments(c.root(0), 2, hours_ago(4), 1)
+        good_b = write_segments(c.root(1), 3, hours_ago(4), 2)
         await indexed(a, [bad, good_a])
         await indexed(b, good_b)
         # A's copy rots after it was indexed: same size, other bytes
@@ -176,7 +172,7 @@ async def test_corrupting_peer_costs_only_itself(cluster_factory, caplog):
 async def test_no_resurrection_and_the_peer_gets_the_tombstone(cluster_factory):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
-        names = segments(c.root(0), 3, hours_ago(6), 1)
+        names = write_segments(c.root(0), 3, hours_ago(6), 1)
         await indexed(a, names)
         (r,) = await b.backfiller.round_all([a.url])  # B holds everything
         assert r.total("downloaded") == 3
@@ -220,7 +216,7 @@ async def test_failing_peer_backs_off_on_its_own(cluster_factory):
         dead = refusing_peer_url()
         # a first wait of 1-2 s (the default is 0.5-1 s): room for a slow test machine
         b.backfiller.peers[dead] = PeerState(backoff=Backoff(base=2.0, cap=8.0))
-        first = segments(c.root(0), 2, hours_ago(3), 1)
+        first = write_segments(c.root(0), 2, hours_ago(3), 1)
         await indexed(a, first)
         results = {r.peer: r for r in await b.backfiller.round_all([dead, a.url])}
         assert not results[dead].ok and results[dead].error
@@ -229,7 +225,7 @@ async def test_failing_peer_backs_off_on_its_own(cluster_factory):
         assert state.backoff.failures == 1
         assert b.backfiller.peers[a.url].backoff.failures == 0
         # the next round, while the dead peer's backoff runs: it is left out, A is not
-        more = segments(c.root(0), 2, hours_ago(2), 2)
+        more = write_segments(c.root(0), 2, hours_ago(2), 2)
         await indexed(a, more)
         assert state.backoff.wait_time(trio.current_time()) > 0.2
         results = await b.backfiller.round_all([dead, a.url])
@@ -249,7 +245,7 @@ async def test_peer_list_changes_take_effect_at_the_next_round(cluster_factory, 
     async with cluster_factory(1, connect=False, backfill=False) as c:
         a = c.nodes[0]
         b = await c.start_node(peers_file=peers_file, backfill_interval=0.2)
-        names = segments(c.root(0), 3, hours_ago(3), 1)
+        names = write_segments(c.root(0), 3, hours_ago(3), 1)
         await indexed(a, names)
         await trio.sleep(0.5)
         assert not (c.root(1) / names[0].path).exists()  # B has no peer
@@ -260,12 +256,12 @@ async def test_peer_list_changes_take_effect_at_the_next_round(cluster_factory, 
         peers_file.write_text("not a url at all\n")
         await trio.sleep(1.5)
         assert b.peer_urls() == [a.url]
-        more = segments(c.root(0), 2, hours_ago(2), 2)
+        more = write_segments(c.root(0), 2, hours_ago(2), 2)
         await wait_until(lambda: all((c.root(1) / n.path).exists() for n in more), timeout=10)
         # the peer leaves the list: no more rounds with it
         peers_file.write_text("")
         await wait_until(lambda: a.url not in b.backfiller.peers, timeout=10)
-        late = segments(c.root(0), 2, hours_ago(1), 3)
+        late = write_segments(c.root(0), 2, hours_ago(1), 3)
         await indexed(a, late)
         await trio.sleep(1.0)
         assert not any((c.root(1) / n.path).exists() for n in late)
@@ -278,8 +274,8 @@ async def test_periodic_rounds_converge_without_help(cluster_factory):
     async with cluster_factory(3, connect=False, backfill_interval=0.2) as c:
         a, b, cn = c.nodes
         dead = refusing_peer_url()
-        mine_a = segments(c.root(0), 4, hours_ago(3), 1)
-        mine_b = segments(c.root(1), 3, hours_ago(7), 2)
+        mine_a = write_segments(c.root(0), 4, hours_ago(3), 1)
+        mine_b = write_segments(c.root(1), 3, hours_ago(7), 2)
         touch_tombstone(c.root(1), mine_a[0])  # B tombstones a segment it has never seen
         # peers for backfill only: no push worker is started for them
         a.config.peers = [b.url, cn.url]
@@ -308,7 +304,7 @@ async def test_watcher_overflow_rescan_indexes_and_pushes_what_was_missed(cluste
         a, b = c.nodes
         bridge = a.watcher.bridge
         bridge.put = lambda event: None  # every event from here on is lost
-        lost = segments(c.root(0), 4, hours_ago(2), 1)
+        lost = write_segments(c.root(0), 4, hours_ago(2), 1)
         touch_tombstone(c.root(0), lost[0])
         await trio.sleep(0.3)
         assert not any(a.index.has(n, Kind.SEGMENT) for n in lost)
@@ -330,8 +326,8 @@ async def test_round_log_line_per_peer_and_pair(cluster_factory, caplog):
     caplog.set_level(logging.INFO, logger="agent.backfill")
     async with cluster_factory(2, connect=False, backfill=False, recent_window=300) as c:
         a, b = c.nodes
-        old = segments(c.root(0), 3, hours_ago(5), 1, size=1000)
-        recent = segments(c.root(0), 1, utc_now() - dt.timedelta(seconds=30), 2)
+        old = write_segments(c.root(0), 3, hours_ago(5), 1, size=1000)
+        recent = write_segments(c.root(0), 1, utc_now() - dt.timedelta(seconds=30), 2)
         other = make_name(b"x" * 500, hours_ago(5), quality="480p")
         write_segment_file(c.root(0), other, b"x" * 500)
         touch_tombstone(c.root(1), old[0])
@@ -360,7 +356,7 @@ async def test_round_log_line_per_peer_and_pair(cluster_factory, caplog):
 async def test_oneshot_command_bootstraps_a_new_node(cluster_factory, tmp_path):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
-        names = segments(c.root(0), 5, hours_ago(4), 1) + segments(c.root(1), 3, hours_ago(9), 2)
+        names = write_segments(c.root(0), 5, hours_ago(4), 1) + write_segments(c.root(1), 3, hours_ago(9), 2)
         touch_tombstone(c.root(0), names[1])
         await indexed(a, names[:5])
         await indexed(b, names[5:])
@@ -384,7 +380,7 @@ async def test_oneshot_command_bootstraps_a_new_node(cluster_factory, tmp_path):
 async def test_oneshot_fails_when_a_peer_is_unreachable(cluster_factory, tmp_path):
     async with cluster_factory(1, connect=False, backfill=False) as c:
         a = c.nodes[0]
-        names = segments(c.root(0), 2, hours_ago(4), 1)
+        names = write_segments(c.root(0), 2, hours_ago(4), 1)
         await indexed(a, names)
         new_root = tmp_path / "new"
         new_root.mkdir()

@@ -13,20 +13,17 @@ import trio
 from agent.client import PeerClient, PeerError
 from conftest import wait_until
 from fault_helpers import LyingPeer, audit_archive
-from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
+from helpers import (
+    hours_ago,
+    make_name,
+    replicable_state,
+    touch_tombstone,
+    write_segment_file,
+    write_segments,
+)
 from protocol import limits
 from protocol import messages as m
 from protocol.fetchstream import FetchStreamReader, ItemData, ItemEnd, ItemMissing, ItemStart
-
-
-def _segments(root, count: int, start: dt.datetime, size: int = 5000) -> list:
-    names = []
-    for i in range(count):
-        data = os.urandom(size + 37 * i)
-        name = make_name(data, start + dt.timedelta(seconds=2 * i))
-        write_segment_file(root, name, data)
-        names.append(name)
-    return names
 
 
 def _parse(paths: list[str], body: bytes) -> dict:
@@ -50,7 +47,7 @@ def _parse(paths: list[str], body: bytes) -> dict:
 async def test_batch_reply_frames_each_segment_in_order(cluster_factory):
     async with cluster_factory(1) as c:
         node = c.nodes[0]
-        names = _segments(c.root(0), 4, hours_ago(3))
+        names = write_segments(c.root(0), 4, hours_ago(3))
         empty = make_name(b"", hours_ago(3) + dt.timedelta(seconds=30))
         write_segment_file(c.root(0), empty, b"")
         touch_tombstone(c.root(0), names[1])
@@ -77,7 +74,7 @@ async def test_batch_reply_frames_each_segment_in_order(cluster_factory):
 async def test_batch_requests_that_are_refused_change_nothing(cluster_factory):
     async with cluster_factory(1) as c:
         node = c.nodes[0]
-        (name,) = _segments(c.root(0), 1, hours_ago(2))
+        (name,) = write_segments(c.root(0), 1, hours_ago(2))
         await node.rescan(push_new=False)
         before = replicable_state(c.root(0))
         too_many = [make_name(bytes([i]), hours_ago(2) + dt.timedelta(seconds=i)).path
@@ -110,7 +107,7 @@ async def test_batch_requests_that_are_refused_change_nothing(cluster_factory):
 async def test_batch_fetch_needs_the_token(cluster_factory, tmp_path):
     async with cluster_factory(1, token="s3cret") as c:  # noqa: S106 - a test secret
         node = c.nodes[0]
-        (name,) = _segments(c.root(0), 1, hours_ago(2))
+        (name,) = write_segments(c.root(0), 1, hours_ago(2))
         await node.rescan(push_new=False)
         body = m.encode(m.FetchRequest([name.path]))
         async with httpx.AsyncClient(base_url=node.url) as http:
@@ -123,7 +120,7 @@ async def test_batch_fetch_needs_the_token(cluster_factory, tmp_path):
 async def test_client_yields_segments_and_skips_what_a_consumer_leaves(cluster_factory):
     async with cluster_factory(1) as c:
         node = c.nodes[0]
-        names = _segments(c.root(0), 3, hours_ago(2), size=300_000)
+        names = write_segments(c.root(0), 3, hours_ago(2), size=300_000)
         absent = make_name(b"absent", hours_ago(2) + dt.timedelta(seconds=50))
         await node.rescan(push_new=False)
         client = PeerClient(node.url)
@@ -193,7 +190,7 @@ async def test_a_broken_batch_is_one_failure_not_one_per_segment(cluster_factory
 async def test_backfill_between_real_agents_goes_in_batches(cluster_factory):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
-        names = _segments(c.root(0), 40, hours_ago(5))
+        names = write_segments(c.root(0), 40, hours_ago(5))
         await a.rescan(push_new=False)
         (result,) = await b.backfiller.round_all([a.url])
         assert result.total("downloaded") == 40 and result.failures == 0
@@ -243,7 +240,7 @@ async def test_client_refuses_bytes_after_the_last_answer():
 async def test_server_stops_reading_files_for_a_client_that_left(cluster_factory, batch):
     async with cluster_factory(1) as c:
         node = c.nodes[0]
-        names = _segments(c.root(0), 12, hours_ago(2), size=4 * 2**20)
+        names = write_segments(c.root(0), 12, hours_ago(2), size=4 * 2**20)
         await node.rescan(push_new=False)
         host, port = node.url.removeprefix("http://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))
