@@ -287,6 +287,11 @@ async def test_periodic_rounds_converge_without_help(cluster_factory):
             return states[0] == states[1] == states[2] and len(states[0]) == 7
 
         await wait_until(converged, timeout=20)
+        # C may hold everything (through B) before its first round with A or with the
+        # dead peer has ended: wait for both results before judging them
+        await wait_until(lambda: all(
+            url in cn.backfiller.peers and cn.backfiller.peers[url].last_result is not None
+            for url in (dead, a.url)), timeout=20)
         assert all(not node.pusher.peers for node in c.nodes)  # it was all pull
         state = replicable_state(c.root(2))
         assert state[mine_a[0].tombstone_path] is None and mine_a[0].path not in state
