@@ -202,7 +202,7 @@ class Backfiller:
         result = RoundResult(url)
         started = trio.current_time()
         client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.max_concurrency + 2,
-                            timeout=cfg.request_timeout)
+                            timeout=cfg.request_timeout, tls=self.node.tls.client)
         try:
             now = self.clock()
             hours = hour_range(now, cfg.backfill_hours)

@@ -21,6 +21,7 @@ from protocol.selection import Candidate
 
 from .client import PeerClient, PeerError
 from .status_view import fetch_status
+from .tls import ClientTls
 from .store import Store, fsync_dir
 
 
@@ -121,17 +122,18 @@ async def ask_peer(client: PeerClient, names: list[SegmentName]) -> dict[str, bo
     return answers
 
 
-async def plan_purge(root: Path, node_url: str, token: str | None, timeout: float = 10.0
-                     ) -> tuple[list[str], list[PurgeDecision]]:
+async def plan_purge(root: Path, node_url: str, token: str | None, timeout: float = 10.0,
+                     tls: ClientTls | None = None) -> tuple[list[str], list[PurgeDecision]]:
     """(peers, decisions) for every tombstoned segment under `root`."""
     store = Store(root)
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
-    status = await fetch_status(node_url, token, timeout)
+    status = await fetch_status(node_url, token, timeout, tls)
     peers = [str(p.get("url")) for p in status.get("peers", [])]
     answers: dict[str, dict[str, bool | str]] = {}
 
     async def one(url: str) -> None:
-        client = PeerClient(url, token, "segsync-purge", concurrency=1, timeout=timeout)
+        client = PeerClient(url, token, "segsync-purge", concurrency=1, timeout=timeout,
+                            tls=tls)
         try:
             answers[url] = await ask_peer(client, names)
         finally:
@@ -166,9 +168,9 @@ def delete_segment(root: Path, segment_path: str) -> str:
 
 
 async def purge(root: Path, node_url: str, token: str | None, dry_run: bool,
-                out: TextIO) -> int:
+                out: TextIO, tls: ClientTls | None = None) -> int:
     """`segsync purge`: delete what is safe, say what was kept and why."""
-    peers, decisions = await plan_purge(root, node_url, token)
+    peers, decisions = await plan_purge(root, node_url, token, tls=tls)
     print(f"{len(decisions)} tombstoned segments under {root}; "
           f"peers of {node_url}: {', '.join(peers) or 'none'}", file=out)
     deleted = kept = 0

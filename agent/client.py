@@ -23,6 +23,8 @@ from protocol.errors import ProtocolError
 from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemStart
 from protocol.names import Kind, SegmentName
 
+from .tls import ClientTls, default_client_tls
+
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 # httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
 # byte per second would hold a request forever. Every exchange also has a deadline:
@@ -38,19 +40,6 @@ MIN_RATE = 64 * 1024  # bytes per second
 # httpcore release drops it. Memory stays bounded: one read per connection at a time.
 RESPONSE_READ_BYTES = 1024 * 1024
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_BYTES
-
-_tls_context = None
-
-
-def shared_tls_context():
-    """One verifying TLS context for every client, built on first use. Building one
-    (loading the CA bundle) costs ~25 ms of CPU, which each backfill round would
-    otherwise pay per peer for a client it makes and drops, even over plain http."""
-    global _tls_context
-    if _tls_context is None:
-        _tls_context = httpx.create_ssl_context()
-    return _tls_context
-
 
 class PeerError(Exception):
     """A peer that could not be reached, or answered something unusable."""
@@ -76,6 +65,7 @@ class PeerClient:
     def __init__(
         self, url: str, token: str | None = None, node_name: str = "",
         concurrency: int = 8, connect_timeout: float = 2.0, timeout: float = 10.0,
+        tls: ClientTls | None = None,
     ) -> None:
         self.url = normalize_peer_url(url)
         headers = {"user-agent": "segsync"}
@@ -92,9 +82,9 @@ class PeerClient:
             timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=timeout),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             follow_redirects=False,
-            # a plain-http peer never does a TLS handshake (no redirects are followed):
-            # no CA bundle to load for it
-            verify=shared_tls_context() if self.url.startswith("https:") else False,
+            # one TLS setup per node or command (agent/tls.py); a plain-http peer never
+            # handshakes (no redirects are followed)
+            verify=(tls or default_client_tls()).verify_for(self.url),
         )
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ from .pusher import Pusher
 from .recent import RecentSet
 from .server import App
 from .store import SegmentWriter, Store, WriteRejected, classify_hour
+from .tls import NodeTls, peers_problem
 from .watcher import ArchiveWatcher, Batch
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Node:
         self.store = Store(config.root, config.max_segment_bytes)
         self.index = ArchiveIndex()
         self.metrics = Metrics()
+        self.tls = NodeTls.from_config(config)
         self.received = RecentSet(100_000)   # paths peers sent us: never pushed back
         self.announced = RecentSet(100_000)  # paths already queued for push
         self.pusher = Pusher(self)
@@ -79,6 +81,8 @@ class Node:
                     nursery.start_soon(self._peers_file_loop)
                 if self.config.backfill:
                     nursery.start_soon(self.backfiller.run)
+                if self.tls.reloader is not None:
+                    nursery.start_soon(self.tls.reloader.run)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url, ", ".join(self.peer_urls()) or "none")
                 task_status.started(self.url)
@@ -102,6 +106,7 @@ class Node:
         hc.keep_alive_timeout = 30.0
         hc.h11_max_incomplete_size = 16 * 1024
         hc.read_timeout = 30
+        self.tls.configure_hypercorn(hc)
         await serve(App(self), hc, task_status=task_status)
 
     # ---- peers ----
@@ -117,6 +122,9 @@ class Node:
         assert self.config.peers_file is not None
         try:
             peers = read_peers_file(self.config.peers_file)
+            problem = peers_problem(peers, self.config.token is not None, self.config.insecure)
+            if problem:
+                raise ConfigError(f"peers file {self.config.peers_file}: {problem}")
         except ConfigError as e:
             log.error("%s; keeping the last good peer list", e)
             return False
@@ -349,7 +357,8 @@ class Node:
         out: dict[str, str | None] = {}
 
         async def probe(url: str) -> None:
-            client = PeerClient(url, concurrency=1, connect_timeout=timeout, timeout=timeout)
+            client = PeerClient(url, concurrency=1, connect_timeout=timeout, timeout=timeout,
+                                tls=self.tls.client)
             try:
                 await client.ping()
                 out[url] = None
@@ -386,5 +395,6 @@ class Node:
             "time": time.time(),  # ages are computed against the node's own clock
             "segments": self.index.segment_count(),
             "peers": peers,
+            "tls": self.tls.status(),
         }
 

@@ -46,7 +46,7 @@ class PeerPusher:
         self.url = url
         cfg = node.config
         self.client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.push_concurrency,
-                                 timeout=cfg.request_timeout)
+                                 timeout=cfg.request_timeout, tls=node.tls.client)
         self.tombstones: collections.deque[PushItem] = collections.deque()
         self.segments: collections.deque[PushItem] = collections.deque()
         self.max_queue = cfg.push_queue_size

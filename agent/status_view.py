@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .client import PeerClient, PeerError
+from .tls import ClientTls
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -104,9 +105,10 @@ def render_status(status: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict:
+async def fetch_status(url: str, token: str | None, timeout: float = 10.0,
+                       tls: ClientTls | None = None) -> dict:
     """The node's /v1/status reply; PeerError if it cannot be had."""
-    client = PeerClient(url, token, "segsync-status", concurrency=1, timeout=timeout)
+    client = PeerClient(url, token, "segsync-status", concurrency=1, timeout=timeout, tls=tls)
     try:
         status = await client.status()
     finally:
