@@ -50,6 +50,22 @@ class PeerError(Exception):
         self.status = status
 
 
+def describe_http_error(e: BaseException) -> str:
+    """An httpx error with the causes it wraps: a failed TLS handshake surfaces as a
+    ConnectError with no text, the reason (an untrusted or expired certificate) is in
+    its chain."""
+    texts: list[str] = []
+    cause: BaseException | None = e
+    for _ in range(6):
+        if cause is None:
+            break
+        text = str(cause)
+        if text and text not in texts:
+            texts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(e).__name__}: {'; '.join(texts[:3])}"
+
+
 def normalize_peer_url(url: str) -> str:
     """Validate and canonicalize a peer URL (http/https, host, optional port, no query)."""
     url = url.strip()
@@ -138,7 +154,7 @@ class PeerClient:
                     ) as response:
                         data = await self._read_limited(response, max_reply)
                 except httpx.HTTPError as e:
-                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                    raise PeerError(self.url, describe_http_error(e)) from None
         return self._reply(response.status_code, data, expect, max_reply)
 
     def _reply(self, status: int, data: bytes, expect: type[m.Message],
@@ -189,7 +205,7 @@ class PeerClient:
                             # a reply is an Ack or an Error: never read more than that
                             data = await self._read_limited(response, limits.MAX_REQUEST_BYTES)
                     except httpx.HTTPError as e:
-                        raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                        raise PeerError(self.url, describe_http_error(e)) from None
         finally:
             f.close()
         ack = self._reply(response.status_code, data, m.Ack, limits.MAX_REQUEST_BYTES)
@@ -218,7 +234,7 @@ class PeerClient:
                 try:
                     response = await self.http.get("/healthz")
                 except httpx.HTTPError as e:
-                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                    raise PeerError(self.url, describe_http_error(e)) from None
         if response.status_code != 200:
             raise PeerError(self.url, f"HTTP {response.status_code}", response.status_code)
 
@@ -230,7 +246,7 @@ class PeerClient:
                     async with self.http.stream("POST", "/v1/status", content=body) as response:
                         data = await self._read_limited(response, limits.MAX_REPLY_BYTES)
                 except httpx.HTTPError as e:
-                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                    raise PeerError(self.url, describe_http_error(e)) from None
         if response.status_code != 200:
             raise PeerError(self.url, self._error_text(response.status_code, data),
                             response.status_code)
@@ -265,11 +281,11 @@ class PeerClient:
                                                     f"{MIN_RATE} bytes/s")
                                 yield chunk
                         except httpx.HTTPError as e:
-                            raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                            raise PeerError(self.url, describe_http_error(e)) from None
 
                     yield size, chunks()
             except httpx.HTTPError as e:
-                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                raise PeerError(self.url, describe_http_error(e)) from None
 
     @asynccontextmanager
     async def fetch(self, names: list[SegmentName], max_bytes: int):
@@ -293,7 +309,7 @@ class PeerClient:
                     finally:
                         await items.aclose()
             except httpx.HTTPError as e:
-                raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+                raise PeerError(self.url, describe_http_error(e)) from None
             except ProtocolError as e:
                 raise PeerError(self.url, f"bad fetch reply: {e}") from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .client import PeerClient, PeerError
-from .tls import ClientTls
+from .tls import ClientTls, status_lines
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -75,6 +75,7 @@ def render_status(status: dict) -> str:
         f"node {status.get('node')} at {status.get('url')}, "
         f"up {format_uptime(now - float(status.get('started_at') or now))}, "
         f"{status.get('segments')} segments",
+        *status_lines(status.get("tls")),
     ]
     peers = status.get("peers") or []
     if not peers:

@@ -345,3 +345,18 @@ def config_problem(cfg, file_peers: list[str]) -> str | None:
                              cfg.insecure)
     return problem or peers_problem([*cfg.peers, *file_peers], cfg.token is not None,
                                     cfg.insecure)
+
+
+def status_lines(tls: dict | None) -> list[str]:
+    """`segsync status` lines for a node's TLS (its /v1/status `tls` map)."""
+    if not isinstance(tls, dict):
+        return ["tls: off (plain http)"]
+    until = tls.get("not_after")
+    until_text = (dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                  if isinstance(until, (int, float)) else "?")
+    lines = [f"tls: {tls.get('subject')} from {tls.get('cert')}, valid until {until_text}"]
+    if tls.get("problem"):
+        lines.append(f"  TLS CERTIFICATE {str(tls['problem']).upper()}: peers refuse it")
+    if tls.get("reload_error"):
+        lines.append(f"  TLS RELOAD FAILED: {tls['reload_error']}")
+    return lines

@@ -143,9 +143,10 @@ def load_or_make_ca(ca_dir: Path, name: str, days: int, now: dt.datetime, out) -
 
 
 def tls_init(out_dir: Path, node: str, ca_dir: Path | None, dns: list[str], ips: list[str],
-             days: int, ca_days: int, force: bool, out=sys.stdout) -> tuple[Path, Path]:
+             days: int, ca_days: int, force: bool, out=None) -> tuple[Path, Path]:
     """Make (or reuse) the CA and write NODE.crt and NODE.key into `out_dir`. Every
     check runs before anything is written: bad input changes nothing."""
+    out = out or sys.stdout
     if days <= 0 or ca_days <= 0:
         raise ConfigError("--days and --ca-days must be > 0")
     if not node or "/" in node or node.startswith("."):

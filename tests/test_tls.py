@@ -1,0 +1,285 @@
+"""TLS between nodes (issue 13): real agents on loopback over HTTPS, real certificates
+(trustme, and `segsync tls init`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import stat
+import ssl
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import trio
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from agent.cli import main
+from agent.client import PeerClient, PeerError
+from agent.tls import ClientTls, read_pair
+from conftest import Cluster, wait_until
+from helpers import hours_ago, make_name, replicable_state, write_segment_file, write_segments
+from tls_helpers import issue, served_certificate
+
+TOKEN = "tls-test-token"
+
+
+@pytest.fixture
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    return path
+
+
+@asynccontextmanager
+async def cluster(tmp_path, *settings: dict):
+    """One node per settings dict (node_config overrides), not yet peers."""
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, tmp_path / "nodes")
+        c.base.mkdir(exist_ok=True)
+        try:
+            for s in settings:
+                await c.start_node(**s)
+            yield c
+        finally:
+            for node in c.nodes:
+                if node is not None:
+                    node.stop()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_https_cluster_converges_by_push_and_by_backfill(tmp_path, ca, token_file):
+    files = [issue(ca, tmp_path / "tls", f"n{i}") for i in range(3)]
+    async with cluster(tmp_path, *(f.settings(token_file=token_file) for f in files)) as c:
+        assert all(node.url.startswith("https://127.0.0.1:") for node in c.nodes)
+        # before the nodes know each other: only backfill can bring these over
+        old = write_segments(c.root(0), 5, hours_ago(3))
+        await wait_until(lambda: c.nodes[0].index.segment_count() == 5)
+        c.connect()
+        results = await c.nodes[1].backfiller.round_all([c.nodes[0].url])
+        assert results[0].ok, results[0].error
+        assert results[0].total("downloaded") == 5
+        for name in old:
+            assert (c.root(1) / name.path).exists()
+        # push: a new segment on node 2 reaches both others over https
+        data = os.urandom(150_000)
+        name = make_name(data, hours_ago(0))
+        write_segment_file(c.root(2), name, data)
+        for i in (0, 1):
+            await wait_until(lambda: (c.root(i) / name.path).exists())
+            assert (c.root(i) / name.path).read_bytes() == data
+        status = c.nodes[2].status()
+        assert status["tls"]["reload_error"] is None and status["tls"]["problem"] is None
+        assert "CN=n2" in status["tls"]["subject"]
+
+
+async def test_peer_with_a_certificate_from_another_ca_is_refused(tmp_path, ca, token_file):
+    other = trustme.CA()
+    trusted = issue(ca, tmp_path / "tls", "good")
+    stranger = issue(other, tmp_path / "tls", "stranger", trust=ca)  # trusts us, we don't it
+    async with cluster(tmp_path, trusted.settings(token_file=token_file),
+                       stranger.settings(token_file=token_file)) as c:
+        good, bad = c.nodes
+        write_segments(c.root(1), 3, hours_ago(2))  # the stranger offers segments to pull
+        await wait_until(lambda: bad.index.segment_count() == 3)
+        (result,) = await good.backfiller.round_all([bad.url])
+        assert not result.ok and "CERTIFICATE_VERIFY_FAILED" in result.error
+        # and pushes to it fail the same way: nothing written on either side
+        good.config.peers = [bad.url]
+        good.pusher.set_peers(good.peer_urls())
+        data = os.urandom(5000)
+        write_segment_file(c.root(0), make_name(data, hours_ago(0)), data)
+        pusher = good.pusher.peers[bad.url]
+        await wait_until(lambda: pusher.last_error is not None)
+        assert "CERTIFICATE_VERIFY_FAILED" in pusher.last_error
+        assert len(replicable_state(c.root(0))) == 1
+        assert len(replicable_state(c.root(1))) == 3
+
+
+async def test_expired_certificate_is_refused(tmp_path, ca, token_file):
+    now = dt.datetime.now(dt.timezone.utc)
+    fresh = issue(ca, tmp_path / "tls", "fresh")
+    expired = issue(ca, tmp_path / "tls", "expired", not_before=now - dt.timedelta(days=30),
+                    not_after=now - dt.timedelta(days=1))
+    async with cluster(tmp_path, fresh.settings(token_file=token_file),
+                       expired.settings(token_file=token_file)) as c:
+        good, old = c.nodes
+        # the agent itself starts, and says what is wrong
+        assert old.status()["tls"]["problem"].startswith("expired at ")
+        write_segments(c.root(1), 2, hours_ago(2))
+        await wait_until(lambda: old.index.segment_count() == 2)
+        (result,) = await good.backfiller.round_all([old.url])
+        assert not result.ok and "expired" in result.error
+        assert replicable_state(c.root(0)) == {}
+
+
+async def test_client_auth_gives_a_client_without_certificate_nothing(tmp_path, ca,
+                                                                       token_file):
+    guarded = issue(ca, tmp_path / "tls", "guarded")
+    member = issue(ca, tmp_path / "tls", "member")
+    async with cluster(tmp_path, guarded.settings(token_file=token_file,
+                                                  tls_client_auth=True),
+                       member.settings(token_file=token_file)) as c:
+        node, peer = c.nodes
+        data = os.urandom(4000)
+        name = make_name(data, hours_ago(1))
+        source = write_segment_file(tmp_path / "outside", name, data)
+        # the right CA and the token, but no client certificate: not even /healthz
+        anonymous = PeerClient(node.url, TOKEN, tls=ClientTls(guarded.ca))
+        try:
+            for attempt in (anonymous.ping(), anonymous.upload(name, source)):
+                with pytest.raises(PeerError):
+                    await attempt
+        finally:
+            await anonymous.aclose()
+        with pytest.raises(httpx.HTTPError):
+            async with httpx.AsyncClient(verify=guarded.client_context()) as http:
+                await http.get(f"{node.url}/healthz")
+        assert not (c.root(0) / name.path).exists()
+        # a member of the cluster presents its own certificate, and gets through
+        peer.config.peers = [node.url]
+        peer.pusher.set_peers(peer.peer_urls())
+        write_segment_file(c.root(1), name, data)
+        await wait_until(lambda: (c.root(0) / name.path).exists())
+
+
+async def test_renewed_certificate_is_picked_up_and_a_broken_one_is_not(tmp_path, ca):
+    first = issue(ca, tmp_path / "tls", "node")
+    async with cluster(tmp_path, first.settings(tls_reload_interval=0.05)) as c:
+        node = c.nodes[0]
+        port = port_of(node.url)
+        before = await trio.to_thread.run_sync(served_certificate, port, first.ca)
+        # renewal: the new pair replaces the files (each renamed into place)
+        renewed = issue(ca, tmp_path / "renewed", "node")
+        expected = x509.load_pem_x509_certificate(renewed.cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+        os.replace(renewed.key, first.key)
+        os.replace(renewed.cert, first.cert)
+
+        async def serves_new():
+            return await trio.to_thread.run_sync(served_certificate, port, first.ca) == expected
+
+        with trio.fail_after(10):
+            while not await serves_new():
+                await trio.sleep(0.05)
+        assert expected != before
+        assert node.status()["tls"]["reload_error"] is None
+        # a broken renewal (a key that is not the certificate's): the last good pair stays
+        third = issue(ca, tmp_path / "third", "node")
+        shutil.copy(third.key, first.key)
+        await wait_until(lambda: node.status()["tls"]["reload_error"])
+        assert "not a usable pair" in node.status()["tls"]["reload_error"]
+        assert await serves_new()
+        # and fixing it clears the error
+        shutil.copy(third.cert, first.cert)
+        await wait_until(lambda: node.status()["tls"]["reload_error"] is None)
+
+
+async def test_plain_http_to_a_tls_agent_fails_cleanly(tmp_path, ca, token_file):
+    files = issue(ca, tmp_path / "tls", "node")
+    async with cluster(tmp_path, files.settings(token_file=token_file),
+                       {"token_file": token_file}) as c:
+        node, plain = c.nodes
+        plain_url = node.url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            async with httpx.AsyncClient(timeout=5) as http:
+                await http.get(f"{plain_url}/healthz")
+        # a peer configured with http:// for it pushes nothing through
+        plain.config.peers = [plain_url]
+        plain.pusher.set_peers(plain.peer_urls())
+        data = os.urandom(4000)
+        write_segment_file(c.root(1), make_name(data, hours_ago(0)), data)
+        pusher = plain.pusher.peers[plain_url]
+        await wait_until(lambda: pusher.last_error is not None)
+        assert replicable_state(c.root(0)) == {}
+        # and the agent still serves https
+        async with httpx.AsyncClient(verify=files.client_context()) as http:
+            assert (await http.get(f"{node.url}/healthz")).status_code == 200
+
+
+def test_tls_init_makes_a_ca_once_and_node_pairs(tmp_path, capsys):
+    ca_dir, a_dir, b_dir = tmp_path / "ca", tmp_path / "a", tmp_path / "b"
+    assert main(["tls", "init", "--out", str(a_dir), "--node", "a.example", "--ca", str(ca_dir),
+                 "--ip", "127.0.0.1", "--dns", "localhost", "--days", "30"]) == 0
+    ca_pem = (ca_dir / "ca.crt").read_bytes()
+    assert main(["tls", "init", "--out", str(b_dir), "--node", "b.example", "--ca",
+                 str(ca_dir)]) == 0
+    assert (ca_dir / "ca.crt").read_bytes() == ca_pem  # the CA is made once
+    assert (b_dir / "ca.crt").read_bytes() == ca_pem
+    for key in (ca_dir / "ca.key", a_dir / "a.example.key", b_dir / "b.example.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((a_dir / "a.example.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["a.example", "localhost"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert 29 <= (cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days <= 30
+    read_pair(a_dir / "a.example.crt", a_dir / "a.example.key")  # a usable pair
+    # verifies against the CA as a server certificate for its names
+    context = ssl.create_default_context(cafile=str(ca_dir / "ca.crt"))
+    assert context.get_ca_certs()
+    # refusals change nothing
+    before = {p: p.read_bytes() for p in a_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["tls", "init", "--out", str(a_dir), "--node", "a.example",
+                 "--ca", str(ca_dir)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["tls", "init", "--out", str(a_dir), "--node", "c", "--ip", "10.0.0.300"]) == 2
+    assert "not an IP address" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in a_dir.iterdir()} == before
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "ca.crt").write_text("junk")
+    assert main(["tls", "init", "--out", str(tmp_path / "d"), "--node", "d",
+                 "--ca", str(tmp_path / "junk")]) == 2
+    assert not (tmp_path / "d").exists()
+
+
+async def test_cluster_with_tls_init_certificates_and_client_auth(tmp_path, token_file):
+    """`tls init` output, used as documented: mutual TLS, push both ways."""
+    ca_dir = tmp_path / "ca"
+    files = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert await trio.to_thread.run_sync(main, [
+            "tls", "init", "--out", str(out), "--node", name, "--ca", str(ca_dir),
+            "--ip", "127.0.0.1"]) == 0
+        files.append({"tls_cert": out / f"{name}.crt", "tls_key": out / f"{name}.key",
+                      "tls_ca": out / "ca.crt", "tls_client_auth": True,
+                      "token_file": token_file})
+    async with cluster(tmp_path, *files) as c:
+        c.connect()
+        for i in (0, 1):
+            data = os.urandom(20_000)
+            name = make_name(data, hours_ago(0) - dt.timedelta(minutes=i))
+            write_segment_file(c.root(i), name, data)
+            await wait_until(lambda: (c.root(1 - i) / name.path).exists())
+
+
+async def test_status_command_over_tls(tmp_path, ca, token_file, capsys):
+    guarded = issue(ca, tmp_path / "tls", "guarded")
+    async with cluster(tmp_path, guarded.settings(token_file=token_file,
+                                                  tls_client_auth=True)) as c:
+        url = c.nodes[0].url
+        args = ["status", "--node", url, "--token-file", str(token_file)]
+        assert await trio.to_thread.run_sync(main, args) == 1  # system bundle: not trusted
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+        args += ["--tls-ca", str(guarded.ca)]
+        assert await trio.to_thread.run_sync(main, args) == 1  # no client certificate
+        capsys.readouterr()
+        args += ["--tls-cert", str(guarded.cert), "--tls-key", str(guarded.key)]
+        assert await trio.to_thread.run_sync(main, args) == 0
+        shown = capsys.readouterr().out
+        assert f"node node0 at {url}" in shown and "tls: CN=guarded" in shown
+        assert await trio.to_thread.run_sync(main, args[:-2]) == 2  # a cert without its key
+        assert "--tls-key is missing" in capsys.readouterr().err
+
