@@ -328,6 +328,8 @@ def config_problem(cfg, file_peers: list[str]) -> str | None:
 
     from .config import is_loopback
 
+    if not isinstance(cfg.tls_client_auth, bool):
+        return "tls-client-auth must be true or false"
     has_cert = cfg.tls_cert is not None
     problem = tls_options_problem(has_cert, cfg.tls_key is not None, cfg.tls_ca is not None,
                                   cfg.tls_client_auth)

@@ -24,12 +24,14 @@ import urllib.parse
 
 import msgpack
 import pytest
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.node import file_matches_name
 from fault_helpers import AgentProcess, env_int, tree_snapshot
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
+from tls_helpers import issue
 from protocol import limits
 from protocol import messages as m
 from protocol.names import Kind, parse_path
@@ -43,7 +45,8 @@ COUNTS: dict[str, int] = {}
 # ---- the world under attack ----
 
 class World:
-    def __init__(self, base, workdir, locked: bool) -> None:
+    def __init__(self, base, workdir, locked: bool, tls=None) -> None:
+        """`tls`: tls_helpers.NodeFiles to serve https with (the wire is then TLS)."""
         self.base = base
         self.root = base / "archive"
         self.root.mkdir(parents=True)
@@ -64,9 +67,11 @@ class World:
             token_file = workdir / "token"
             token_file.write_text(TOKEN + "\n")
         self.agent = AgentProcess(self.root, workdir, token_file=token_file,
-                                  protect_reads=locked, backfill=False)
+                                  protect_reads=locked, backfill=False,
+                                  **(tls.settings() if tls else {}))
+        self.tls_context = tls.client_context() if tls else None
         self.agent.start()
-        self.host, port = self.agent.url.removeprefix("http://").split(":")
+        self.host, port = self.agent.url.split("://")[1].split(":")
         self.port = int(port)
         self.snapshot = tree_snapshot(base)
 
@@ -85,6 +90,10 @@ def worlds(tmp_path_factory):
         for locked in (False, True):
             base = tmp_path_factory.mktemp("locked" if locked else "open")
             made[locked] = World(base, tmp_path_factory.mktemp("run"), locked)
+        # a locked agent serving https: the same attacks inside TLS
+        files = issue(trustme.CA(), tmp_path_factory.mktemp("tls"), "hostile")
+        made["tls"] = World(tmp_path_factory.mktemp("tls-world"),
+                            tmp_path_factory.mktemp("run"), True, files)
         yield made
     finally:
         for w in made.values():
@@ -259,6 +268,9 @@ def hostile_request(draw, world: World) -> tuple[bytes, str]:
 
 def exchange(world: World, raw: bytes, mode: str) -> bytes:
     s = socket.create_connection((world.host, world.port), timeout=10)
+    if world.tls_context is not None:
+        assert mode == "exact", "a TLS stream cannot half-close: framed requests only"
+        s = world.tls_context.wrap_socket(s, server_hostname=world.host)
     try:
         try:
             s.sendall(raw)
@@ -407,7 +419,23 @@ TRAVERSALS = [
 ]
 
 
-@pytest.mark.parametrize("locked", [False, True], ids=["open", "locked"])
+def test_framed_hostile_requests_over_tls(worlds):
+    """Bad messages, names, traversals and tokens inside TLS: the same guarantees."""
+    world = worlds["tls"]
+
+    @fuzz_settings(max(50, EXAMPLES // 4))
+    @given(st.data())
+    def run(data):
+        raw, mode = data.draw(framed_request(world))
+        check_one(world, raw, mode)
+
+    run()
+    assert world.agent.alive(), world.agent.log_tail()
+    assert "Traceback" not in world.agent.log_path.read_text(errors="replace"), \
+        world.agent.log_tail(80)
+
+
+@pytest.mark.parametrize("locked", [False, True, "tls"], ids=["open", "locked", "locked-tls"])
 def test_traversal_corpus(worlds, locked):
     """The classic traversals, each with and without the token, GET and PUT."""
     world = worlds[locked]
