@@ -283,3 +283,36 @@ async def test_status_command_over_tls(tmp_path, ca, token_file, capsys):
         assert await trio.to_thread.run_sync(main, args[:-2]) == 2  # a cert without its key
         assert "--tls-key is missing" in capsys.readouterr().err
 
+
+
+async def test_one_shot_backfill_over_tls(tmp_path, ca, token_file, capsys):
+    files = issue(ca, tmp_path / "tls", "source")
+    async with cluster(tmp_path, files.settings(token_file=token_file)) as c:
+        names = write_segments(c.root(0), 4, hours_ago(2))
+        await wait_until(lambda: c.nodes[0].index.segment_count() == 4)
+        dst = tmp_path / "new-node"
+        dst.mkdir()
+        args = ["backfill", "--root", str(dst), "--from", c.nodes[0].url,
+                "--token-file", str(token_file), "--recent-window", "0"]
+        assert await trio.to_thread.run_sync(main, args) == 1  # CA not trusted
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().out
+        assert replicable_state(dst) == {}
+        assert await trio.to_thread.run_sync(main, args + ["--tls-ca", str(files.ca)]) == 0
+        assert all((dst / n.path).exists() for n in names)
+
+
+async def test_peers_file_with_a_clear_text_peer_keeps_the_last_good_list(tmp_path, ca,
+                                                                           token_file):
+    files = issue(ca, tmp_path / "tls", "node")
+    peers = tmp_path / "peers"
+    peers.write_text("https://127.0.0.1:1\n")
+    async with cluster(tmp_path, files.settings(token_file=token_file,
+                                                peers_file=peers)) as c:
+        node = c.nodes[0]
+        assert node.peer_urls() == ["https://127.0.0.1:1"]
+        peers.write_text("https://127.0.0.1:2\nhttp://192.0.2.1:8200\n")
+        assert not node._load_peers_file()  # refused: the token would go in clear
+        assert node.peer_urls() == ["https://127.0.0.1:1"]
+        peers.write_text("https://127.0.0.1:2\n")
+        assert node._load_peers_file()
+        assert node.peer_urls() == ["https://127.0.0.1:2"]
