@@ -75,7 +75,7 @@ def render_status(status: dict) -> str:
         f"node {status.get('node')} at {status.get('url')}, "
         f"up {format_uptime(now - float(status.get('started_at') or now))}, "
         f"{status.get('segments')} segments",
-        *status_lines(status.get("tls")),
+        *(status_lines(status["tls"]) if "tls" in status else ()),  # older nodes: no key
     ]
     peers = status.get("peers") or []
     if not peers:

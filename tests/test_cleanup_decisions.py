@@ -133,6 +133,19 @@ def test_render_status_table():
     assert "http://b:8200:" not in text
 
 
+def test_render_status_tls_lines():
+    base = {"node": "a", "url": "https://a:8200", "started_at": 0, "time": 5,
+            "segments": 0, "peers": []}
+    assert "tls: off (plain http)" in render_status({**base, "tls": None})
+    out = render_status({**base, "tls": {
+        "cert": "/etc/segsync/tls/node.crt", "subject": "CN=a", "not_after": 86400.0,
+        "loaded_at": 0.0, "problem": "expired at 1970-01-02 00:00:00 UTC",
+        "reload_error": "tls-cert x and tls-key y are not a usable pair"}})
+    assert "tls: CN=a from /etc/segsync/tls/node.crt, valid until 1970-01-02 00:00 UTC" in out
+    assert "TLS CERTIFICATE EXPIRED AT 1970-01-02 00:00:00 UTC: peers refuse it" in out
+    assert "TLS RELOAD FAILED: tls-cert x and tls-key y are not a usable pair" in out
+
+
 def test_render_status_without_peers():
     out = render_status({"node": "a", "url": "u", "started_at": 0, "time": 5,
                          "segments": 0, "peers": []})
