@@ -44,13 +44,13 @@ def _new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key) -> bytes:
+def key_pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _cert_pem(cert) -> bytes:
+def cert_pem(cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -135,8 +135,8 @@ def load_or_make_ca(ca_dir: Path, name: str, days: int, now: dt.datetime, out) -
         return cert, key
     ca_dir.mkdir(parents=True, exist_ok=True)
     cert, key = make_ca(name, days, now)
-    write_file(key_path, _key_pem(key), 0o600)
-    write_file(cert_path, _cert_pem(cert), 0o644)
+    write_file(key_path, key_pem(key), 0o600)
+    write_file(cert_path, cert_pem(cert), 0o644)
     print(f"made a new CA: {cert_path} (give it to every node as --tls-ca), "
           f"{key_path} (keep it secret: it signs node certificates)", file=out)
     return cert, key
@@ -163,10 +163,10 @@ def tls_init(out_dir: Path, node: str, ca_dir: Path | None, dns: list[str], ips:
     ca_cert, ca_key = load_or_make_ca(ca_dir or out_dir, "segsync cluster CA", ca_days, now, out)
     cert, key = make_node_cert(ca_cert, ca_key, node, dns, ips, days, now)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_file(key_path, _key_pem(key), 0o600)
-    write_file(cert_path, _cert_pem(cert), 0o644)
+    write_file(key_path, key_pem(key), 0o600)
+    write_file(cert_path, cert_pem(cert), 0o644)
     if ca_dir is not None and ca_dir.resolve() != out_dir.resolve():
-        write_file(out_dir / CA_CERT, _cert_pem(ca_cert), 0o644)
+        write_file(out_dir / CA_CERT, cert_pem(ca_cert), 0o644)
     print(f"node {node}: {cert_path}, {key_path} (mode 0600), valid {days} days; "
           f"serve with --tls-cert {cert_path} --tls-key {key_path} "
           f"--tls-ca {out_dir / CA_CERT}", file=out)

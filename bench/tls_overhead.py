@@ -34,9 +34,9 @@ from pathlib import Path
 import benchlib
 from backfill_throughput import build_archive, timed, tree_files, warm
 from benchlib import Agent, print_table, summary_ms
-from push_latency import Payloads, timed_wave
+from push_latency import Payloads, segment_wave
 
-from agent.tls_init import _cert_pem, _key_pem, make_ca, make_node_cert  # noqa: E402
+from agent.tls_init import cert_pem, key_pem, make_ca, make_node_cert  # noqa: E402
 
 PUSH_GOAL_RATIO = 1.2  # TLS p99 / plain p99, at most
 CATCHUP_GOAL_RATIO = 0.7  # TLS MB/s / plain MB/s, at least
@@ -48,11 +48,11 @@ def make_certificates(directory: Path, names: list[str]) -> dict:
     directory.mkdir(parents=True)
     now = dt.datetime.now(dt.timezone.utc)
     ca_cert, ca_key = make_ca("bench CA", 30, now)
-    (directory / "ca.crt").write_bytes(_cert_pem(ca_cert))
+    (directory / "ca.crt").write_bytes(cert_pem(ca_cert))
     for name in names:
         cert, key = make_node_cert(ca_cert, ca_key, name, [], ["127.0.0.1"], 30, now)
-        (directory / f"{name}.crt").write_bytes(_cert_pem(cert))
-        (directory / f"{name}.key").write_bytes(_key_pem(key))
+        (directory / f"{name}.crt").write_bytes(cert_pem(cert))
+        (directory / f"{name}.key").write_bytes(key_pem(key))
         (directory / f"{name}.key").chmod(0o600)
     return {"ca": directory / "ca.crt", "dir": directory}
 
@@ -80,29 +80,13 @@ def push_run(args, base: Path, mode: str, payloads: Payloads, certs: dict, token
                             ["--recent-window", "120", "--backfill-interval", "3600",
                              "--log-level", args.log_level, *flags],
                             scheme=scheme, verify=verify))
-    origin = roots[0]
-
-    def wave(items: list[dict]) -> dict:
-        def prepare(i: int) -> None:
-            item = items[i]
-            (origin / item["dir"]).mkdir(parents=True, exist_ok=True)
-            with open(origin / item["temp"], "wb") as f:
-                f.write(item["data"])
-
-        def fire(i: int) -> float:
-            t0 = time.monotonic()
-            os.rename(origin / items[i]["temp"], origin / items[i]["final"])
-            return t0
-
-        return timed_wave(agents, roots, [it["final"] for it in items], args.rate,
-                          args.timeout, prepare, fire)
-
     with benchlib.running(agents):
         time.sleep(0.5)  # the start-up backfill round (empty archives)
         # untimed: the connections to the peers (and their handshakes) are made once
         # per agent life, not per segment; steady state is what is compared
-        wave(payloads.items[:args.warmup])
-        result = wave(payloads.items[args.warmup:])
+        segment_wave(agents, roots, payloads.items[:args.warmup], args.rate, args.timeout)
+        result = segment_wave(agents, roots, payloads.items[args.warmup:], args.rate,
+                              args.timeout)
     for root in roots:
         shutil.rmtree(root)
     result.pop("items")
