@@ -18,9 +18,10 @@ import os
 import ssl
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import trio
 
@@ -100,18 +101,39 @@ def _no_password() -> bytes:
     raise TlsError("the key is encrypted; segsync needs an unencrypted key file (mode 0600)")
 
 
-def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """`load_cert_chain` from bytes (it only takes paths): private copies in a 0700
-    directory, gone as soon as they are loaded."""
+@contextmanager
+def _private_files(*blobs: bytes) -> Iterator[list[str]]:
+    """Paths holding `blobs`, readable by this process only, gone on exit: anonymous
+    memory files where Linux has them (the key never touches a disk), else files in a
+    private (0700) temporary directory."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = []
+        try:
+            for blob in blobs:
+                fds.append(os.memfd_create("segsync-tls", os.MFD_CLOEXEC))
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fds[-1], view):]
+            yield [f"/proc/self/fd/{fd}" for fd in fds]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
     with tempfile.TemporaryDirectory(prefix="segsync-tls-") as directory:
         paths = []
-        for name, data in (("cert.pem", cert_pem), ("key.pem", key_pem)):
-            path = os.path.join(directory, name)
+        for i, blob in enumerate(blobs):
+            path = os.path.join(directory, str(i))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(blob)
             paths.append(path)
-        context.load_cert_chain(paths[0], paths[1], password=_no_password)
+        yield paths
+
+
+def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """`load_cert_chain` from bytes (it only takes paths)."""
+    with _private_files(cert_pem, key_pem) as (cert_path, key_path):
+        context.load_cert_chain(cert_path, key_path, password=_no_password)
 
 
 def read_pair(cert_path: Path, key_path: Path) -> KeyPair:
@@ -134,7 +156,9 @@ def read_pair(cert_path: Path, key_path: Path) -> KeyPair:
         raise TlsError(f"tls-cert {cert_path}: not a PEM certificate ({e})") from None
     try:
         _load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert_pem, key_pem)
-    except ssl.SSLError as e:
+    except OSError as e:  # ssl.SSLError is an OSError too
+        if not isinstance(e, ssl.SSLError):
+            raise TlsError(f"tls-cert {cert_path}: cannot load: {e}") from None
         raise TlsError(f"tls-cert {cert_path} and tls-key {key_path} are not a usable pair "
                        f"({e.reason or e})") from None
     return KeyPair(cert_pem, key_pem, cert.subject.rfc4514_string(),
@@ -266,13 +290,15 @@ class CertReloader:
             return False
         try:
             pair = read_pair(self.cert_path, self.key_path)
-        except TlsError as e:
+            # the same bytes just loaded into a scratch context: a failure here would
+            # be the machine's (no memory), still no reason to stop the agent
+            for context in self.contexts:
+                _load_chain(context, pair.cert_pem, pair.key_pem)
+        except (TlsError, OSError) as e:
             self._failed_signature = current
             self.reload_error = f"{e}; still serving the previous certificate"
             log.error("TLS reload failed: %s", self.reload_error)
             return False
-        for context in self.contexts:
-            _load_chain(context, pair.cert_pem, pair.key_pem)
         self.pair = pair
         self.loaded_at = time.time()
         self.reload_error = None
