@@ -62,9 +62,20 @@ async def _gathering_receive_some(self, max_bytes=None):
     return b"".join(parts) if len(parts) > 1 else data
 
 
+# What an SSLStream asks its socket for at once (trio's default: 64 KiB). The socket
+# gives what it holds, so a read never waits for more; gathering then hands a
+# client's 1 MiB read (agent/client.py RESPONSE_READ_BYTES) up to 1 MiB of records:
+# a TLS catch-up's client CPU over plain http went from +30-60% to +5-10%
+# (bench/tls_overhead.py). Memory stays bounded: one read per connection at a time.
+TRANSPORT_READ_BYTES = 1024 * 1024
+
+
 def install_gathering_reads() -> None:
-    """Make every trio SSLStream (httpx's clients, hypercorn's server) gather records."""
+    """Make every trio SSLStream (httpx's clients, hypercorn's server) gather records.
+    SSLStream is the only caller of SocketStream.receive_some without a size (httpcore
+    and hypercorn pass theirs): the default size is only its transport reads'."""
     trio.SSLStream.receive_some = _gathering_receive_some  # type: ignore[method-assign]
+    trio._highlevel_socket.DEFAULT_RECEIVE_SIZE = TRANSPORT_READ_BYTES
 
 
 install_gathering_reads()

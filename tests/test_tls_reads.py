@@ -25,6 +25,9 @@ def test_installed_on_trio_and_trio_still_has_what_it_uses():
     # the buffered records are read from this (private) attribute: fail loudly if a
     # trio release renames it
     assert "_ssl_object" in trio.SSLStream.__init__.__code__.co_names
+    # and the transport reads' size is this module constant, read at each call
+    assert trio._highlevel_socket.DEFAULT_RECEIVE_SIZE == agent.tls.TRANSPORT_READ_BYTES
+    assert "DEFAULT_RECEIVE_SIZE" in trio.SocketStream.receive_some.__code__.co_names
 
 
 async def test_buffered_records_come_in_one_read_and_the_close_after_them():
