@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from protocol.coverage import EMPTY, HourSpans, hour_spans
 from protocol.digests import hour_digest, hour_in_range, pair_digest
 from protocol.names import (
     SEGMENT_SUFFIX,
@@ -26,11 +27,12 @@ from protocol.names import (
 class HourEntry:
     """File names (replicable .ts, hidden ones included, and .tombstone) of one hour."""
 
-    __slots__ = ("names", "_digest")
+    __slots__ = ("names", "_digest", "_spans")
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: dict[str, None] = dict.fromkeys(names)  # used as a set
         self._digest: bytes | None = None
+        self._spans: HourSpans | None = None
 
     def replicable(self) -> list[str]:
         names = self.names
@@ -43,6 +45,15 @@ class HourEntry:
         if self._digest is None:
             self._digest = hour_digest(self.replicable())
         return self._digest
+
+    def spans(self) -> HourSpans:
+        """What the hour covers (for coverage maps), cached like the digest."""
+        if self._spans is None:
+            self._spans = hour_spans(self.names)
+        return self._spans
+
+    def changed(self) -> None:
+        self._digest = self._spans = None
 
 
 PairKey = tuple[str, str]
@@ -78,7 +89,7 @@ class ArchiveIndex:
         if filename in entry.names:
             return False
         entry.names[filename] = None
-        entry._digest = None
+        entry.changed()
         self.version += 1
         return True
 
@@ -91,7 +102,7 @@ class ArchiveIndex:
         if entry is None or filename not in entry.names:
             return False
         del entry.names[filename]
-        entry._digest = None
+        entry.changed()
         if not entry.names:
             del hours[name.hour]
             if not hours:
@@ -166,6 +177,10 @@ class ArchiveIndex:
             if digests:
                 out.append((channel, quality, pair_digest(digests)))
         return out
+
+    def hour_spans(self, channel: str, quality: str, hour: str) -> HourSpans:
+        entry = self._pairs.get((channel, quality), {}).get(hour)
+        return entry.spans() if entry else EMPTY
 
     def segment_count(self) -> int:
         return sum(

@@ -19,6 +19,7 @@ from .backfill import Backfiller
 from .client import PeerClient, PeerError
 from .config import Config, ConfigError, read_peers_file
 from .index import ArchiveIndex
+from .latency_ring import LatencyRing
 from .metrics import Metrics
 from .pusher import Pusher
 from .recent import RecentSet
@@ -50,6 +51,7 @@ class Node:
         self.store = Store(config.root, config.max_segment_bytes)
         self.index = ArchiveIndex()
         self.metrics = Metrics()
+        self.push_latencies = LatencyRing()  # for the dashboard's sparkline
         self.received = RecentSet(100_000)   # paths peers sent us: never pushed back
         self.announced = RecentSet(100_000)  # paths already queued for push
         self.pusher = Pusher(self)

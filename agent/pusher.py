@@ -119,7 +119,9 @@ class PeerPusher:
             m = self.node.metrics
             m.pushes.labels(self.url, item.label, outcome).inc()
             m.last_push.labels(self.url).set(self.last_success)
-            m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
+            latency = trio.current_time() - item.seen_at
+            m.push_latency.labels(item.label).observe(latency)
+            self.node.push_latencies.add(self.last_success, latency)
 
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:

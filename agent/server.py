@@ -42,6 +42,7 @@ BATCH_SERVES = 16  # batch fetches answered at once (each holds up to 64 open fi
 ENDPOINTS = frozenset({
     "v1-segments", "v1-fetch", "v1-offer", "v1-tombstone", "v1-pair-digests",
     "v1-hour-digests", "v1-listing", "v1-status", "files", "segments", "metrics", "healthz",
+    "dashboard",
 })
 
 
@@ -176,6 +177,9 @@ class App:
         self.node = node
         self.upload_slots = trio.Semaphore(32)
         self.batch_slots = trio.Semaphore(BATCH_SERVES)
+        from .dashboard import dashboard_for  # it imports this module
+
+        self.dashboard = dashboard_for(node)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -257,6 +261,8 @@ class App:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await self.serve_segment(req, "/".join(parts[1:]), send)
+        if head in ("", "dashboard"):
+            return await self.dashboard.route(req, parts, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, parts: list[str], send) -> None:
