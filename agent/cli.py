@@ -122,7 +122,7 @@ COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import tools  # noqa: F401  (registers the operator's sub-commands)
+    from . import coverage_cli, tools  # noqa: F401  (register the operator's sub-commands)
 
     parser = make_parser()
     args = parser.parse_args(argv)
