@@ -53,6 +53,24 @@ def local_spans(index: ArchiveIndex, pair: tuple[str, str], hours: list[str]) ->
     return {h: index.hour_spans(*pair, h) for h in _window_with_previous(hours)}
 
 
+async def warm_spans(index: ArchiveIndex, now: dt.datetime, hours: int) -> None:
+    """Compute, in a worker thread, the spans of the hours of a map (the last `hours`
+    up to now, and the one before) not cached yet: the first
+    map of a big archive parses every name (seconds of CPU for 336 hours x 3), and
+    the event loop must go on serving meanwhile. A change while the thread runs
+    voids that hour's result (it is parsed again when next needed)."""
+    first, last = _window_bounds(now, hours)
+    claims = [(entry, claim) for pair in index.pairs()
+              for entry in index.entries(*pair, first, last)
+              if (claim := entry.claim_spans()) is not None]
+    if not claims:
+        return
+    spans = await trio.to_thread.run_sync(
+        lambda: [hour_spans(names) for _, (_, names) in claims])
+    for (entry, (token, _)), result in zip(claims, spans):
+        entry.offer_spans(token, result)
+
+
 def local_maps(index: ArchiveIndex, now: dt.datetime, hours: int,
                cell_seconds: int = 60) -> list[PairMap]:
     """Every (channel, quality) of this node over the last `hours` hours."""

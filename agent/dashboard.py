@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 from protocol.coverage import MAX_MAP_HOURS, CoverageError
 
 from .client import PeerClient, PeerError
-from .coverage_maps import PEER_LISTING_CONCURRENCY, local_maps, peer_maps
+from .coverage_maps import PEER_LISTING_CONCURRENCY, local_maps, peer_maps, warm_spans
 from .index import ArchiveIndex
 from .latency_ring import LatencyRing
 from .server import HttpError, Request, send_response
@@ -156,6 +156,7 @@ class Dashboard:
         if diff not in ("0", "1") or (diff == "1" and not peer):
             raise HttpError(400, "bad_query", "diff is 0 or 1, and 1 needs a peer")
         now = self.clock()
+        await warm_spans(self.index, now, int(hours))
         if not peer:
             maps = local_maps(self.index, now, int(hours))
             return {"node": "self", "diff": False, "now": now.isoformat(),

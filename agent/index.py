@@ -32,7 +32,7 @@ class HourEntry:
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: dict[str, None] = dict.fromkeys(names)  # used as a set
         self._digest: bytes | None = None
-        self._spans: HourSpans | None = None
+        self._spans: HourSpans | object | None = None  # or a claim_spans token
 
     def replicable(self) -> list[str]:
         names = self.names
@@ -48,9 +48,21 @@ class HourEntry:
 
     def spans(self) -> HourSpans:
         """What the hour covers (for coverage maps), cached like the digest."""
-        if self._spans is None:
+        if not isinstance(self._spans, HourSpans):
             self._spans = hour_spans(self.names)
         return self._spans
+
+    def claim_spans(self) -> tuple[object, tuple[str, ...]] | None:
+        """For computing the spans elsewhere (a worker thread): a token and the names
+        now, or None when they are cached. Any change voids the token."""
+        if isinstance(self._spans, HourSpans):
+            return None
+        token = self._spans = object()
+        return token, tuple(self.names)
+
+    def offer_spans(self, token: object, spans: HourSpans) -> None:
+        if self._spans is token:
+            self._spans = spans
 
     def changed(self) -> None:
         self._digest = self._spans = None
@@ -177,6 +189,11 @@ class ArchiveIndex:
             if digests:
                 out.append((channel, quality, pair_digest(digests)))
         return out
+
+    def entries(self, channel: str, quality: str, first: str, last: str) -> list[HourEntry]:
+        """The hours first..last of a pair, as entries (for caching derived data)."""
+        hours = self._pairs.get((channel, quality), {})
+        return [e for hour, e in hours.items() if hour_in_range(hour, first, last)]
 
     def hour_spans(self, channel: str, quality: str, hour: str) -> HourSpans:
         entry = self._pairs.get((channel, quality), {}).get(hour)

@@ -141,7 +141,8 @@ def test_cell_size_must_divide_the_hour(cell):
         hour_row(EMPTY, cell_seconds=cell)
 
 
-@pytest.mark.parametrize("bad", ["junk.ts", seg(0)[:-3], seg(0).replace("full", "odd"),
+@pytest.mark.parametrize("bad", ["junk.ts", seg(0)[:-3], seg(0).replace("full", "odd"), "",
+                                 seg(2) + "\n" + seg(4),
                                  "61:00.000000-2.0-full-" + HASH + ".ts"])
 def test_a_name_that_is_no_segment_name_is_an_error(bad):
     with pytest.raises(CoverageError, match="not a segment"):
