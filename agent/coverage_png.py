@@ -14,7 +14,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from protocol.coverage import (
     FULL, FUTURE, HOLE, PARTIAL, TOMBSTONED, map_window, pair_rows,
@@ -27,7 +27,9 @@ COLOURS = {  # the dashboard's colours
     FULL: (0x2E, 0x9E, 0x44), PARTIAL: (0xE0, 0xB0, 0x00), HOLE: (0xDD, 0x33, 0x33),
     TOMBSTONED: (0x55, 0x55, 0x55), FUTURE: (0xE8, 0xE8, 0xE8),
 }
-OVERVIEW_CELL_PX = 6   # a minute of the overview
+OVERVIEW_CELL_PX = 8   # a minute of the overview (wide; rows are LABEL_ROW_PX high)
+LABEL_ROW_PX = 14      # an hour's row in the overview, its label beside it
+LABEL_WIDTH_PX = 100
 HOUR_CELL_PX = 4       # a second of an hour's map
 
 
@@ -39,6 +41,21 @@ def render_rows(rows: list[str], cell_px: int) -> Image.Image:
     image = Image.new("RGB", (width, len(rows)))
     image.putdata([COLOURS[code] for row in rows for code in row])
     return image.resize((width * cell_px, len(rows) * cell_px), Image.Resampling.NEAREST)
+
+
+def render_overview(hours: list[str], rows: list[str]) -> Image.Image:
+    """The overview: one labelled row per hour (a row a pixel apart from the next)."""
+    cells = render_rows(rows, 1).resize(
+        (len(rows[0]) * OVERVIEW_CELL_PX, len(rows)), Image.Resampling.NEAREST)
+    image = Image.new("RGB", (LABEL_WIDTH_PX + cells.width, len(rows) * LABEL_ROW_PX),
+                      (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for i, hour in enumerate(hours):
+        top = i * LABEL_ROW_PX
+        image.paste(cells.crop((0, i, cells.width, i + 1)).resize(
+            (cells.width, LABEL_ROW_PX - 1), Image.Resampling.NEAREST), (LABEL_WIDTH_PX, top))
+        draw.text((2, top + 1), hour, fill=(0, 0, 0))
+    return image
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -82,8 +99,8 @@ def write_maps(index: ArchiveIndex, out: Path, now: dt.datetime, hours: int) -> 
         spans = local_spans(index, (channel, quality), window)
         prefix = f"{_safe(channel)}_{_safe(quality)}"
         overview = out / f"{prefix}.png"
-        write_atomically(overview, png_bytes(render_rows(
-            pair_rows(spans, window, 60, now), OVERVIEW_CELL_PX)))
+        write_atomically(overview, png_bytes(render_overview(
+            window, pair_rows(spans, window, 60, now))))
         written.append(overview)
         links = []
         for hour in window:

@@ -8,7 +8,9 @@ import re
 from PIL import Image
 
 from agent import cli
-from agent.coverage_png import COLOURS, HOUR_CELL_PX, OVERVIEW_CELL_PX
+from agent.coverage_png import (
+    COLOURS, HOUR_CELL_PX, LABEL_ROW_PX, LABEL_WIDTH_PX, OVERVIEW_CELL_PX,
+)
 from protocol.coverage import FULL, HOLE, TOMBSTONED
 from protocol.names import format_hour
 from test_dashboard import HOLE_MINUTE, TOMB_MINUTE, hour_start, write_hour
@@ -16,6 +18,11 @@ from test_dashboard import HOLE_MINUTE, TOMB_MINUTE, hour_start, write_hour
 
 def colour(image: Image.Image, col: int, row: int, cell: int) -> tuple:
     return image.getpixel((col * cell + cell // 2, row * cell + cell // 2))
+
+
+def minute_colour(overview: Image.Image, minute: int, row: int) -> tuple:
+    return overview.getpixel((LABEL_WIDTH_PX + minute * OVERVIEW_CELL_PX + 2,
+                              row * LABEL_ROW_PX + LABEL_ROW_PX // 2))
 
 
 def test_coverage_writes_maps_and_an_index(tmp_path, capsys):
@@ -29,11 +36,12 @@ def test_coverage_writes_maps_and_an_index(tmp_path, capsys):
     hour = format_hour(start)
     overview = Image.open(out / "desertbus_source.png")
     # rows from the first hour held up to now's hour: 4 rows of 60 minutes
-    assert overview.size == (60 * OVERVIEW_CELL_PX, 4 * OVERVIEW_CELL_PX)
-    assert colour(overview, 0, 0, OVERVIEW_CELL_PX) == COLOURS[FULL]
-    assert colour(overview, HOLE_MINUTE, 0, OVERVIEW_CELL_PX) == COLOURS[HOLE]
-    assert colour(overview, TOMB_MINUTE, 0, OVERVIEW_CELL_PX) == COLOURS[TOMBSTONED]
-    assert colour(overview, 0, 1, OVERVIEW_CELL_PX) == COLOURS[HOLE]
+    assert overview.size == (LABEL_WIDTH_PX + 60 * OVERVIEW_CELL_PX, 4 * LABEL_ROW_PX)
+    assert minute_colour(overview, 0, 0) == COLOURS[FULL]
+    assert minute_colour(overview, HOLE_MINUTE, 0) == COLOURS[HOLE]
+    assert minute_colour(overview, TOMB_MINUTE, 0) == COLOURS[TOMBSTONED]
+    assert minute_colour(overview, HOLE_MINUTE + 1, 0) == COLOURS[FULL]
+    assert minute_colour(overview, 0, 1) == COLOURS[HOLE]
 
     seconds = Image.open(out / f"desertbus_source_{hour}.png")
     assert seconds.size == (60 * HOUR_CELL_PX, 60 * HOUR_CELL_PX)
