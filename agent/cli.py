@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import trio
 
+from . import tools
 from .config import Config, ConfigError, build_config, load_toml
 
 log = logging.getLogger("segsync")
@@ -59,13 +60,8 @@ def make_parser() -> argparse.ArgumentParser:
     bf.add_argument("--recent-window", type=float, metavar="SECONDS")
     bf.add_argument("--log-level")
 
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
+    tools.register(sub)
     return parser
-
-
-# other modules register their sub-commands here: f(subparsers) -> None
-EXTRA_COMMANDS: list = []
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -122,8 +118,6 @@ COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import tools  # noqa: F401  (registers the operator's sub-commands)
-
     parser = make_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
@@ -137,7 +131,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m agent.cli`: the tools register with the importable agent.cli, not __main__
-    from agent.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
