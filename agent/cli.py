@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,29 +74,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(values)
 
 
-async def run_until_signalled(node) -> None:
-    """Run the node; SIGTERM or Ctrl-C stop it cleanly."""
-    async with trio.open_nursery() as nursery:
-        async def watch_signals():
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    node.stop()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await node.run()
-        nursery.cancel_scope.cancel()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    from .node import Node
+    from .node import run_until_signalled
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
-    node = Node(cfg)
-    trio.run(run_until_signalled, node)
+    trio.run(run_until_signalled, cfg)
     log.info("stopped")
     return 0
 

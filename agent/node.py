@@ -5,6 +5,7 @@ collaborators it uses (see docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import trio
@@ -105,3 +106,19 @@ class Node:
         with trio.move_on_after(5 if self.config.push and self.url else 0):
             while set(self.pusher.pushers) != set(self.peers.peers):
                 await trio.sleep(0.001)
+
+
+async def run_until_signalled(config: Config) -> None:
+    """`segsync run`: run a node; SIGTERM or Ctrl-C stop it cleanly."""
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        async def watch_signals():
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    node.stop()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await node.run()
+        nursery.cancel_scope.cancel()

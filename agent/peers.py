@@ -39,6 +39,8 @@ def normalize_peer_url(url: str) -> str:
         raise ValueError(f"peer URL {url!r} must be http(s)://HOST[:PORT]")
     if parsed.query or parsed.fragment:
         raise ValueError(f"peer URL {url!r} must not have a query or fragment")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"peer URL {url!r}: port must be 1-65535")
     return url.rstrip("/")
 
 
