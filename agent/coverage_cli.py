@@ -1,4 +1,4 @@
-"""Registers `segsync coverage` (Pillow is imported only when it runs)."""
+"""`segsync coverage`'s flags (Pillow is imported only when it runs)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-
-from .cli import EXTRA_COMMANDS
 
 DEFAULT_HOURS = 336
 
@@ -38,5 +36,3 @@ def register(sub) -> None:
                    help=f"how many hours back, up to now (default {DEFAULT_HOURS})")
     p.set_defaults(func=cmd_coverage)
 
-
-EXTRA_COMMANDS.append(register)

@@ -19,10 +19,11 @@ from typing import Awaitable, Callable
 
 from protocol.coverage import MAX_MAP_HOURS, CoverageError
 
-from .client import PeerClient, PeerError
+from .client import ClientFactory, PeerError
 from .coverage_maps import PEER_LISTING_CONCURRENCY, local_maps, peer_maps, warm_spans
 from .index import ArchiveIndex
 from .latency_ring import LatencyRing
+from .peers import PeerKind, PeerSet
 from .server import HttpError, Request, send_response
 
 COOKIE = "segsync_dashboard"
@@ -66,15 +67,15 @@ class Dashboard:
 
     def __init__(
         self, index: ArchiveIndex, status: Callable[[], Awaitable[dict]],
-        latencies: LatencyRing, peer_urls: Callable[[], list[str]],
-        make_client: Callable[[str], PeerClient], token: str | None, protect_reads: bool,
+        latencies: LatencyRing, peers: PeerSet, clients: ClientFactory,
+        token: str | None, protect_reads: bool,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     ) -> None:
         self.index = index
         self.status = status
         self.latencies = latencies
-        self.peer_urls = peer_urls
-        self.make_client = make_client
+        self.peers = peers
+        self.clients = clients
         self.token = token if protect_reads else None
         self.clock = clock
 
@@ -140,13 +141,11 @@ class Dashboard:
     async def state(self) -> dict:
         """The node's status (as /v1/status), plus the latency ring and the pairs."""
         status = await self.status()
-        for peer in status.get("peers", []):
-            peer.setdefault("kind", "segsync")  # every configured peer speaks /v1 today
         return {**status, "push_latencies": self.latencies.snapshot(),
                 "pairs": [list(p) for p in self.index.pairs()]}
 
     async def coverage(self, req: Request) -> dict:
-        """?hours=N (1..336), ?peer=URL (one of our peers) and ?diff=1 (this node
+        """?hours=N (1..336), ?peer=NAME (one of our peers) and ?diff=1 (this node
         against that peer)."""
         hours = _one(req, "hours", str(DEFAULT_HOURS))
         if not hours.isdigit() or not 1 <= int(hours) <= MAX_HOURS:
@@ -161,17 +160,19 @@ class Dashboard:
             maps = local_maps(self.index, now, int(hours))
             return {"node": "self", "diff": False, "now": now.isoformat(),
                     "maps": [m.as_json() for m in maps]}
-        if peer not in self.peer_urls():  # never a URL of the caller's choosing
-            raise HttpError(400, "bad_query", f"{peer!r} is not a peer of this node")
-        client = self.make_client(peer)
+        chosen = next((p for p in self.peers if p.name == peer), None)
+        if chosen is None:  # never a URL of the caller's choosing
+            raise HttpError(400, "bad_query", f"{peer!r} is not the name of a peer of this node")
+        if chosen.kind is not PeerKind.SEGSYNC:
+            raise HttpError(400, "bad_query", f"{peer} is a {chosen.kind.value} peer: "
+                            "maps of peers need /v1")
         try:
-            maps = await peer_maps(client, self.index, now, int(hours), diff == "1")
+            async with self.clients.client(chosen, concurrency=PEER_LISTING_CONCURRENCY) as client:
+                maps = await peer_maps(client, self.index, now, int(hours), diff == "1")
         except PeerError as e:
             raise HttpError(502, "peer_error", str(e)) from None
         except CoverageError as e:
             raise HttpError(400, "too_large", str(e)) from None
-        finally:
-            await client.aclose()
         return {"node": peer, "diff": diff == "1", "now": now.isoformat(),
                 "maps": [m.as_json() for m in maps]}
 
@@ -186,18 +187,3 @@ def _one(req: Request, key: str, default: str) -> str:
 def _method(req: Request, allowed: str) -> None:
     if req.method != allowed:
         raise HttpError(405, "bad_method", f"{req.method} not allowed here; use {allowed}")
-
-
-def dashboard_for(node) -> Dashboard:
-    """The wiring: picks out of a node the few things the dashboard shows."""
-    config = node.config
-
-    async def status() -> dict:
-        return node.status(await node.probe_peers())
-
-    def make_client(url: str) -> PeerClient:
-        return PeerClient(url, config.token, config.node_name,
-                          concurrency=PEER_LISTING_CONCURRENCY, timeout=config.request_timeout)
-
-    return Dashboard(node.index, status, node.push_latencies, node.peer_urls, make_client,
-                     config.token, config.protect_reads)

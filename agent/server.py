@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import urllib.parse
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -25,11 +26,14 @@ from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
 
-from .client import MIN_RATE
-from .store import WriteRejected
+from .index import ArchiveIndex
+from .ingest import Ingest
+from .metrics import Metrics
+from .store import Store, WriteRejected
+from .transport import MIN_RATE
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +174,34 @@ def json_body(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-class App:
-    """ASGI application of one node."""
+@dataclass(frozen=True)
+class ServerSettings:
+    token: str | None = None  # every /v1 request must carry it, when set
+    protect_reads: bool = False  # the read-only endpoints and /metrics need it too
+    max_segment_bytes: int = limits.MAX_SEGMENT_BYTES
+    request_timeout: float = 10.0
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    @classmethod
+    def from_config(cls, cfg) -> "ServerSettings":
+        return cls(cfg.token, cfg.protect_reads, cfg.max_segment_bytes, cfg.request_timeout)
+
+
+class App:
+    """ASGI application of one node: what peers push goes to `ingest`; digests,
+    listings and files come from `index` and `store`."""
+
+    def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
+                 settings: ServerSettings, status: Callable[[], Awaitable[dict]],
+                 dashboard: Dashboard | None = None) -> None:
+        self.dashboard = dashboard  # serves / and /dashboard/... (agent/dashboard.py)
+        self.ingest = ingest
+        self.index = index
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.status = status
         self.upload_slots = trio.Semaphore(32)
         self.batch_slots = trio.Semaphore(BATCH_SERVES)
-        from .dashboard import dashboard_for  # it imports this module
-
-        self.dashboard = dashboard_for(node)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -194,13 +216,13 @@ class App:
         if scope["type"] != "http":
             return
         v1 = scope.get("path", "").startswith("/v1/")
-        self.node.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
+        self.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
         send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)
             await self.route(request, send)
         except HttpError as e:
-            self.node.metrics.rejected.labels(e.code).inc()
+            self.metrics.rejected.labels(e.code).inc()
             if e.status >= 500:
                 log.error("%s %s: %s", scope.get("method"), scope.get("path"), e.message)
             else:
@@ -213,7 +235,7 @@ class App:
                     b"application/json",
                 )
         except ClientGone:
-            self.node.metrics.rejected.labels("client_gone").inc()
+            self.metrics.rejected.labels("client_gone").inc()
             log.info("%s %s: peer disconnected mid-request", scope.get("method"), scope.get("path"))
 
     def _tolerant_send(self, scope, send):
@@ -230,7 +252,7 @@ class App:
                 await send(message)
             except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
                 gone = True
-                self.node.metrics.rejected.labels("client_gone").inc()
+                self.metrics.rejected.labels("client_gone").inc()
                 log.info("%s %s: connection closed while answering", scope.get("method"),
                          scope.get("path"))
 
@@ -248,7 +270,7 @@ class App:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await send_response(
-                send, 200, self.node.metrics.render(), b"text/plain; version=0.0.4"
+                send, 200, self.metrics.render(), b"text/plain; version=0.0.4"
             )
         if head == "v1":
             self._check_token(req)
@@ -261,7 +283,7 @@ class App:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await self.serve_segment(req, "/".join(parts[1:]), send)
-        if head in ("", "dashboard"):
+        if head in ("", "dashboard") and self.dashboard is not None:
             return await self.dashboard.route(req, parts, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
@@ -305,7 +327,7 @@ class App:
             raise HttpError(405, "bad_method", f"{req.method} not allowed here; use {allowed}")
 
     def _check_token(self, req: Request) -> None:
-        token = self.node.config.token
+        token = self.settings.token
         if token is None:
             return
         expected = b"Bearer " + token.encode()
@@ -314,48 +336,48 @@ class App:
             raise HttpError(401, "unauthorized", "missing or wrong bearer token")
 
     def _check_read_auth(self, req: Request) -> None:
-        if self.node.config.protect_reads:
+        if self.settings.protect_reads:
             self._check_token(req)
 
     # ---- /v1 handlers ----
 
     async def on_offer(self, offer: m.Offer) -> m.OfferReply:
-        return m.OfferReply(await self.node.offer_status(offer.segment))
+        return m.OfferReply(await self.ingest.offer_status(offer.segment))
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
-        status = await self.node.accept_tombstone(msg.segment, source="push")
+        status = await self.ingest.accept_tombstone(msg.segment, source="push")
         return m.Ack(status)
 
     async def on_pair_digests(self, req: m.PairDigestsRequest) -> m.PairDigests:
-        pairs = self.node.index.pair_digests(req.first_hour, req.last_hour)
+        pairs = self.index.pair_digests(req.first_hour, req.last_hour)
         return m.PairDigests(req.first_hour, req.last_hour, pairs)
 
     async def on_hour_digests(self, req: m.HourDigestsRequest) -> m.HourDigests:
-        hours = self.node.index.hour_digests(req.channel, req.quality, req.first_hour, req.last_hour)
+        hours = self.index.hour_digests(req.channel, req.quality, req.first_hour, req.last_hour)
         return m.HourDigests(req.channel, req.quality, hours)
 
     async def on_listing(self, req: m.ListingRequest) -> m.Listing:
-        names = self.node.index.replicable(req.channel, req.quality, req.hour)
+        names = self.index.replicable(req.channel, req.quality, req.hour)
         return m.Listing(req.channel, req.quality, req.hour, names)
 
     async def on_status(self, req: m.StatusRequest) -> bytes:
         import msgpack
 
-        probes = await self.node.probe_peers()
-        return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status",
-                              **self.node.status(probes)}, use_bin_type=True)
+        report = await self.status()
+        return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status", **report},
+                             use_bin_type=True)
 
     async def receive_segment(self, req: Request, path: str, send) -> None:
         name = segment_from_path(path, "PUT takes a .ts segment path")
         size = req.content_length()
         if size is None:
             raise HttpError(411, "length_required", "Content-Length is required")
-        if size > self.node.config.max_segment_bytes:
+        if size > self.settings.max_segment_bytes:
             raise HttpError(413, "too_large", f"segment larger than "
-                            f"{self.node.config.max_segment_bytes} bytes")
+                            f"{self.settings.max_segment_bytes} bytes")
         # a sender that drips its body must not hold a slot for ever: bounded wait for a
         # slot, then the body must arrive at MIN_RATE (as the client demands of peers)
-        timeout = self.node.config.request_timeout
+        timeout = self.settings.request_timeout
         with trio.move_on_after(timeout) as waiting:
             await self.upload_slots.acquire()
         if waiting.cancelled_caught:
@@ -363,7 +385,7 @@ class App:
         try:
             with trio.move_on_after(timeout + size / MIN_RATE) as receiving:
                 try:
-                    status = await self.node.accept_segment(name, size, req.chunks(),
+                    status = await self.ingest.accept_segment(name, size, req.chunks(),
                                                             source="push")
                 except WriteRejected as e:
                     if e.reason == "tombstoned":
@@ -385,7 +407,7 @@ class App:
         """(open file, size), or None when the segment is not served (absent,
         tombstoned). An open file keeps its bytes even if the name goes away."""
         try:
-            f = self.node.store.open_segment(name)
+            f = self.store.open_segment(name)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
@@ -416,7 +438,7 @@ class App:
                 log.warning("%s shrank while being served", f.name)
                 return False
             sent += len(chunk)
-            self.node.metrics.bytes.labels("served").inc(len(chunk))
+            self.metrics.bytes.labels("served").inc(len(chunk))
             await send({"type": "http.response.body", "body": chunk,
                         "more_body": sent < size or not last})
         return True
@@ -451,7 +473,7 @@ class App:
             raise HttpError(400, "bad_message", str(e)) from None
         names = [parse_path(path)[0] for path in request.paths]
         # each batch holds up to MAX_FETCH_PATHS open files: a bounded number at a time
-        with trio.move_on_after(self.node.config.request_timeout) as waiting:
+        with trio.move_on_after(self.settings.request_timeout) as waiting:
             await self.batch_slots.acquire()
         if waiting.cancelled_caught:
             raise HttpError(429, "busy", "every batch fetch slot is busy; retry later")
@@ -515,7 +537,7 @@ class App:
             if len(parts) == 2:
                 channel = validate_component(parts[0], "channel")
                 quality = validate_component(parts[1], "quality")
-                body = self.node.index.hours(channel, quality)
+                body = self.index.hours(channel, quality)
             elif len(parts) == 3:
                 channel = validate_component(parts[0], "channel")
                 quality = validate_component(parts[1], "quality")
@@ -523,7 +545,7 @@ class App:
                 flag = req.query.get("tombstones", ["false"])
                 if len(flag) != 1 or flag[0] not in ("true", "false"):
                     raise HttpError(400, "bad_query", "tombstones must be true or false")
-                names = self.node.index.replicable(channel, quality, parts[2])
+                names = self.index.replicable(channel, quality, parts[2])
                 if flag[0] == "false":
                     names = [n for n in names if n.endswith(".ts")]
                 body = names

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import PeerClient, PeerError
+from .client import ClientFactory, PeerError
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -106,11 +106,9 @@ def render_status(status: dict) -> str:
 
 async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict:
     """The node's /v1/status reply; PeerError if it cannot be had."""
-    client = PeerClient(url, token, "segsync-status", concurrency=1, timeout=timeout)
-    try:
+    clients = ClientFactory(token, "segsync-status", timeout=timeout)
+    async with clients.client(url, concurrency=1) as client:
         status = await client.status()
-    finally:
-        await client.aclose()
     peers = status.get("peers", [])
     if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
         raise PeerError(url, "bad status reply: peers is not a list of maps")

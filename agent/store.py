@@ -533,10 +533,6 @@ class Store:
             raise FileNotFoundError(name.path)
         return open(self.path_of(name), "rb")
 
-    def read_segment(self, name: SegmentName) -> bytes:
-        with self.open_segment(name) as f:
-            return f.read()
-
     # ---- consumers ----
 
     def best_segments(

@@ -1,4 +1,4 @@
-"""Tools for the fault and hostile-input tests (issue 6).
+"""Tools for the fault and hostile-input tests.
 
 - `AgentProcess`: a real `segsync run` in its own process, killable with SIGKILL.
 - `audit_archive`: what a crash may leave behind (bad final names, temp files).
@@ -21,7 +21,7 @@ import h11
 import msgpack
 import trio
 
-from agent.node import file_matches_name
+from agent.local_files import file_matches_name
 from agent.store import is_temp_file
 from helpers import free_port, wait_healthy
 from protocol import messages as m

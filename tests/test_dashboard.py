@@ -9,7 +9,7 @@ import os
 import httpx
 import trio
 
-from conftest import wait_until
+from conftest import peer_of, wait_until
 from helpers import make_name, touch_tombstone, write_segment_file
 from protocol.coverage import A_ONLY, B_ONLY, FULL, HOLE, SAME, TOMBSTONED
 from protocol.names import Kind, format_hour
@@ -54,7 +54,7 @@ async def test_page_state_and_own_coverage(cluster_factory):
         a = c.nodes[0]
         start = hour_start(2)
         write_hour(c.root(0), start, skip_minute=HOLE_MINUTE, tombstone_minute=TOMB_MINUTE)
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         async with httpx.AsyncClient(base_url=a.url) as http:
             page = await http.get("/")
             assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -67,7 +67,8 @@ async def test_page_state_and_own_coverage(cluster_factory):
 
             state = (await http.get("/dashboard/state")).json()
             assert state["node"] == a.config.node_name
-            assert [p["url"] for p in state["peers"]] == [c.nodes[1].url]
+            assert [(p["url"], p["name"]) for p in state["peers"]] == [
+                (c.nodes[1].url, c.nodes[1].config.node_name)]
             assert state["peers"][0]["kind"] == "segsync"
             assert state["peers"][0]["reachable"] is True
             assert state["pairs"] == [["desertbus", "source"]]
@@ -114,13 +115,15 @@ async def test_peer_map_and_difference(cluster_factory):
         write_hour(c.root(1), start, skip_minute=HOLE_MINUTE, tombstone_minute=TOMB_MINUTE)
         write_hour(c.root(0), start + dt.timedelta(hours=1), channel="other")
         write_hour(c.root(1), start + dt.timedelta(hours=1), channel="other")
-        await a.rescan(push_new=False)
-        await b.rescan(push_new=False)
-        a.config.peers = [b.url]  # a peer for maps only: nothing pushed, no rounds
+        await a.local_files.rescan(announce_new=False)
+        await b.local_files.rescan(announce_new=False)
+        # a peer for maps only: nothing new to push, its first round an hour away
+        await a.set_peers([peer_of(b)])
+        peer = b.config.node_name
         async with httpx.AsyncClient(base_url=a.url) as http:
             cov = (await http.get("/dashboard/coverage",
-                                  params={"hours": 5, "peer": b.url})).json()
-            assert cov["node"] == b.url and not cov["diff"]
+                                  params={"hours": 5, "peer": peer})).json()
+            assert cov["node"] == peer and not cov["diff"]
             maps = {m["channel"]: m for m in cov["maps"]}
             assert maps["desertbus"]["rows"][0] == expected_row(HOLE_MINUTE, TOMB_MINUTE)
             assert maps["other"]["rows"][0] == FULL * 60
@@ -130,21 +133,22 @@ async def test_peer_map_and_difference(cluster_factory):
             assert {m["channel"]: m for m in own["maps"]}["other"] == maps["other"]
 
             diff = (await http.get("/dashboard/coverage",
-                                   params={"hours": 5, "peer": b.url, "diff": "1"})).json()
+                                   params={"hours": 5, "peer": peer, "diff": "1"})).json()
             row = {m["channel"]: m for m in diff["maps"]}["desertbus"]["rows"][0]
             assert row[HOLE_MINUTE] == A_ONLY and row[TOMB_MINUTE] == A_ONLY
             assert row.count(SAME) == 58 and B_ONLY not in row
 
             for params, status in [({"peer": "http://127.0.0.1:1"}, 400),
+                                   ({"peer": b.url}, 400),
                                    ({"hours": "0"}, 400), ({"hours": "337"}, 400),
                                    ({"hours": "x"}, 400), ({"diff": "1"}, 400),
-                                   ({"diff": "2", "peer": b.url}, 400)]:
+                                   ({"diff": "2", "peer": peer}, 400)]:
                 r = await http.get("/dashboard/coverage", params=params)
                 assert r.status_code == status, params
                 assert r.json()["error"]
             b.stop()
             await wait_until_unreachable(b.url)
-            r = await http.get("/dashboard/coverage", params={"peer": b.url})
+            r = await http.get("/dashboard/coverage", params={"peer": peer})
             assert r.status_code == 502 and b.url in r.json()["error"]
 
 

@@ -105,7 +105,7 @@ async def test_dashboard_in_chromium(cluster_factory):
             a, b = c.nodes
             start = hour_start(2)
             write_hour(c.root(0), start, skip_minute=HOLE_MINUTE, tombstone_minute=TOMB_MINUTE)
-            await a.rescan(push_new=False)
+            await a.local_files.rescan(announce_new=False)
             driver = await trio.to_thread.run_sync(start_browser, profile)
             page = Page(driver)
             try:
@@ -145,7 +145,7 @@ async def test_dashboard_in_chromium(cluster_factory):
                 # the tombstone too (a planted difference is in test_dashboard.py)
                 def choose_diff(d):
                     Select(d.find_element(By.ID, "view")).select_by_visible_text(
-                        f"this node vs {b.url}")
+                        f"this node vs {b.config.node_name}")
                     return True
 
                 await page.wait_for(choose_diff, "the difference view")

@@ -20,7 +20,7 @@ import trio
 from agent.store import Store
 from conftest import wait_until
 from fault_helpers import AgentProcess, audit_archive
-from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
+from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file, push_state
 
 
 class FullDisk:
@@ -99,8 +99,8 @@ async def test_injected_enospc(cluster_factory):
         assert audit.bad == []
         stored = [n for n in names if (c.root(1) / n.path).exists()]
         assert len(stored) < len(names)
-        assert "507" in (a.pusher.peers[b.url].last_error or ""), \
-            a.pusher.peers[b.url].last_error
+        assert "507" in (push_state(a, b.url).last_error or ""), \
+            push_state(a, b.url).last_error
         async with httpx.AsyncClient() as http:  # still serving everything it holds
             assert (await http.get(f"{b.url}/healthz")).status_code == 200
             r = await http.get(f"{b.url}/v1/segments/{old.path}")

@@ -10,7 +10,7 @@ from protocol import messages as m
 
 
 async def _ready(node, name):
-    await node.rescan(push_new=False)
+    await node.local_files.rescan(announce_new=False)
 
 
 async def test_compat_endpoints(cluster_factory):
@@ -95,7 +95,7 @@ async def test_upload_requires_length_and_limit(cluster_factory):
 
 
 async def test_digest_and_listing_endpoints(cluster_factory):
-    from agent.client import PeerClient
+    from agent.client import ClientFactory
     from protocol.digests import hour_range
 
     async with cluster_factory(1) as c:
@@ -103,8 +103,8 @@ async def test_digest_and_listing_endpoints(cluster_factory):
         data = os.urandom(100)
         name = make_name(data, hours_ago(3))
         write_segment_file(c.root(0), name, data)
-        await node.rescan(push_new=False)
-        client = PeerClient(node.url)
+        await node.local_files.rescan(announce_new=False)
+        client = ClientFactory().client(node.url)
         try:
             first, last = hour_range(hours_ago(0), 24)
             pairs = await client.pair_digests(first, last)

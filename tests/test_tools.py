@@ -47,13 +47,13 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         name = put_segment(c.root(0), hours_ago(0))
         for i in (1, 2):
             await wait_until(lambda: c.nodes[i].index.has(name, Kind.SEGMENT))
-        await wait_until(lambda: all(p.last_success for p in a.pusher.peers.values()))
+        await wait_until(lambda: all(a.pusher.state(p).last_success for p in a.peers))
         # node 1 gets a segment node 0 lacks: the next comparison finds it missing
         extra = put_segment(c.root(1), hours_ago(5))
         for node in (a, c.nodes[2]):  # pushed to both
             await wait_until(lambda: node.index.has(extra, Kind.SEGMENT))
         os.unlink(c.root(0) / extra.path)
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         await a.backfiller.round_with_peer(c.nodes[2].url)
         b_url, c_url = c.nodes[1].url, c.nodes[2].url
         await c.stop_node(1)
@@ -176,7 +176,7 @@ async def test_purge_deletes_only_what_every_peer_confirms(cluster_factory, caps
             await wait_until(lambda: node.index.has(s3, Kind.SEGMENT))
             if i != 2:
                 await wait_until(lambda: node.index.has(s2, Kind.TOMBSTONE))
-        c.connect()  # now node 0 knows its peers; nothing new gets pushed
+        await c.connect()  # now node 0 knows its peers; nothing new gets pushed
         a = c.nodes[0]
         root = str(c.root(0))
 

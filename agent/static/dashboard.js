@@ -49,7 +49,8 @@ function renderPeers(state) {
     const reach = p.reachable === null || p.reachable === undefined ? "unknown" : (p.reachable ? "yes" : "NO");
     const result = p.round_ok === null || p.round_ok === undefined ? "-" : (p.round_ok ? "ok" : "FAILED");
     const cells = [
-      ["peer", p.url], ["kind", p.kind || "-"], ["reachable", reach],
+      ["peer", p.name && p.name !== p.url ? `${p.name} (${p.url})` : p.url],
+      ["kind", p.kind || "-"], ["reachable", reach],
       ["last-push", age(p.last_push, now)], ["last-round", age(p.last_round, now)],
       ["result", result], ["queue", String(p.queue_depth ?? "-")],
       ["missing", String(p.missing ?? "-")],
@@ -88,8 +89,9 @@ function renderViews(state) {
   const select = document.getElementById("view");
   const wanted = [["", "this node"]];
   for (const p of state.peers || []) {
-    wanted.push(["peer=" + encodeURIComponent(p.url), "peer " + p.url]);
-    wanted.push(["diff=1&peer=" + encodeURIComponent(p.url), "this node vs " + p.url]);
+    const name = p.name || p.url;
+    wanted.push(["peer=" + encodeURIComponent(name), "peer " + name]);
+    wanted.push(["diff=1&peer=" + encodeURIComponent(name), "this node vs " + name]);
   }
   const have = [...select.options].map(o => o.value).join("\n");
   if (have === wanted.map(w => w[0]).join("\n")) return;
