@@ -58,8 +58,11 @@ def _cookies(req: Request) -> dict[str, str]:
     return out
 
 
-def _static(name: str) -> bytes:
-    return importlib.resources.files("agent").joinpath("static", name).read_bytes()
+def load_static() -> dict[str, bytes]:
+    """The page's files, read once when the node is built (a few KiB; no file is read
+    while serving)."""
+    folder = importlib.resources.files("agent").joinpath("static")
+    return {name: folder.joinpath(name).read_bytes() for name in (*STATIC, "login.html")}
 
 
 class Dashboard:
@@ -78,6 +81,7 @@ class Dashboard:
         self.clients = clients
         self.token = token if protect_reads else None
         self.clock = clock
+        self.files = load_static()
 
     # ---- auth ----
 
@@ -106,7 +110,7 @@ class Dashboard:
                             [(b"location", b"/"), (b"set-cookie", cookie.encode())])
 
     async def _login_page(self, send, status: int, message: str = "") -> None:
-        page = _static("login.html").replace(b"{message}", message.encode())
+        page = self.files["login.html"].replace(b"{message}", message.encode())
         await send_response(send, status, page, STATIC["dashboard.html"], SECURITY_HEADERS)
 
     # ---- routing ----
@@ -134,7 +138,7 @@ class Dashboard:
                             SECURITY_HEADERS)
 
     async def _send_static(self, send, name: str) -> None:
-        await send_response(send, 200, _static(name), STATIC[name], SECURITY_HEADERS)
+        await send_response(send, 200, self.files[name], STATIC[name], SECURITY_HEADERS)
 
     # ---- data ----
 
