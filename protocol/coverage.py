@@ -29,7 +29,7 @@ FULL = "F"        # covered entirely by full segments
 PARTIAL = "P"     # covered entirely, but somewhere only by suspect or partial ones
 TOMBSTONED = "T"  # not fully covered by fulls, and a tombstoned segment starts here
 HOLE = "H"        # some of it is covered by nothing
-FUTURE = "-"      # starts after "now": nothing can be missing there yet
+FUTURE = "-"      # a hole that starts after "now": nothing can be missing there yet
 CELL_STATES = (FULL, PARTIAL, TOMBSTONED, HOLE, FUTURE)
 
 # difference codes: a cell of node A against the same cell of node B
@@ -131,7 +131,7 @@ def hour_row(spans: HourSpans, previous: HourSpans = EMPTY, cell_seconds: int = 
     """One hour as cell codes: 3600 / cell_seconds cells (60 minutes by default).
 
     `previous` is the hour before (its segments running past the hour boundary
-    cover the start of this one). Cells starting at or after `future_from`
+    cover the start of this one). Holes starting at or after `future_from`
     (seconds into this hour, from the caller's clock) are FUTURE. Cost: a few
     slice assignments per continuous stretch, not a loop over segments."""
     if cell_seconds <= 0 or HOUR_SECONDS % cell_seconds:
@@ -148,9 +148,10 @@ def hour_row(spans: HourSpans, previous: HourSpans = EMPTY, cell_seconds: int = 
         i = int(start // cell_seconds)
         if row[i] != FULL:
             row[i] = TOMBSTONED
-    if future_from is not None:
-        first = max(0, math.ceil(future_from / cell_seconds))
-        row[first:] = [FUTURE] * max(0, cells - first)
+    if future_from is not None:  # a clock a little behind the downloader's: show what is held
+        for i in range(max(0, math.ceil(future_from / cell_seconds)), cells):
+            if row[i] == HOLE:
+                row[i] = FUTURE
     return "".join(row)
 
 

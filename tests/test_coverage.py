@@ -133,6 +133,9 @@ def test_cells_of_one_second_for_the_static_maps():
 def test_future_cells():
     row = row_of(run(0, 600), future_from=600.0)
     assert row == FULL * 10 + FUTURE * 50
+    # what is held after "now" (a clock behind the downloader's) still shows
+    row = row_of(run(0, 720), future_from=600.0)
+    assert row == FULL * 12 + FUTURE * 48
 
 
 @pytest.mark.parametrize("cell", [0, -1, 7, 7200])
