@@ -17,7 +17,7 @@ import httpcore
 import httpx
 import trio
 
-from protocol import limits
+from protocol import endpoints, limits
 from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemStart
@@ -164,12 +164,12 @@ class PeerClient:
     # ---- push ----
 
     async def offer(self, name: SegmentName, size: int) -> str:
-        reply = await self.call("/v1/offer", m.Offer(name.path, size), m.OfferReply,
+        reply = await self.call(endpoints.OFFER, m.Offer(name.path, size), m.OfferReply,
                                 limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
 
     async def send_tombstone(self, name: SegmentName) -> str:
-        reply = await self.call("/v1/tombstone", m.Tombstone(name.tombstone_path), m.Ack,
+        reply = await self.call(endpoints.TOMBSTONE, m.Tombstone(name.tombstone_path), m.Ack,
                                 limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
 
@@ -192,7 +192,7 @@ class PeerClient:
                 with self._deadline(self.timeout + size / MIN_RATE, f"upload {name.path}"):
                     try:
                         async with self.http.stream(
-                            "PUT", f"/v1/segments/{name.path}", content=body(),
+                            "PUT", endpoints.segment_url(name.path), content=body(),
                             headers={"content-length": str(size),
                                      "content-type": "video/mp2t"},
                         ) as response:
@@ -208,56 +208,40 @@ class PeerClient:
     # ---- pull ----
 
     async def pair_digests(self, first: str, last: str) -> m.PairDigests:
-        return await self.call("/v1/pair-digests", m.PairDigestsRequest(first, last),
+        return await self.call(endpoints.PAIR_DIGESTS, m.PairDigestsRequest(first, last),
                                m.PairDigests)  # type: ignore[return-value]
 
     async def hour_digests(self, channel: str, quality: str, first: str, last: str
                            ) -> m.HourDigests:
-        return await self.call("/v1/hour-digests",
+        return await self.call(endpoints.HOUR_DIGESTS,
                                m.HourDigestsRequest(channel, quality, first, last),
                                m.HourDigests)  # type: ignore[return-value]
 
     async def listing(self, channel: str, quality: str, hour: str) -> m.Listing:
-        return await self.call("/v1/listing", m.ListingRequest(channel, quality, hour),
+        return await self.call(endpoints.LISTING, m.ListingRequest(channel, quality, hour),
                                m.Listing)  # type: ignore[return-value]
 
     async def ping(self) -> None:
         """GET /healthz within one deadline; PeerError if the peer does not answer 200."""
         async with self.gate:
-            with self._deadline(self.timeout, "/healthz"):
+            with self._deadline(self.timeout, endpoints.HEALTHZ):
                 try:
-                    response = await self.http.get("/healthz")
+                    response = await self.http.get(endpoints.HEALTHZ)
                 except httpx.HTTPError as e:
                     raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
         if response.status_code != 200:
             raise PeerError(self.url, f"HTTP {response.status_code}", response.status_code)
 
-    async def status(self) -> dict:
-        body = m.encode(m.StatusRequest())
-        async with self.gate:
-            with self._deadline(self.timeout * CALL_DEADLINE_FACTOR, "/v1/status"):
-                try:
-                    async with self.http.stream("POST", "/v1/status", content=body) as response:
-                        data = await self._read_limited(response, limits.MAX_REPLY_BYTES)
-                except httpx.HTTPError as e:
-                    raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
-        if response.status_code != 200:
-            raise PeerError(self.url, self._error_text(response.status_code, data),
-                            response.status_code)
-        try:
-            obj = m.unpack_bounded(data, limits.MAX_REPLY_BYTES)
-        except ProtocolError as e:
-            raise PeerError(self.url, f"bad status reply: {e}") from None
-        if not isinstance(obj, dict):
-            raise PeerError(self.url, "bad status reply")
-        return obj
+    async def status(self) -> m.StatusReply:
+        return await self.call(endpoints.STATUS, m.StatusRequest(),
+                               m.StatusReply)  # type: ignore[return-value]
 
     @asynccontextmanager
     async def download(self, name: SegmentName, max_bytes: int):
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
         async with self.gate:
             try:
-                async with self.http.stream("GET", f"/v1/segments/{name.path}") as response:
+                async with self.http.stream("GET", endpoints.segment_url(name.path)) as response:
                     await self._raise_unless_ok(response, name.path)
                     declared = response.headers.get("content-length")
                     size = int(declared) if declared and declared.isdigit() else None
@@ -293,10 +277,10 @@ class PeerClient:
         async with self.gate:
             try:
                 async with self.http.stream(
-                    "POST", "/v1/fetch", content=body,
+                    "POST", endpoints.FETCH, content=body,
                     headers={"content-type": "application/msgpack"},
                 ) as response:
-                    await self._raise_unless_ok(response, "/v1/fetch")
+                    await self._raise_unless_ok(response, endpoints.FETCH)
                     items = self._fetched_items(response, by_path, max_bytes)
                     try:
                         yield items

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 import trio
 
+from protocol import messages as m
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_path
@@ -363,28 +364,29 @@ class Node:
                 nursery.start_soon(probe, url)
         return out
 
-    def status(self, probes: dict[str, str | None] | None = None) -> dict:
+    def status(self, probes: dict[str, str | None] | None = None) -> m.StatusReply:
         """What `segsync status` shows; `probes` (from probe_peers) decides "reachable"."""
         peers = []
         for url in self.peer_urls():
             pusher = self.pusher.peers.get(url)
-            peers.append({
+            peer = {
                 "url": url,
                 "queue_depth": pusher.depth() if pusher else 0,
                 "last_push": pusher.last_success if pusher else None,
                 "push_error": pusher.last_error if pusher else None,
                 "push_dropped": pusher.dropped if pusher else 0,
                 **self.backfiller.peer_status(url),
-            })
+            }
             if probes is not None and url in probes:
-                peers[-1]["reachable"] = probes[url] is None
-                peers[-1]["reach_error"] = probes[url]
-        return {
-            "node": self.config.node_name,
-            "url": self.url,
-            "started_at": self.started_at,
-            "time": time.time(),  # ages are computed against the node's own clock
-            "segments": self.index.segment_count(),
-            "peers": peers,
-        }
+                peer["reachable"] = probes[url] is None
+                peer["reach_error"] = probes[url]
+            peers.append(m.PeerStatus(**peer))
+        return m.StatusReply(
+            node=self.config.node_name,
+            url=self.url,
+            started_at=self.started_at,
+            time=time.time(),  # ages are computed against the node's own clock
+            segments=self.index.segment_count(),
+            peers=peers,
+        )
 
