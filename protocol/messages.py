@@ -407,6 +407,23 @@ class PeerStatus(Record):
     reachable: bool | None = wire(optional(_bool), None)
     reach_error: str | None = wire(optional(_str), None)
 
+    def __post_init__(self) -> None:
+        """Errors are cut to MAX_STRING bytes: an error quoting a peer's own error text could
+        be longer, and one over-long string would make the whole reply undecodable."""
+        for name in ("push_error", "round_error", "reach_error"):
+            text = getattr(self, name)
+            if isinstance(text, str):
+                object.__setattr__(self, name, clip(text))
+
+
+def clip(text: str, max_bytes: int = limits.MAX_STRING) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8 (msgpack's string limit counts bytes),
+    ending in '...' when cut."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
 
 @dataclass(frozen=True)
 class StatusReply(Message):

@@ -38,6 +38,7 @@ from protocol.messages import (
     StatusReply,
     StatusRequest,
     Tombstone,
+    clip,
     decode,
     encode,
     unpack_bounded,
@@ -782,3 +783,20 @@ def test_endpoint_labels_are_a_fixed_set():
     labels = endpoints.ENDPOINT_LABELS
     assert {label(e) for e in endpoints.ALL} == labels and len(labels) == len(endpoints.ALL)
     assert {label("/" + e.replace("-", "/", 1)) for e in labels} == labels
+
+
+def test_peer_status_errors_are_cut_to_stay_decodable():
+    long = "http://c:8200: HTTP 400 bad_message: " + "m" * limits.MAX_STRING
+    peer = PeerStatus("http://c:8200", push_error=long, round_error=long, reach_error="short")
+    assert len(peer.push_error.encode()) == len(peer.round_error) == limits.MAX_STRING
+    assert peer.push_error.startswith("http://c:8200: HTTP 400") and peer.reach_error == "short"
+    reply = StatusReply("a", "http://a:1", 0, 1, 0, [peer])
+    assert decode(encode(reply), StatusReply, BIG) == reply
+
+
+@pytest.mark.parametrize("text", ["", "ascii", "é" * 600, "x" * 1023 + "€", "€" * 400])
+def test_clip_keeps_text_within_the_byte_limit(text):
+    out = clip(text)
+    assert len(out.encode()) <= limits.MAX_STRING
+    assert out == text if len(text.encode()) <= limits.MAX_STRING else out.endswith("...")
+    assert decode(encode(Error("c", out))) == Error("c", out)
