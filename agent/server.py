@@ -21,7 +21,6 @@ import trio
 
 from protocol import endpoints, limits
 from protocol import messages as m
-from protocol.endpoints import endpoint_label
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
@@ -178,7 +177,7 @@ class App:
         if scope["type"] != "http":
             return
         v1 = endpoints.is_v1(scope.get("path", ""))
-        self.node.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
+        self.node.metrics.requests.labels(endpoints.endpoint_label(scope.get("path", ""))).inc()
         send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)

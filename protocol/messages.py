@@ -192,7 +192,8 @@ class Record:
     OPEN: ClassVar[bool] = False  # ignore unknown keys instead of refusing them
 
     def to_obj(self) -> dict:
-        return {f.name: _to_wire(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        declared = fields(self)  # type: ignore[arg-type]
+        return {f.name: _to_wire(getattr(self, f.name)) for f in declared}
 
     @classmethod
     def from_obj(cls, obj: dict) -> Any:
