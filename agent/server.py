@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from protocol import limits
+from protocol import endpoints, limits
 from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
@@ -38,19 +38,6 @@ MSGPACK = b"application/msgpack"
 FETCH_STREAM = b"application/x-segsync-fetch"
 UPLOAD_BUFFER = 1024 * 1024  # bytes read per thread hop when serving a segment
 BATCH_SERVES = 16  # batch fetches answered at once (each holds up to 64 open files)
-
-
-ENDPOINTS = frozenset({
-    "v1-segments", "v1-fetch", "v1-offer", "v1-tombstone", "v1-pair-digests",
-    "v1-hour-digests", "v1-listing", "v1-status", "files", "segments", "metrics", "healthz",
-})
-
-
-def endpoint_label(path: str) -> str:
-    """The endpoint a request path names, from a fixed set (bounded metric labels)."""
-    parts = path.split("/")[1:]
-    label = "-".join(parts[:2]) if parts[:1] == ["v1"] else (parts[0] if parts else "")
-    return label if label in ENDPOINTS else "other"
 
 
 def _close_all(opened: list) -> None:
@@ -91,7 +78,7 @@ class App:
     listings and files come from `index` and `store`."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
-                 settings: ServerSettings, status: Callable[[], Awaitable[dict]]) -> None:
+                 settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]]) -> None:
         self.ingest = ingest
         self.index = index
         self.store = store
@@ -113,8 +100,8 @@ class App:
                     return
         if scope["type"] != "http":
             return
-        v1 = scope.get("path", "").startswith("/v1/")
-        self.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
+        v1 = endpoints.is_v1(scope.get("path", ""))
+        self.metrics.requests.labels(endpoints.endpoint_label(scope.get("path", ""))).inc()
         send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)
@@ -159,53 +146,51 @@ class App:
     # ---- routing ----
 
     async def route(self, req: Request, send) -> None:
-        parts = req.parts
-        head = parts[0] if parts else ""
-        if head == "healthz" and len(parts) == 1:
+        endpoint, rest = endpoints.split_endpoint(req.parts)
+        if endpoint == endpoints.HEALTHZ and not rest:
             self._method(req, "GET")
             return await send_response(send, 200, b"ok\n", b"text/plain")
-        if head == "metrics" and len(parts) == 1:
+        if endpoint == endpoints.METRICS and not rest:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await send_response(
                 send, 200, self.metrics.render(), b"text/plain; version=0.0.4"
             )
-        if head == "v1":
+        if endpoints.is_v1(endpoint):
             self._check_token(req)
-            return await self.route_v1(req, parts[1:], send)
-        if head == "files":
+            return await self.route_v1(req, endpoint, rest, send)
+        if endpoint == endpoints.FILES:
             self._method(req, "GET")
             self._check_read_auth(req)
-            return await self.compat_files(req, parts[1:], send)
-        if head == "segments":
+            return await self.compat_files(req, rest, send)
+        if endpoint == endpoints.LEGACY_SEGMENTS:
             self._method(req, "GET")
             self._check_read_auth(req)
-            return await self.serve_segment(req, "/".join(parts[1:]), send)
+            return await self.serve_segment(req, "/".join(rest), send)
         raise HttpError(404, "not_found", "no such endpoint")
 
-    async def route_v1(self, req: Request, parts: list[str], send) -> None:
-        op = parts[0] if parts else ""
-        if op == "segments" and len(parts) >= 2:
-            path = "/".join(parts[1:])
+    async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        if endpoint == endpoints.SEGMENTS and rest:
+            path = "/".join(rest)
             if req.method == "PUT":
                 return await self.receive_segment(req, path, send)
             self._method(req, "GET")
             return await self.serve_segment(req, path, send)
-        if op == "fetch" and len(parts) == 1:
+        if endpoint == endpoints.FETCH and not rest:
             self._method(req, "POST")
             return await self.serve_batch(req, send)
         handlers = {
-            "offer": (m.Offer, self.on_offer),
-            "tombstone": (m.Tombstone, self.on_tombstone),
-            "pair-digests": (m.PairDigestsRequest, self.on_pair_digests),
-            "hour-digests": (m.HourDigestsRequest, self.on_hour_digests),
-            "listing": (m.ListingRequest, self.on_listing),
-            "status": (m.StatusRequest, self.on_status),
+            endpoints.OFFER: (m.Offer, self.on_offer),
+            endpoints.TOMBSTONE: (m.Tombstone, self.on_tombstone),
+            endpoints.PAIR_DIGESTS: (m.PairDigestsRequest, self.on_pair_digests),
+            endpoints.HOUR_DIGESTS: (m.HourDigestsRequest, self.on_hour_digests),
+            endpoints.LISTING: (m.ListingRequest, self.on_listing),
+            endpoints.STATUS: (m.StatusRequest, self.on_status),
         }
-        if len(parts) != 1 or op not in handlers:
+        if rest or endpoint not in handlers:
             raise HttpError(404, "not_found", "no such /v1 endpoint")
         self._method(req, "POST")
-        cls, handler = handlers[op]
+        cls, handler = handlers[endpoint]
         body = await req.body(limits.MAX_REQUEST_BYTES)
         try:
             message = m.decode(body, cls, limits.MAX_REQUEST_BYTES)
@@ -215,8 +200,7 @@ class App:
             reply = await handler(message)
         except OSError as e:  # e.g. no room for a tombstone
             raise HttpError(507, "storage_error", f"could not store: {e.strerror}") from None
-        await send_response(send, 200, m.encode(reply) if isinstance(reply, m.Message)
-                            else reply, MSGPACK)
+        await send_response(send, 200, m.encode(reply), MSGPACK)
 
     def _method(self, req: Request, allowed: str) -> None:
         if req.method != allowed:
@@ -256,12 +240,8 @@ class App:
         names = self.index.replicable(req.channel, req.quality, req.hour)
         return m.Listing(req.channel, req.quality, req.hour, names)
 
-    async def on_status(self, req: m.StatusRequest) -> bytes:
-        import msgpack
-
-        report = await self.status()
-        return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status", **report},
-                             use_bin_type=True)
+    async def on_status(self, req: m.StatusRequest) -> m.StatusReply:
+        return await self.status()
 
     async def receive_segment(self, req: Request, path: str, send) -> None:
         name = segment_from_path(path, "PUT takes a .ts segment path")
