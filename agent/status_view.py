@@ -81,24 +81,25 @@ def render_status(status: StatusReply) -> str:
     if not peers:
         lines.append("no peers configured")
         return "\n".join(lines) + "\n"
-    rows = [["peer", "reachable", "last push", "last round", "result", "queue", "missing"]]
+    rows = [["peer", "url", "kind", "reachable", "last push", "last round", "result", "queue",
+             "missing"]]
     for p in peers:
         rows.append([
-            p.url, _reachable(p), format_age(p.last_push, now),
+            p.name or p.url, p.url, p.kind or "-", _reachable(p), format_age(p.last_push, now),
             format_age(p.last_round, now), _round_result(p),
             _count(p.queue_depth), _count(p.missing),
         ])
     lines.append("")
-    lines.extend(table(rows, right={5, 6}))
+    lines.extend(table(rows, right={7, 8}))
     problems = []
     for p in peers:
         for error, what in ((p.reach_error, "unreachable"), (p.push_error, "last push failed"),
                             (p.round_error, "last round failed")):
             if error:
                 why = error.removeprefix(f"{p.url}: ")  # PeerError names the peer
-                problems.append(f"  {p.url}: {what}: {why}")
+                problems.append(f"  {p.name or p.url}: {what}: {why}")
         if p.push_dropped:
-            problems.append(f"  {p.url}: {p.push_dropped} pushes dropped "
+            problems.append(f"  {p.name or p.url}: {p.push_dropped} pushes dropped "
                             "(queue full; backfill repairs them)")
     if problems:
         lines.append("")
