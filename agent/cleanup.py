@@ -127,7 +127,7 @@ async def plan_purge(root: Path, node_url: str, token: str | None, timeout: floa
     store = Store(root)
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
     status = await fetch_status(node_url, token, timeout)
-    peers = [str(p.get("url")) for p in status.get("peers", [])]
+    peers = [p.url for p in status.peers]
     answers: dict[str, dict[str, bool | str]] = {}
 
     clients = ClientFactory(token, "segsync-purge", timeout=timeout)

@@ -89,7 +89,7 @@ class PeerClient:
 
             # a reply is an Ack or an Error: never read more than that
             status, data = await t.exchange(
-                "PUT", ep.segment_path(name.path), content=body(),
+                "PUT", ep.segment_url(name.path), content=body(),
                 max_reply=limits.MAX_REQUEST_BYTES, deadline=t.transfer_deadline(size),
                 headers={"content-length": str(size), "content-type": "video/mp2t"})
         finally:
@@ -113,18 +113,9 @@ class PeerClient:
         return await self.call(ep.LISTING, m.ListingRequest(channel, quality, hour),
                                m.Listing)  # type: ignore[return-value]
 
-    async def status(self) -> dict:
-        t = self.transport
-        status, data = await t.exchange(
-            "POST", ep.STATUS, content=m.encode(m.StatusRequest()),
-            max_reply=limits.MAX_REPLY_BYTES, deadline=self.timeout * CALL_DEADLINE_FACTOR)
-        if status != 200:
-            raise PeerError(self.url, t.error_text(status, data), status)
-        with t.errors():
-            obj = m.unpack_bounded(data, limits.MAX_REPLY_BYTES)
-        if not isinstance(obj, dict):
-            raise PeerError(self.url, "bad status reply")
-        return obj
+    async def status(self) -> m.StatusReply:
+        return await self.call(ep.STATUS, m.StatusRequest(),
+                               m.StatusReply)  # type: ignore[return-value]
 
     async def ping(self) -> None:
         """GET /healthz within one deadline; PeerError if the peer does not answer 200."""
@@ -137,7 +128,7 @@ class PeerClient:
     async def download(self, name: SegmentName, max_bytes: int):
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
         t = self.transport
-        async with t.stream("GET", ep.segment_path(name.path)) as response:
+        async with t.stream("GET", ep.segment_url(name.path)) as response:
             declared = response.headers.get("content-length")
             size = int(declared) if declared and declared.isdigit() else None
             if size is not None and size > max_bytes:

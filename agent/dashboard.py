@@ -17,6 +17,8 @@ import json
 import urllib.parse
 from typing import Awaitable, Callable
 
+from protocol import endpoints
+from protocol import messages as m
 from protocol.coverage import MAX_MAP_HOURS, CoverageError
 
 from .client import ClientFactory, PeerError
@@ -24,7 +26,7 @@ from .coverage_maps import PEER_LISTING_CONCURRENCY, local_maps, peer_maps, warm
 from .index import ArchiveIndex
 from .latency_ring import LatencyRing
 from .peers import PeerKind, PeerSet
-from .server import HttpError, Request, send_response
+from .asgi import HttpError, Request, send_response
 
 COOKIE = "segsync_dashboard"
 MAX_LOGIN_BYTES = 4096
@@ -69,7 +71,7 @@ class Dashboard:
     """HTTP handlers of the dashboard; given exactly what they show."""
 
     def __init__(
-        self, index: ArchiveIndex, status: Callable[[], Awaitable[dict]],
+        self, index: ArchiveIndex, status: Callable[[], Awaitable[m.StatusReply]],
         latencies: LatencyRing, peers: PeerSet, clients: ClientFactory,
         token: str | None, protect_reads: bool,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
@@ -115,14 +117,14 @@ class Dashboard:
 
     # ---- routing ----
 
-    async def route(self, req: Request, parts: list[str], send) -> None:
-        """`/` and `/dashboard/...`."""
-        if parts == [""]:
+    async def route(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        """`/` (endpoints.PAGE) and `/dashboard/NAME` (endpoints.DASHBOARD)."""
+        if endpoint == endpoints.PAGE and not rest:
             _method(req, "GET")
             if not self.authorized(req):
                 return await self._login_page(send, 401)
             return await self._send_static(send, "dashboard.html")
-        what = parts[1] if len(parts) == 2 else ""
+        what = rest[0] if endpoint == endpoints.DASHBOARD and len(rest) == 1 else ""
         if what == "login":
             _method(req, "POST")
             return await self.login(req, send)
@@ -144,7 +146,7 @@ class Dashboard:
 
     async def state(self) -> dict:
         """The node's status (as /v1/status), plus the latency ring and the pairs."""
-        status = await self.status()
+        status = (await self.status()).to_obj()
         return {**status, "push_latencies": self.latencies.snapshot(),
                 "pairs": [list(p) for p in self.index.pairs()]}
 

@@ -8,6 +8,8 @@ from typing import Callable
 
 import trio
 
+from protocol import messages as m
+
 from .backfill import Backfiller
 from .client import ClientFactory, PeerError
 from .index import ArchiveIndex
@@ -47,38 +49,29 @@ class StatusReport:
                 nursery.start_soon(probe, peer)
         return out
 
-    def report(self, probes: dict[str, str | None] | None = None) -> dict:
+    def report(self, probes: dict[str, str | None] | None = None) -> m.StatusReply:
         """What `segsync status` shows; `probes` (from probe_peers) decides "reachable"."""
         peers = []
         for peer in self.peers:
             push = self.pusher.state(peer)
             pull = self.backfiller.state(peer)
-            entry = {
-                "url": peer.url,
-                "name": peer.name,
-                "kind": peer.kind.value,
-                "queue_depth": push.queue_depth,
-                "last_push": push.last_success,
-                "push_error": push.last_error,
-                "push_dropped": push.dropped,
-                "last_round": pull.last_round,
-                "round_ok": pull.round_ok,
-                "round_error": pull.round_error,
-                "missing": pull.missing,
-                "reachable": pull.round_ok,
-            }
+            reachable, reach_error = pull.round_ok, None
             if probes is not None and peer.url in probes:
-                entry["reachable"] = probes[peer.url] is None
-                entry["reach_error"] = probes[peer.url]
-            peers.append(entry)
-        return {
-            "node": self.node_name,
-            "url": self.url(),
-            "started_at": self.started_at,
-            "time": time.time(),  # ages are computed against the node's own clock
-            "segments": self.index.segment_count(),
-            "peers": peers,
-        }
+                reach_error = probes[peer.url]
+                reachable = reach_error is None
+            peers.append(m.PeerStatus(
+                url=peer.url, name=peer.name, kind=peer.kind.value,
+                queue_depth=push.queue_depth, last_push=push.last_success,
+                push_error=push.last_error, push_dropped=push.dropped,
+                last_round=pull.last_round, round_ok=pull.round_ok,
+                round_error=pull.round_error, missing=pull.missing,
+                reachable=reachable, reach_error=reach_error,
+            ))
+        return m.StatusReply(
+            node=self.node_name, url=self.url() or "", started_at=self.started_at,
+            time=time.time(),  # ages are computed against the node's own clock
+            segments=self.index.segment_count(), peers=peers,
+        )
 
-    async def probe_and_report(self) -> dict:
+    async def probe_and_report(self) -> m.StatusReply:
         return self.report(await self.probe_peers())

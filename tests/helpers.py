@@ -111,3 +111,15 @@ def peer_label(node, url: str) -> str:
 def push_state(node, url: str):
     """What `node`'s pusher shows of the peer at `url`."""
     return node.pusher.state(node.peers.by_url(url))
+
+
+def write_segment(store, name: SegmentName, chunks, expected_size: int | None = None,
+                  write=os.write) -> str:
+    """Write a whole segment through the store's writer at once: 'stored' or 'have',
+    or raises what the writer raises."""
+    if store.has_segment(name) and not store.has_tombstone(name):
+        return "have"
+    with store.open_writer(name, expected_size, write) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.commit()

@@ -87,7 +87,7 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"{a.url}/healthz")).status_code == 200
             status = a.status.report()
-            by_url = {p["url"]: p for p in status["peers"]}
+            by_url = {p.url: p for p in status.peers}
             if lie not in ("liar", "slow-liar"):
                 await wait_until(lambda: push_state(a, broken).last_error is not None, 10)
             if kind == "trickle":  # cut by the whole-exchange deadline, not a read timeout
@@ -101,7 +101,7 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
                 await wait_until(lambda: liar.uploads >= 1, timeout=20)
                 await trio.sleep(0.5)
                 assert liar.flooded < 64 * 2**20, liar.flooded
-            assert by_url[b.url]["push_error"] is None
+            assert by_url[b.url].push_error is None
         # downloads still in flight from the broken peer were cancelled: nothing left over
         for i in range(3):
             assert audit_archive(c.root(i)).temps == []

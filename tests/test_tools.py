@@ -62,15 +62,16 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         assert code == 0, err
         assert f"node {a.config.node_name} at {a.url}" in out
         header = next(line for line in out.splitlines() if line.startswith("peer"))
-        assert header.split() == ["peer", "reachable", "last", "push", "last", "round",
-                                  "result", "queue", "missing"]
+        assert header.split() == ["peer", "url", "kind", "reachable", "last", "push", "last",
+                                  "round", "result", "queue", "missing"]
+        b_name, c_name = c.nodes[1].config.node_name, c.nodes[2].config.node_name
         # node 2: up, pushed to seconds ago, one round done and ok, one segment was missing
-        assert re.search(rf"^{re.escape(c_url)}\s+yes\s+\d+s ago\s+\d+s ago\s+ok\s+0\s+1$",
-                         out, re.M), out
+        assert re.search(rf"^{c_name}\s+{re.escape(c_url)}\s+segsync\s+yes\s+\d+s ago\s+"
+                         rf"\d+s ago\s+ok\s+0\s+1$", out, re.M), out
         # node 1: stopped, so unreachable; no round yet
-        assert re.search(rf"^{re.escape(b_url)}\s+NO\s+\d+s ago\s+never\s+-\s+0\s+-$",
-                         out, re.M), out
-        assert f"{b_url}: unreachable:" in out
+        assert re.search(rf"^{b_name}\s+{re.escape(b_url)}\s+segsync\s+NO\s+\d+s ago\s+"
+                         rf"never\s+-\s+0\s+-$", out, re.M), out
+        assert f"{b_name}: unreachable:" in out
 
 
 async def test_status_exit_code_when_node_unreachable(cluster_factory, capsys):
@@ -93,7 +94,7 @@ async def test_status_with_token(cluster_factory, capsys, tmp_path):
         code, out, err = await run_cli(capsys, "status", "--node", url,
                                        "--token-file", str(token_file))
         assert code == 0, err
-        assert re.search(rf"^{re.escape(c.nodes[1].url)}\s+yes\s", out, re.M), out
+        assert re.search(rf"\s{re.escape(c.nodes[1].url)}\s+segsync\s+yes\s", out, re.M), out
 
 
 # ---- tombstone ----
