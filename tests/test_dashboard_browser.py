@@ -156,7 +156,8 @@ async def test_dashboard_in_chromium(cluster_factory):
                                     "b holding the same as a, tombstone included")
                 await page.wait_for(lambda d: map_row(d, later_hour) == SAME * 60,
                                     "b holding the new segments too")
-                assert (await page.run(lambda: peer_row(driver, b.url)))["queue"] == "0"
+                await page.wait_for(lambda d: peer_row(d, b.url)["queue"] == "0",
+                                    "the push queue to b drained")
             finally:
                 await trio.to_thread.run_sync(driver.quit)
     finally:
