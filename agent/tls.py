@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import trio
 
+from protocol import messages as m
 from protocol.transport import reload_due, validity_problem
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,16 @@ class ClientTls:
         pair = read_pair(Path(cert), Path(key)) if cert and key else None
         return cls(Path(ca) if ca else None, pair)
 
+    @classmethod
+    def from_config(cls, cfg) -> "ClientTls":
+        """A configuration's tls-ca and, presented to nodes that require client
+        certificates, its tls-cert/tls-key pair (the one-shot's, a tool's)."""
+        try:
+            return cls.from_args(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+        except TlsError as e:
+            from .config import ConfigError
+            raise ConfigError(str(e)) from None
+
     @property
     def context(self) -> ssl.SSLContext:
         if self._context is None:
@@ -244,18 +255,6 @@ class ClientTls:
     def verify_for(self, url: str) -> ssl.SSLContext | bool:
         """What httpx's `verify=` gets for a client of `url`."""
         return self.context if url.startswith("https:") else False
-
-
-_default_client_tls: ClientTls | None = None
-
-
-def default_client_tls() -> ClientTls:
-    """Clients made without a configuration (tests, tools without TLS options): the
-    default bundle, shared, built on first https use."""
-    global _default_client_tls
-    if _default_client_tls is None:
-        _default_client_tls = ClientTls()
-    return _default_client_tls
 
 
 def _utc_now() -> dt.datetime:
@@ -326,16 +325,12 @@ class CertReloader:
             await trio.sleep(self.interval)
             await trio.to_thread.run_sync(self.check)
 
-    def status(self) -> dict:
-        return {
-            "cert": str(self.cert_path),
-            "subject": self.pair.subject,
-            "not_after": self.pair.not_after.timestamp(),
-            "loaded_at": self.loaded_at,
-            "problem": self.validity(),
-            # bounded like every status string (protocol/limits.py)
-            "reload_error": self.reload_error[:500] if self.reload_error else None,
-        }
+    def status(self) -> m.TlsStatus:
+        # strings are clipped to the protocol's limit by the message itself
+        return m.TlsStatus(cert=str(self.cert_path), subject=self.pair.subject,
+                           not_after=self.pair.not_after.timestamp(),
+                           loaded_at=self.loaded_at, problem=self.validity(),
+                           reload_error=self.reload_error)
 
 
 class NodeTls:
@@ -373,7 +368,7 @@ class NodeTls:
         context = self.server
         hc.create_ssl_context = lambda: context
 
-    def status(self) -> dict | None:
+    def status(self) -> m.TlsStatus | None:
         return self.reloader.status() if self.reloader is not None else None
 
 
@@ -423,16 +418,17 @@ def config_problem(cfg, file_peers: list[str]) -> str | None:
                                     cfg.insecure)
 
 
-def status_lines(tls: dict | None) -> list[str]:
-    """`segsync status` lines for a node's TLS (its /v1/status `tls` map)."""
-    if not isinstance(tls, dict):
-        return ["tls: off (plain http)"]
-    until = tls.get("not_after")
+def status_lines(tls: m.TlsStatus | None) -> list[str]:
+    """`segsync status` lines for a node's TLS (its status reply's `tls`; none for a
+    plain-http node or an older one that does not report it)."""
+    if tls is None:
+        return []
+    until = tls.not_after
     until_text = (dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-                  if isinstance(until, (int, float)) else "?")
-    lines = [f"tls: {tls.get('subject')} from {tls.get('cert')}, valid until {until_text}"]
-    if tls.get("problem"):
-        lines.append(f"  TLS CERTIFICATE {str(tls['problem']).upper()}: peers refuse it")
-    if tls.get("reload_error"):
-        lines.append(f"  TLS RELOAD FAILED: {tls['reload_error']}")
+                  if until is not None else "?")
+    lines = [f"tls: {tls.subject} from {tls.cert}, valid until {until_text}"]
+    if tls.problem:
+        lines.append(f"  TLS CERTIFICATE {tls.problem.upper()}: peers refuse it")
+    if tls.reload_error:
+        lines.append(f"  TLS RELOAD FAILED: {tls.reload_error}")
     return lines

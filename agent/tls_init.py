@@ -16,7 +16,6 @@ from pathlib import Path
 
 from protocol.transport import node_alt_names
 
-from .cli import EXTRA_COMMANDS
 from .config import ConfigError
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -196,5 +195,3 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace this node's existing pair")
     p.set_defaults(func=cmd_tls)
 
-
-EXTRA_COMMANDS.append(register)

@@ -18,10 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from agent.cli import main
-from agent.client import PeerClient, PeerError
+from agent.client import ClientFactory, PeerError
 from agent.tls import ClientTls, read_pair
-from conftest import Cluster, wait_until
-from helpers import hours_ago, make_name, replicable_state, write_segment_file, write_segments
+from conftest import Cluster, peer_of, wait_until
+from helpers import (hours_ago, make_name, push_state, replicable_state, write_segment_file,
+                     write_segments)
 from tls_helpers import issue, served_certificate
 
 TOKEN = "tls-test-token"
@@ -66,7 +67,7 @@ async def test_https_cluster_converges_by_push_and_by_backfill(tmp_path, ca, tok
         # before the nodes know each other: only backfill can bring these over
         old = write_segments(c.root(0), 5, hours_ago(3))
         await wait_until(lambda: c.nodes[0].index.segment_count() == 5)
-        c.connect()
+        await c.connect()
         results = await c.nodes[1].backfiller.round_all([c.nodes[0].url])
         assert results[0].ok, results[0].error
         assert results[0].total("downloaded") == 5
@@ -79,9 +80,9 @@ async def test_https_cluster_converges_by_push_and_by_backfill(tmp_path, ca, tok
         for i in (0, 1):
             await wait_until(lambda: (c.root(i) / name.path).exists())
             assert (c.root(i) / name.path).read_bytes() == data
-        status = c.nodes[2].status()
-        assert status["tls"]["reload_error"] is None and status["tls"]["problem"] is None
-        assert "CN=n2" in status["tls"]["subject"]
+        tls = c.nodes[2].status.report().tls
+        assert tls.reload_error is None and tls.problem is None
+        assert "CN=n2" in tls.subject
 
 
 async def test_peer_with_a_certificate_from_another_ca_is_refused(tmp_path, ca, token_file):
@@ -96,13 +97,11 @@ async def test_peer_with_a_certificate_from_another_ca_is_refused(tmp_path, ca, 
         (result,) = await good.backfiller.round_all([bad.url])
         assert not result.ok and "CERTIFICATE_VERIFY_FAILED" in result.error
         # and pushes to it fail the same way: nothing written on either side
-        good.config.peers = [bad.url]
-        good.pusher.set_peers(good.peer_urls())
+        await good.set_peers([peer_of(bad)])
         data = os.urandom(5000)
         write_segment_file(c.root(0), make_name(data, hours_ago(0)), data)
-        pusher = good.pusher.peers[bad.url]
-        await wait_until(lambda: pusher.last_error is not None)
-        assert "CERTIFICATE_VERIFY_FAILED" in pusher.last_error
+        await wait_until(lambda: push_state(good, bad.url).last_error is not None)
+        assert "CERTIFICATE_VERIFY_FAILED" in push_state(good, bad.url).last_error
         assert len(replicable_state(c.root(0))) == 1
         assert len(replicable_state(c.root(1))) == 3
 
@@ -116,7 +115,7 @@ async def test_expired_certificate_is_refused(tmp_path, ca, token_file):
                        expired.settings(token_file=token_file)) as c:
         good, old = c.nodes
         # the agent itself starts, and says what is wrong
-        assert old.status()["tls"]["problem"].startswith("expired at ")
+        assert old.status.report().tls.problem.startswith("expired at ")
         write_segments(c.root(1), 2, hours_ago(2))
         await wait_until(lambda: old.index.segment_count() == 2)
         (result,) = await good.backfiller.round_all([old.url])
@@ -136,20 +135,17 @@ async def test_client_auth_gives_a_client_without_certificate_nothing(tmp_path, 
         name = make_name(data, hours_ago(1))
         source = write_segment_file(tmp_path / "outside", name, data)
         # the right CA and the token, but no client certificate: not even /healthz
-        anonymous = PeerClient(node.url, TOKEN, tls=ClientTls(guarded.ca))
-        try:
+        clients = ClientFactory(TOKEN, tls=ClientTls(guarded.ca))
+        async with clients.client(node.url) as anonymous:
             for attempt in (anonymous.ping(), anonymous.upload(name, source)):
                 with pytest.raises(PeerError):
                     await attempt
-        finally:
-            await anonymous.aclose()
         with pytest.raises(httpx.HTTPError):
             async with httpx.AsyncClient(verify=guarded.client_context()) as http:
                 await http.get(f"{node.url}/healthz")
         assert not (c.root(0) / name.path).exists()
         # a member of the cluster presents its own certificate, and gets through
-        peer.config.peers = [node.url]
-        peer.pusher.set_peers(peer.peer_urls())
+        await peer.set_peers([peer_of(node)])
         write_segment_file(c.root(1), name, data)
         await wait_until(lambda: (c.root(0) / name.path).exists())
 
@@ -174,16 +170,16 @@ async def test_renewed_certificate_is_picked_up_and_a_broken_one_is_not(tmp_path
             while not await serves_new():
                 await trio.sleep(0.05)
         assert expected != before
-        assert node.status()["tls"]["reload_error"] is None
+        assert node.status.report().tls.reload_error is None
         # a broken renewal (a key that is not the certificate's): the last good pair stays
         third = issue(ca, tmp_path / "third", "node")
         shutil.copy(third.key, first.key)
-        await wait_until(lambda: node.status()["tls"]["reload_error"])
-        assert "not a usable pair" in node.status()["tls"]["reload_error"]
+        await wait_until(lambda: node.status.report().tls.reload_error)
+        assert "not a usable pair" in node.status.report().tls.reload_error
         assert await serves_new()
         # and fixing it clears the error
         shutil.copy(third.cert, first.cert)
-        await wait_until(lambda: node.status()["tls"]["reload_error"] is None)
+        await wait_until(lambda: node.status.report().tls.reload_error is None)
 
 
 async def test_plain_http_to_a_tls_agent_fails_cleanly(tmp_path, ca, token_file):
@@ -196,12 +192,10 @@ async def test_plain_http_to_a_tls_agent_fails_cleanly(tmp_path, ca, token_file)
             async with httpx.AsyncClient(timeout=5) as http:
                 await http.get(f"{plain_url}/healthz")
         # a peer configured with http:// for it pushes nothing through
-        plain.config.peers = [plain_url]
-        plain.pusher.set_peers(plain.peer_urls())
+        await plain.set_peers([plain_url])
         data = os.urandom(4000)
         write_segment_file(c.root(1), make_name(data, hours_ago(0)), data)
-        pusher = plain.pusher.peers[plain_url]
-        await wait_until(lambda: pusher.last_error is not None)
+        await wait_until(lambda: push_state(plain, plain_url).last_error is not None)
         assert replicable_state(c.root(0)) == {}
         # and the agent still serves https
         async with httpx.AsyncClient(verify=files.client_context()) as http:
@@ -257,7 +251,7 @@ async def test_cluster_with_tls_init_certificates_and_client_auth(tmp_path, toke
                       "tls_ca": out / "ca.crt", "tls_client_auth": True,
                       "token_file": token_file})
     async with cluster(tmp_path, *files) as c:
-        c.connect()
+        await c.connect()
         for i in (0, 1):
             data = os.urandom(20_000)
             name = make_name(data, hours_ago(0) - dt.timedelta(minutes=i))
@@ -309,10 +303,27 @@ async def test_peers_file_with_a_clear_text_peer_keeps_the_last_good_list(tmp_pa
     async with cluster(tmp_path, files.settings(token_file=token_file,
                                                 peers_file=peers)) as c:
         node = c.nodes[0]
-        assert node.peer_urls() == ["https://127.0.0.1:1"]
+
+        def urls():
+            return [p.url for p in node.peers]
+
+        assert urls() == ["https://127.0.0.1:1"]
         peers.write_text("https://127.0.0.1:2\nhttp://192.0.2.1:8200\n")
-        assert not node._load_peers_file()  # refused: the token would go in clear
-        assert node.peer_urls() == ["https://127.0.0.1:1"]
+        # refused: the token would go in clear
+        assert not node.peers_file.apply(node.peers_file.read())
+        assert urls() == ["https://127.0.0.1:1"]
         peers.write_text("https://127.0.0.1:2\n")
-        assert node._load_peers_file()
-        assert node.peer_urls() == ["https://127.0.0.1:2"]
+        assert node.peers_file.apply(node.peers_file.read())
+        assert urls() == ["https://127.0.0.1:2"]
+
+
+async def test_dashboard_login_cookie_is_secure_over_tls(tmp_path, ca, token_file):
+    files = issue(ca, tmp_path / "tls", "node")
+    async with cluster(tmp_path, files.settings(token_file=token_file,
+                                                protect_reads=True)) as c:
+        async with httpx.AsyncClient(verify=files.client_context()) as http:
+            reply = await http.post(f"{c.nodes[0].url}/dashboard/login",
+                                    data={"token": TOKEN})
+        assert reply.status_code == 303
+        cookie = reply.headers["set-cookie"]
+        assert "segsync_dashboard=" in cookie and "; Secure" in cookie
