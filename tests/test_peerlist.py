@@ -1,0 +1,111 @@
+"""Peer lists: the node file formats, the merge of peer sources, outage tracking."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.client import normalize_peer_url
+from protocol.peerlist import (
+    MAX_PEERS,
+    PeerEntry,
+    PeerListError,
+    SourceHealth,
+    merge_peers,
+    parse_node_file,
+)
+
+
+def parse(text: str) -> list[PeerEntry]:
+    return parse_node_file(text, normalize_peer_url)
+
+
+def test_segsync_format_one_url_per_line():
+    assert parse("# c\nhttp://a:1/\n\nhttp://b:2 # x\nhttp://a:1\n") == [
+        PeerEntry(None, "http://a:1"), PeerEntry(None, "http://b:2")]
+
+
+def test_wubloader_format_names_and_urls():
+    text = ("# wubloader nodes\n"
+            "toronto https://toronto.example.com\n"
+            "  berlin\thttp://10.0.0.2:8000/   # tab-separated, trailing slash\n"
+            "http://bare.example.com\n")
+    assert parse(text) == [
+        PeerEntry("toronto", "https://toronto.example.com"),
+        PeerEntry("berlin", "http://10.0.0.2:8000"),
+        PeerEntry(None, "http://bare.example.com"),
+    ]
+
+
+def test_a_url_listed_bare_then_named_takes_the_name():
+    assert parse("http://a:1\na http://a:1\n") == [PeerEntry("a", "http://a:1")]
+
+
+@pytest.mark.parametrize("text, line, why", [
+    ("http://a:1\nnot-a-url\n", 2, "must be http(s)"),
+    ("http://a:1\nnot a url\n", 2, "got 3 fields"),
+    ("a http://a:1 extra\n", 1, "got 3 fields"),
+    ("a ftp://a:1\n", 1, "must be http(s)"),
+    ("http://a:1 http://b:2\n", 1, "looks like a URL"),
+    ("a http://a:1\n# ok\na http://b:2\n", 3, "already names http://a:1 (line 1)"),
+    ("a http://a:1\nb http://a:1\n", 2, "already named 'a' (line 1)"),
+    ("a http://a:1?x=1\n", 1, "query"),
+    ("n\x07 http://a:1\n", 1, "printable"),
+    ("x" * 101 + " http://a:1\n", 1, "1 to 100"),
+])
+def test_bad_lines_are_named(text, line, why):
+    with pytest.raises(PeerListError) as e:
+        parse(text)
+    assert str(e.value).startswith(f"line {line}: ")
+    assert why in str(e.value)
+
+
+def test_too_many_peers():
+    text = "".join(f"http://h{i}:1\n" for i in range(MAX_PEERS + 1))
+    with pytest.raises(PeerListError, match=f"line {MAX_PEERS + 1}: more than"):
+        parse(text)
+
+
+def test_empty_file_is_no_peers():
+    assert parse("# nobody yet\n\n") == []
+
+
+def test_merge_dedups_by_url_first_source_names_it():
+    flags = [PeerEntry(None, "http://a:1"), PeerEntry(None, "http://b:2")]
+    file = [PeerEntry("bee", "http://b:2"), PeerEntry("cee", "http://c:3")]
+    database = [PeerEntry("sea", "http://c:3"), PeerEntry("dee", "http://d:4")]
+    merged = merge_peers([flags, file, database], self_name="me")
+    assert merged.entries == [
+        PeerEntry(None, "http://a:1"), PeerEntry("bee", "http://b:2"),
+        PeerEntry("cee", "http://c:3"), PeerEntry("dee", "http://d:4")]
+    assert merged.urls() == ["http://a:1", "http://b:2", "http://c:3", "http://d:4"]
+    assert merged.names() == {"http://b:2": "bee", "http://c:3": "cee", "http://d:4": "dee"}
+    assert merged.skipped_self == [] and merged.conflicts == []
+
+
+def test_merge_skips_this_node_by_name_from_any_source():
+    flags = [PeerEntry(None, "http://me:1")]
+    file = [PeerEntry("me", "http://me:1"), PeerEntry("b", "http://b:2")]
+    database = [PeerEntry("me", "http://me:1"), PeerEntry("c", "http://c:3")]
+    merged = merge_peers([flags, file, database], self_name="me")
+    assert merged.urls() == ["http://b:2", "http://c:3"]
+    assert merged.skipped_self == [PeerEntry("me", "http://me:1")]
+
+
+def test_merge_name_on_two_urls_keeps_both_urls():
+    file = [PeerEntry("b", "http://b-old:2")]
+    database = [PeerEntry("b", "http://b-new:2")]
+    merged = merge_peers([[], file, database], self_name="me")
+    assert merged.entries == [PeerEntry("b", "http://b-old:2"), PeerEntry(None, "http://b-new:2")]
+    assert merged.conflicts == [
+        "name 'b' names both http://b-old:2 and http://b-new:2; http://b-new:2 is shown by its URL"]
+
+
+def test_source_health_logs_an_outage_once_and_its_end_once():
+    health = SourceHealth()
+    assert health.succeeded(now=1.0) is False and health.last_success == 1.0
+    assert health.failed("connection refused", now=2.0) is True
+    assert health.failed("timeout", now=3.0) is False
+    assert (health.error, health.failing_since, health.failures) == ("timeout", 2.0, 2)
+    assert health.succeeded(now=4.0) is True
+    assert health.error is None and health.failing_since is None
+    assert health.failed("again", now=5.0) is True
