@@ -16,10 +16,12 @@ from protocol.names import Kind, SegmentName, parse_path
 from protocol.replication import offer_status
 
 from .backfill import Backfiller
-from .client import PeerClient, PeerError
-from .config import Config, ConfigError, read_peers_file
+from .client import PeerClient, PeerError, normalize_peer_url
+from .config import Config
 from .index import ArchiveIndex
 from .metrics import Metrics
+from .node_database import NodeDatabase
+from .peer_sources import PeerSources
 from .pusher import Pusher
 from .recent import RecentSet
 from .server import App
@@ -55,7 +57,10 @@ class Node:
         self.pusher = Pusher(self)
         self.backfiller = Backfiller(self)
         self.watcher = ArchiveWatcher(Path(config.root))
-        self.file_peers: list[str] = []
+        database = (NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout)
+                    if config.node_database else None)
+        self.peer_sources = PeerSources(lambda: self.config.peers, config.node_name,
+                                        config.peers_file, database, config.backfill_interval)
         self.url: str | None = None
         self.cancel_scope = trio.CancelScope()
         self._rescan_wanted = trio.Event()
@@ -67,16 +72,15 @@ class Node:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
-                if self.config.peers_file is not None:
-                    self._load_peers_file()
+                self.peer_sources.load_file()
+                self.metrics.set_peer_names(self.peer_sources.names())
                 await nursery.start(self.watcher.run, self.handle_batch)
                 await self.rescan(push_new=False, remove_temp=True)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 await nursery.start(self.pusher.run)
                 nursery.start_soon(self._rescan_loop)
-                if self.config.peers_file is not None:
-                    nursery.start_soon(self._peers_file_loop)
+                await nursery.start(self.peer_sources.run, self._peers_changed)
                 if self.config.backfill:
                     nursery.start_soon(self.backfiller.run)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
@@ -107,40 +111,11 @@ class Node:
     # ---- peers ----
 
     def peer_urls(self) -> list[str]:
-        out = list(self.config.peers)
-        for url in self.file_peers:
-            if url not in out:
-                out.append(url)
-        return out
+        return self.peer_sources.urls()
 
-    def _load_peers_file(self) -> bool:
-        assert self.config.peers_file is not None
-        try:
-            peers = read_peers_file(self.config.peers_file)
-        except ConfigError as e:
-            log.error("%s; keeping the last good peer list", e)
-            return False
-        if peers != self.file_peers:
-            log.info("peers file: %s", ", ".join(peers) or "no peers")
-            self.file_peers = peers
-            return True
-        return False
-
-    async def _peers_file_loop(self) -> None:
-        path = self.config.peers_file
-        assert path is not None
-        last = None
-        while True:
-            try:
-                st = path.stat()
-                sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                sig = None
-            if sig != last:
-                last = sig
-                if self._load_peers_file():
-                    self.pusher.set_peers(self.peer_urls())
-            await trio.sleep(1.0)
+    def _peers_changed(self) -> None:
+        self.metrics.set_peer_names(self.peer_sources.names())
+        self.pusher.set_peers(self.peer_urls())
 
     # ---- local files (from the watcher and rescans) ----
 
@@ -366,10 +341,12 @@ class Node:
     def status(self, probes: dict[str, str | None] | None = None) -> dict:
         """What `segsync status` shows; `probes` (from probe_peers) decides "reachable"."""
         peers = []
+        names = self.peer_sources.names()
         for url in self.peer_urls():
             pusher = self.pusher.peers.get(url)
             peers.append({
                 "url": url,
+                "name": names.get(url),
                 "queue_depth": pusher.depth() if pusher else 0,
                 "last_push": pusher.last_success if pusher else None,
                 "push_error": pusher.last_error if pusher else None,
@@ -386,5 +363,6 @@ class Node:
             "time": time.time(),  # ages are computed against the node's own clock
             "segments": self.index.segment_count(),
             "peers": peers,
+            "peer_sources": self.peer_sources.status(),
         }
 
