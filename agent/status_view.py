@@ -67,6 +67,36 @@ def table(rows: list[list[str]], right: set[int]) -> list[str]:
     return out
 
 
+def peer_label(peer: dict) -> str:
+    """A peer named by the node file or database shows as 'NAME URL'."""
+    return f"{peer['name']} {peer.get('url')}" if peer.get("name") else str(peer.get("url"))
+
+
+def source_lines(sources: Any, now: float) -> list[str]:
+    """The node file's and the nodes database's state, when they are configured."""
+    if not isinstance(sources, dict):
+        return []
+    lines = []
+    peers_file = sources.get("peers_file")
+    if isinstance(peers_file, dict):
+        state = (f"INVALID, keeping the last good list: {peers_file['error']}"
+                 if peers_file.get("error") else "ok")
+        lines.append(f"peers file {peers_file.get('path')}: {_count(peers_file.get('peers'))} "
+                     f"entries, {state}")
+    database = sources.get("node_database")
+    if isinstance(database, dict):
+        where, nodes = database.get("where"), _count(database.get("nodes"))
+        if database.get("ok") is None:
+            state = "not read yet"
+        elif database.get("ok"):
+            state = f"ok, read {format_age(database.get('last_read'), now)}"
+        else:
+            state = (f"FAILING since {format_age(database.get('failing_since'), now)}, "
+                     f"keeping the last {nodes} nodes: {database.get('error')}")
+        lines.append(f"nodes database {where}: {nodes} nodes, {state}")
+    return lines
+
+
 def render_status(status: dict) -> str:
     """The table an operator reads: one row per peer, then the errors in full."""
     now = float(status.get("time") or 0)
@@ -74,6 +104,7 @@ def render_status(status: dict) -> str:
         f"node {status.get('node')} at {status.get('url')}, "
         f"up {format_uptime(now - float(status.get('started_at') or now))}, "
         f"{status.get('segments')} segments",
+        *source_lines(status.get("peer_sources"), now),
     ]
     peers = status.get("peers") or []
     if not peers:
@@ -82,7 +113,7 @@ def render_status(status: dict) -> str:
     rows = [["peer", "reachable", "last push", "last round", "result", "queue", "missing"]]
     for p in peers:
         rows.append([
-            str(p.get("url")), _reachable(p), format_age(p.get("last_push"), now),
+            peer_label(p), _reachable(p), format_age(p.get("last_push"), now),
             format_age(p.get("last_round"), now), _round_result(p),
             _count(p.get("queue_depth")), _count(p.get("missing")),
         ])
@@ -94,9 +125,9 @@ def render_status(status: dict) -> str:
                           ("round_error", "last round failed")):
             if p.get(key):
                 why = str(p[key]).removeprefix(f"{p.get('url')}: ")  # PeerError names the peer
-                problems.append(f"  {p.get('url')}: {what}: {why}")
+                problems.append(f"  {peer_label(p)}: {what}: {why}")
         if p.get("push_dropped"):
-            problems.append(f"  {p.get('url')}: {p['push_dropped']} pushes dropped "
+            problems.append(f"  {peer_label(p)}: {p['push_dropped']} pushes dropped "
                             "(queue full; backfill repairs them)")
     if problems:
         lines.append("")
