@@ -163,8 +163,8 @@ async def test_nodes_added_and_removed_take_effect_next_round(tmp_path, database
         assert [(p["name"], p["url"]) for p in status["peers"]] == [("c", cc.url)]
         assert status["peer_sources"]["node_database"]["ok"] is True
         assert status["peer_sources"]["node_database"]["nodes"] == 2  # "a" is listed too
-        assert 'segsync_last_backfill_round_timestamp_seconds{peer="c"}' in (
-            a.metrics.render().decode())
+        await wait_until(lambda: 'segsync_last_backfill_round_timestamp_seconds{peer="c"}'
+                         in a.metrics.render().decode(), timeout=10)  # the round's end
         assert not any((a.config.root / n.path).exists() for n in later)  # b is gone
 
 
