@@ -90,6 +90,8 @@ class PostgresServer:
         self.prefix, uid, gid = unprivileged()
         self.dir = Path(tempfile.mkdtemp(prefix="segsync-pg-"))
         os.chown(self.dir, uid, gid)
+        if self.prefix and not self._runs(self.bindir):
+            self.bindir = self._copy_install(uid, gid)
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self.port = free_port()
@@ -108,6 +110,35 @@ class PostgresServer:
         self.start()
         with self.connect() as conn:
             conn.execute(NODES_SCHEMA)
+
+    def _runs(self, bindir: Path) -> bool:
+        """Can the unprivileged user run these binaries? (Not if they sit under a
+        directory only root may enter, like a checkout in /root.)"""
+        try:
+            return all(subprocess.run([*self.prefix, str(bindir / tool), "--version"],
+                                      capture_output=True, cwd=self.dir).returncode == 0
+                       for tool in ("initdb", "postgres"))
+        except OSError:
+            return False
+
+    def _copy_install(self, uid: int, gid: int) -> Path:
+        """A copy of the installation (bin, lib, share: it is relocatable) where the
+        unprivileged user can reach it, with the wheel's `*.libs` directory at the same
+        place relative to it (pgserver's binaries find libpq through their RPATH,
+        $ORIGIN/../../../pgserver.libs)."""
+        install = self.bindir.parent
+        target = self.dir / "install"
+        shutil.copytree(install, target / install.parent.name / install.name, symlinks=True)
+        for libs in install.parent.parent.glob("*.libs"):
+            shutil.copytree(libs, target / libs.name, symlinks=True)
+        for dirpath, dirnames, filenames in os.walk(target):
+            for name in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+        os.lchown(target, uid, gid)
+        if not self._runs(target / install.parent.name / install.name / "bin"):
+            self.cleanup()
+            raise NoServer(f"running as root, and user nobody cannot run {self.bindir}")
+        return target / install.parent.name / install.name / "bin"
 
     @property
     def conninfo(self) -> str:
