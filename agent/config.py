@@ -94,13 +94,19 @@ def read_peers_file(path: Path) -> list[PeerEntry]:
         raise ConfigError(f"peers file {path}: {e}") from None
 
 
-def read_token_file(path: Path) -> str:
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (so it never shows in `ps`), stripped; never empty."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"token file {path}: {e}") from None
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
+        raise ConfigError(f"{what} {path}: {e}") from None
+    if not secret:
+        raise ConfigError(f"{what} {path} is empty")
+    return secret
+
+
+def read_token_file(path: Path) -> str:
+    token = read_secret_file(path, "token file")
     if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in token):
         raise ConfigError(f"token file {path}: token must be printable ASCII without spaces")
     return token
@@ -190,13 +196,14 @@ def build_config(values: dict[str, Any]) -> Config:
 def check_node_database(cfg: Config) -> None:
     """Read `--node-database-file` into `node_database`; refuse a connection string
     libpq would refuse (the error never shows the password)."""
-    from .node_database import parse_conninfo, read_conninfo_file
+    from .node_database import parse_conninfo
 
     try:
         if cfg.node_database_file is not None:
             if cfg.node_database is not None:
                 raise ValueError("give node-database or node-database-file, not both")
-            cfg.node_database = read_conninfo_file(Path(cfg.node_database_file))
+            cfg.node_database = read_secret_file(Path(cfg.node_database_file),
+                                                 "node database file")
         if cfg.node_database is not None:
             parse_conninfo(cfg.node_database)
     except ValueError as e:

@@ -10,7 +10,6 @@ strings in some of its errors.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Callable
 
 import trio
@@ -65,17 +64,6 @@ def describe(params: dict[str, str]) -> str:
     host = params.get("host") or params.get("hostaddr") or "local socket"
     port = f":{params['port']}" if params.get("port") else ""
     return f"{user + '@' if user else ''}{host}{port}/{params.get('dbname', '')}"
-
-
-def read_conninfo_file(path: Path) -> str:
-    """A connection string kept in a file, so that no password shows in `ps`."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"node database file {path}: {e}") from None
-    if not text:
-        raise ValueError(f"node database file {path} is empty")
-    return text
 
 
 def rows_to_entries(rows: list[tuple], check_url: Callable[[str], str]) -> list[PeerEntry]:
