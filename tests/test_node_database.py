@@ -170,7 +170,7 @@ async def test_nodes_added_and_removed_take_effect_next_round(tmp_path, database
 
 async def test_database_outage_keeps_last_list_and_restart_picks_up_changes(
         tmp_path, database, cluster_factory, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # psycopg's own debug lines too
     async with cluster_factory(2, connect=False) as c:
         b, cc = c.nodes
         await set_nodes(database, [("b", b.url, True)])
