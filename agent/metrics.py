@@ -73,6 +73,9 @@ class Metrics:
             registry=r)
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
+        self.peer_source_failures = Counter(
+            "segsync_peer_source_failures", "Failed reads of a peer source (the last good "
+            "list is kept)", ["source"], registry=r)
         self.peer_names: dict[str, str] = {}  # url -> name, from the peer sources
         for attr in ("pushes", "pulls", "queue_depth", "push_dropped", "last_push", "last_round"):
             setattr(self, attr, PeerLabelled(getattr(self, attr), self.peer_names))

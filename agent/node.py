@@ -60,7 +60,8 @@ class Node:
         database = (NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout)
                     if config.node_database else None)
         self.peer_sources = PeerSources(lambda: self.config.peers, config.node_name,
-                                        config.peers_file, database, config.backfill_interval)
+                                        config.peers_file, database, config.backfill_interval,
+                                        self.metrics.peer_source_failures)
         self.url: str | None = None
         self.cancel_scope = trio.CancelScope()
         self._rescan_wanted = trio.Event()

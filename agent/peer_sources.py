@@ -28,12 +28,14 @@ FILE_POLL = 1.0  # seconds between checks of the node file for a change
 class PeerSources:
     def __init__(self, flag_urls: Callable[[], list[str]], self_name: str,
                  peers_file: Path | None, database: NodeDatabase | None,
-                 database_interval: float, clock: Callable[[], float] = time.time) -> None:
+                 database_interval: float, failures=None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._flag_urls = flag_urls  # read on every merge: flags can be changed live
         self.self_name = self_name
         self.peers_file = peers_file
         self.database = database
         self.database_interval = database_interval
+        self.failures = failures  # a counter labelled by source, or None
         self.clock = clock
         self.file_entries: list[PeerEntry] = []
         self.file_error: str | None = None
@@ -83,6 +85,7 @@ class PeerSources:
 
     def _apply_file(self, entries: list[PeerEntry] | ConfigError) -> bool:
         if isinstance(entries, ConfigError):
+            self._count_failure("peers_file")
             self.file_error = str(entries)
             log.error("%s; keeping the last good peer list", entries)
             return False
@@ -122,6 +125,7 @@ class PeerSources:
         try:
             entries = await self.database.read()
         except NodeDatabaseError as e:
+            self._count_failure("node_database")
             if self.database_health.failed(str(e), self.clock()):
                 log.error("%s; keeping the last known %d nodes until it answers again",
                           e, len(self.database_entries))
@@ -157,6 +161,10 @@ class PeerSources:
                     on_change()
                 nursery.start_soon(self._database_loop, on_change)
             task_status.started()
+
+    def _count_failure(self, source: str) -> None:
+        if self.failures is not None:
+            self.failures.labels(source).inc()
 
     def status(self) -> dict:
         """The sources' state for /v1/status; None for a source not configured."""

@@ -88,7 +88,9 @@ class PostgresServer:
     def __init__(self) -> None:
         self.bindir = find_bindir()
         self.prefix, uid, gid = unprivileged()
-        self.dir = Path(tempfile.mkdtemp(prefix="segsync-pg-"))
+        # as root, under /tmp: TMPDIR may be a directory the unprivileged user cannot enter
+        self.dir = Path(tempfile.mkdtemp(prefix="segsync-pg-",
+                                         dir="/tmp" if self.prefix else None))
         os.chown(self.dir, uid, gid)
         if self.prefix and not self._runs(self.bindir):
             self.bindir = self._copy_install(uid, gid)

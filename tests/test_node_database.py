@@ -196,6 +196,8 @@ async def test_database_outage_keeps_last_list_and_restart_picks_up_changes(
         outage_logs = [r for r in caplog.records
                        if r.levelno >= logging.ERROR and "nodes table" in r.getMessage()]
         assert len(outage_logs) == 1, [r.getMessage() for r in outage_logs]
+        assert 'segsync_peer_source_failures_total{source="node_database"}' in (
+            a.metrics.render().decode())
 
         await trio.to_thread.run_sync(database.start)
         await set_nodes(database, [("b", b.url, True), ("c", cc.url, True)])
