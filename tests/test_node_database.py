@@ -21,7 +21,7 @@ from agent.node_database import (
 )
 from agent.status_view import fetch_status, render_status
 from conftest import node_config, wait_until
-from helpers import write_segments
+from helpers import free_port, write_segments
 from pg_server import PASSWORD, NoServer, PostgresServer
 from protocol.peerlist import PeerEntry, PeerListError
 
@@ -237,3 +237,21 @@ async def test_node_file_names_peers_in_status_and_metrics(tmp_path, cluster_fac
         assert a.peer_urls() == [b.url, cc.url]
         status = await fetch_status(a.url, None)
         assert "line 2" in status["peer_sources"]["peers_file"]["error"]
+
+
+async def test_database_down_at_start_up_the_node_runs_with_its_other_peers(cluster_factory,
+                                                                             caplog):
+    """No server needed: nothing listens on the port, so every read is refused."""
+    conninfo = f"host=127.0.0.1 port={free_port()} user=u password={PASSWORD} dbname=d"
+    async with cluster_factory(1, connect=False) as c:
+        (b,) = c.nodes
+        b_names = write_segments(c.root(0), 2, hours_ago(1))
+        a = await c.start_node(node_name="a", peers=[b.url], node_database=conninfo,
+                               backfill_interval=0.3)
+        assert a.peer_urls() == [b.url]
+        await wait_until(lambda: has_all(a, b_names), timeout=20)
+        status = await fetch_status(a.url, None)
+        database_status = status["peer_sources"]["node_database"]
+        assert database_status["ok"] is False and database_status["nodes"] == 0
+        assert "nodes database u@127.0.0.1:" in render_status(status)
+        assert PASSWORD not in caplog.text + repr(status)
