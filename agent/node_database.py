@@ -18,6 +18,9 @@ from protocol.peerlist import MAX_PEERS, PeerEntry, PeerListError, check_name
 
 QUERY = "SELECT name, url FROM nodes WHERE backfill_from ORDER BY name LIMIT %s"
 MIN_CONNECT_TIMEOUT = 2  # libpq's floor, whole seconds
+# a read in progress holds up shutdown (its thread is waited for, not abandoned), so
+# its timeouts stay short whatever request-timeout says
+MAX_TIMEOUT = 5.0
 MASK = "***"
 # a password in a URI (scheme://user:PASSWORD@host) or in key=value form
 _URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
@@ -94,7 +97,7 @@ class NodeDatabase:
         self._secrets = tuple(s for s in (params.get("password"), quoted) if s)
         self.where = describe(params)
         self._check_url = check_url
-        self._timeout = timeout
+        self._timeout = min(timeout, MAX_TIMEOUT)
 
     def _query(self) -> list[tuple]:
         import psycopg
