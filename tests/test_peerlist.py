@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.client import normalize_peer_url
 from protocol.peerlist import (
@@ -109,3 +111,26 @@ def test_source_health_logs_an_outage_once_and_its_end_once():
     assert health.succeeded(now=4.0) is True
     assert health.error is None and health.failing_since is None
     assert health.failed("again", now=5.0) is True
+
+
+names = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#"),
+                min_size=1, max_size=20).filter(lambda n: "://" not in n)
+hosts = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5})?", fullmatch=True)
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), names), hosts, st.integers(1, 65535)),
+                max_size=20, unique_by=(lambda t: t[1], lambda t: t[0] or object())),
+       st.sampled_from([" ", "\t", "  \t "]), st.booleans())
+def test_written_node_files_parse_back(peers, space, comments):
+    """Any list of distinct peers, written in either format with any spacing and
+    comments, parses back to itself."""
+    entries = [PeerEntry(name, f"http://{host}:{port}") for name, host, port in peers]
+    lines = ["# generated"] if comments else []
+    for e in entries:
+        line = f"{space}{e.name}{space}{e.url}/" if e.name else f"{e.url}{space}"
+        lines.append(line + (f"{space}# {e.label}" if comments else ""))
+        if comments:
+            lines.append("")
+    assert parse("\n".join(lines)) == entries
+    merged = merge_peers([entries, entries], self_name="\x00")
+    assert merged.entries == entries and not merged.conflicts
