@@ -11,7 +11,7 @@ import trio
 
 from agent.cli import main
 from agent.client import normalize_peer_url
-from agent.config import ConfigError
+from agent.config import ConfigError, load_toml
 from agent.node_database import (
     NodeDatabase,
     NodeDatabaseError,
@@ -87,6 +87,9 @@ def test_config_reads_the_connection_string_from_its_file(tmp_path):
     cfg = node_config(tmp_path, node_database_file=str(conninfo_file))
     assert cfg.node_database == "host=db password=hunter2"
     assert "hunter2" not in repr(cfg)
+    config_file = tmp_path / "segsync.toml"
+    config_file.write_text(f'node-database-file = "{conninfo_file}"\n')
+    assert load_toml(config_file) == {"node_database_file": str(conninfo_file)}
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         node_config(tmp_path, node_database_file=str(tmp_path / "empty"))
