@@ -47,7 +47,8 @@ def parse_node_file(text: str, check_url: Callable[[str], str]) -> list[PeerEntr
     ignored. A URL listed twice is one peer; one name on two URLs, or two names on one
     URL, is an error. Any bad line raises `PeerListError` naming it."""
     entries: list[PeerEntry] = []
-    line_of: dict[str, int] = {}  # url -> the line that listed it
+    index_of: dict[str, int] = {}  # url -> its entry
+    line_of: dict[str, int] = {}  # url -> the line that listed it first
     owner: dict[str, str] = {}  # name -> url
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
@@ -64,8 +65,8 @@ def parse_node_file(text: str, check_url: Callable[[str], str]) -> list[PeerEntr
             if name is not None and owner.setdefault(name, url) != url:
                 raise PeerListError(f"name {name!r} already names {owner[name]} "
                                     f"(line {line_of[owner[name]]})")
-            if url in line_of:
-                i = next(i for i, e in enumerate(entries) if e.url == url)
+            if url in index_of:
+                i = index_of[url]
                 if name is not None and entries[i].name not in (None, name):
                     raise PeerListError(f"{url} is already named {entries[i].name!r} "
                                         f"(line {line_of[url]})")
@@ -76,6 +77,7 @@ def parse_node_file(text: str, check_url: Callable[[str], str]) -> list[PeerEntr
         except PeerListError as e:
             raise PeerListError(f"line {number}: {e}") from None
         line_of[url] = number
+        index_of[url] = len(entries)
         entries.append(PeerEntry(name, url))
     return entries
 
