@@ -16,7 +16,7 @@ from typing import Any
 
 from protocol.peerlist import PeerEntry, PeerListError, parse_node_file
 
-from .client import normalize_peer_url
+from .peers import normalize_peer_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -51,6 +51,7 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
+    push: bool = True
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -12,24 +12,6 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
 
-class PeerLabelled:
-    """A metric whose first label is a peer, shown by its name when a peer source
-    names it (else by its URL)."""
-
-    def __init__(self, metric, names: dict[str, str]) -> None:
-        self._metric = metric
-        self._names = names
-
-    def labels(self, peer: str, *rest: str):
-        return self._metric.labels(self._names.get(peer, peer), *rest)
-
-    def remove(self, peer: str, *rest: str) -> None:
-        self._metric.remove(self._names.get(peer, peer), *rest)
-
-    def __getattr__(self, attr: str):
-        return getattr(self._metric, attr)
-
-
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -74,15 +56,8 @@ class Metrics:
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
         self.peer_source_failures = Counter(
-            "segsync_peer_source_failures", "Failed reads of a peer source (the last good "
-            "list is kept)", ["source"], registry=r)
-        self.peer_names: dict[str, str] = {}  # url -> name, from the peer sources
-        for attr in ("pushes", "pulls", "queue_depth", "push_dropped", "last_push", "last_round"):
-            setattr(self, attr, PeerLabelled(getattr(self, attr), self.peer_names))
-
-    def set_peer_names(self, names: dict[str, str]) -> None:
-        self.peer_names.clear()
-        self.peer_names.update(names)
+            "segsync_peer_source_failures", "Failed reads of a peer source (file, database); "
+            "the last good list is kept", ["source"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,16 +5,28 @@ fresh connection (psycopg 3, in a worker thread, with connect and statement
 timeouts) and returns the rows as peer entries. Every message it produces has the
 password taken out: the connection string holds one, and libpq quotes connection
 strings in some of its errors.
+
+`NodeDatabaseSource` makes the table a source of the peer set: read at start-up and
+once per backfill interval; a failed read keeps the last known list, and the outage is
+logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import Callable
 
 import trio
 
-from protocol.peerlist import MAX_PEERS, PeerEntry, PeerListError, check_name
+from protocol import messages as m
+from protocol.peerlist import MAX_PEERS, PeerEntry, PeerListError, SourceHealth, check_name
+
+from .metrics import Metrics
+from .peers import Peer, PeerSet
+
+log = logging.getLogger(__name__)
 
 QUERY = "SELECT name, url FROM nodes WHERE backfill_from ORDER BY name LIMIT %s"
 MIN_CONNECT_TIMEOUT = 2  # libpq's floor, whole seconds
@@ -121,3 +133,53 @@ class NodeDatabase:
             why = " ".join(str(e).split()) or type(e).__name__
             raise NodeDatabaseError(redact(f"nodes table at {self.where}: {why}",
                                            self._secrets)) from None
+
+
+SOURCE = "database"
+
+
+class NodeDatabaseSource:
+    """The nodes table as the peer set's "database" source."""
+
+    def __init__(self, reader: NodeDatabase, peers: PeerSet, metrics: Metrics,
+                 interval: float, clock: Callable[[], float] = time.time) -> None:
+        self.reader = reader
+        self.peers = peers
+        self.metrics = metrics
+        self.interval = interval
+        self.clock = clock
+        self.entries: list[PeerEntry] = []  # the last good read, this node's row included
+        self.health = SourceHealth()
+        self.reads = 0  # attempts, failed ones included
+
+    async def refresh(self) -> bool:
+        """One read of the table; True if its list changed. On failure the last known
+        list stays, and the outage is logged once, when it starts."""
+        self.reads += 1
+        try:
+            entries = await self.reader.read()
+        except NodeDatabaseError as e:
+            self.metrics.peer_source_failures.labels(SOURCE).inc()
+            if self.health.failed(str(e), self.clock()):
+                log.error("%s; keeping the last known %d nodes until it answers again",
+                          e, len(self.entries))
+            return False
+        if self.health.succeeded(self.clock()):
+            log.info("nodes table at %s answers again", self.reader.where)
+        if entries == self.entries:
+            return False
+        log.info("nodes table at %s: %s", self.reader.where,
+                 ", ".join(f"{e.name} {e.url}" for e in entries) or "no nodes")
+        self.entries = entries
+        self.peers.set_source(SOURCE, [Peer.from_url(e.url, e.name) for e in entries])
+        return True
+
+    async def watch(self) -> None:
+        """Read the table again every interval (a backfill round's)."""
+        while True:
+            await trio.sleep(self.interval)
+            await self.refresh()
+
+    def status(self) -> m.PeerSourceStatus:
+        """The table's state for the status reply."""
+        return self.health.report(SOURCE, self.reader.where, len(self.entries))

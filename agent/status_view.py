@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import PeerClient, PeerError
+from protocol.messages import PeerSourceStatus, PeerStatus, StatusReply
+
+from .client import ClientFactory
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -41,13 +43,13 @@ def format_uptime(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def _reachable(peer: dict) -> str:
-    value = peer.get("reachable")
+def _reachable(peer: PeerStatus) -> str:
+    value = peer.reachable
     return "unknown" if value is None else ("yes" if value else "NO")
 
 
-def _round_result(peer: dict) -> str:
-    ok = peer.get("round_ok")
+def _round_result(peer: PeerStatus) -> str:
+    ok = peer.round_ok
     if ok is None:
         return "-"
     return "ok" if ok else "FAILED"
@@ -67,67 +69,55 @@ def table(rows: list[list[str]], right: set[int]) -> list[str]:
     return out
 
 
-def peer_label(peer: dict) -> str:
-    """A peer named by the node file or database shows as 'NAME URL'."""
-    return f"{peer['name']} {peer.get('url')}" if peer.get("name") else str(peer.get("url"))
+SOURCE_NAMES = {"file": "peers file", "database": "nodes database"}
 
 
-def source_lines(sources: Any, now: float) -> list[str]:
-    """The node file's and the nodes database's state, when they are configured."""
-    if not isinstance(sources, dict):
-        return []
-    lines = []
-    peers_file = sources.get("peers_file")
-    if isinstance(peers_file, dict):
-        state = (f"INVALID, keeping the last good list: {peers_file['error']}"
-                 if peers_file.get("error") else "ok")
-        lines.append(f"peers file {peers_file.get('path')}: {_count(peers_file.get('peers'))} "
-                     f"entries, {state}")
-    database = sources.get("node_database")
-    if isinstance(database, dict):
-        where, nodes = database.get("where"), _count(database.get("nodes"))
-        if database.get("ok") is None:
-            state = "not read yet"
-        elif database.get("ok"):
-            state = f"ok, read {format_age(database.get('last_read'), now)}"
-        else:
-            state = (f"FAILING since {format_age(database.get('failing_since'), now)}, "
-                     f"keeping the last {nodes} nodes: {database.get('error')}")
-        lines.append(f"nodes database {where}: {nodes} nodes, {state}")
-    return lines
+def source_line(source: PeerSourceStatus, now: float) -> str:
+    """A peer source (peers file, nodes database): where, how many entries, whether it
+    fails (since when, why: the last good list is kept meanwhile)."""
+    if source.ok is None:
+        state = "not read yet"
+    elif source.ok:
+        state = f"ok, read {format_age(source.last_read, now)}"
+    else:
+        state = (f"FAILING since {format_age(source.failing_since, now)}, keeping the last "
+                 f"good list: {source.error}")
+    return (f"{SOURCE_NAMES.get(source.source, source.source)} {source.where or '-'}: "
+            f"{_count(source.peers)} entries, {state}")
 
 
-def render_status(status: dict) -> str:
+def render_status(status: StatusReply) -> str:
     """The table an operator reads: one row per peer, then the errors in full."""
-    now = float(status.get("time") or 0)
+    now = float(status.time)
     lines = [
-        f"node {status.get('node')} at {status.get('url')}, "
-        f"up {format_uptime(now - float(status.get('started_at') or now))}, "
-        f"{status.get('segments')} segments",
-        *source_lines(status.get("peer_sources"), now),
+        f"node {status.node} at {status.url}, "
+        f"up {format_uptime(now - float(status.started_at))}, "
+        f"{status.segments} segments",
+        *(source_line(source, now) for source in status.peer_sources or ()),
     ]
-    peers = status.get("peers") or []
+    peers = status.peers
     if not peers:
         lines.append("no peers configured")
         return "\n".join(lines) + "\n"
-    rows = [["peer", "reachable", "last push", "last round", "result", "queue", "missing"]]
+    rows = [["peer", "url", "kind", "reachable", "last push", "last round", "result", "queue",
+             "missing"]]
     for p in peers:
         rows.append([
-            peer_label(p), _reachable(p), format_age(p.get("last_push"), now),
-            format_age(p.get("last_round"), now), _round_result(p),
-            _count(p.get("queue_depth")), _count(p.get("missing")),
+            p.name or p.url, p.url, p.kind or "-", _reachable(p), format_age(p.last_push, now),
+            format_age(p.last_round, now), _round_result(p),
+            _count(p.queue_depth), _count(p.missing),
         ])
     lines.append("")
-    lines.extend(table(rows, right={5, 6}))
+    lines.extend(table(rows, right={7, 8}))
     problems = []
     for p in peers:
-        for key, what in (("reach_error", "unreachable"), ("push_error", "last push failed"),
-                          ("round_error", "last round failed")):
-            if p.get(key):
-                why = str(p[key]).removeprefix(f"{p.get('url')}: ")  # PeerError names the peer
-                problems.append(f"  {peer_label(p)}: {what}: {why}")
-        if p.get("push_dropped"):
-            problems.append(f"  {peer_label(p)}: {p['push_dropped']} pushes dropped "
+        for error, what in ((p.reach_error, "unreachable"), (p.push_error, "last push failed"),
+                            (p.round_error, "last round failed")):
+            if error:
+                why = error.removeprefix(f"{p.url}: ")  # PeerError names the peer
+                problems.append(f"  {p.name or p.url}: {what}: {why}")
+        if p.push_dropped:
+            problems.append(f"  {p.name or p.url}: {p.push_dropped} pushes dropped "
                             "(queue full; backfill repairs them)")
     if problems:
         lines.append("")
@@ -135,14 +125,8 @@ def render_status(status: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict:
+async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> StatusReply:
     """The node's /v1/status reply; PeerError if it cannot be had."""
-    client = PeerClient(url, token, "segsync-status", concurrency=1, timeout=timeout)
-    try:
-        status = await client.status()
-    finally:
-        await client.aclose()
-    peers = status.get("peers", [])
-    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
-        raise PeerError(url, "bad status reply: peers is not a list of maps")
-    return status
+    clients = ClientFactory(token, "segsync-status", timeout=timeout)
+    async with clients.client(url, concurrency=1) as client:
+        return await client.status()

@@ -1,15 +1,18 @@
-"""Peer lists: wubloader's node file format, merging the peer sources, outage tracking.
+"""Peer lists: wubloader's node file format, and a peer source's outage tracking.
 
 Pure functions and data. A peer comes from `--peer` flags (a URL), a node file
 (`NAME URL` or `URL` per line, wubloader's format and segsync's older one-URL-per-line
 format alike) or wubloader's `nodes` table (name and URL). URL validation is passed in
-(`check_url`), so this module stays free of HTTP libraries.
+(`check_url`), so this module stays free of HTTP libraries. The sources are merged
+(one peer per URL, this node left out by name) by `agent.peers.merge_sources`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+from .messages import PeerSourceStatus
 
 MAX_NAME_CHARS = 100  # a name becomes a metric label and a status column
 MAX_PEERS = 1000  # a node file or table this long is a mistake, not a cluster
@@ -83,56 +86,6 @@ def parse_node_file(text: str, check_url: Callable[[str], str]) -> list[PeerEntr
 
 
 @dataclass
-class MergedPeers:
-    """The peers to work with, and what the merge had to leave out or unname."""
-
-    entries: list[PeerEntry] = field(default_factory=list)
-    skipped_self: list[PeerEntry] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)  # one sentence each
-
-    def urls(self) -> list[str]:
-        return [e.url for e in self.entries]
-
-    def names(self) -> dict[str, str]:
-        """url -> name, for the peers that have one."""
-        return {e.url: e.name for e in self.entries if e.name is not None}
-
-
-def merge_peers(sources: Sequence[Iterable[PeerEntry]], self_name: str) -> MergedPeers:
-    """Combine peer sources, earliest first (flags, node file, database).
-
-    One peer per URL, in first-seen order; the first source that names a URL names
-    it. An entry named `self_name` is this node (wubloader's `--localhost` rule) and
-    is left out, with every other entry of its URL. A name already naming another URL
-    stays with the first; the later URL is kept, known by its URL, and the conflict
-    reported."""
-    merged = MergedPeers()
-    self_urls = {e.url for source in sources for e in source if e.name == self_name}
-    by_url: dict[str, int] = {}
-    owner: dict[str, str] = {}  # name -> url
-    for source in sources:
-        for entry in source:
-            if entry.url in self_urls:
-                if entry.name == self_name and entry not in merged.skipped_self:
-                    merged.skipped_self.append(entry)
-                continue
-            i = by_url.get(entry.url)
-            if i is None:
-                i = by_url[entry.url] = len(merged.entries)
-                merged.entries.append(PeerEntry(None, entry.url))
-            if entry.name is None or merged.entries[i].name is not None:
-                continue
-            if entry.name in owner:
-                merged.conflicts.append(
-                    f"name {entry.name!r} names both {owner[entry.name]} and {entry.url}; "
-                    f"{entry.url} is shown by its URL")
-                continue
-            owner[entry.name] = entry.url
-            merged.entries[i] = PeerEntry(entry.name, entry.url)
-    return merged
-
-
-@dataclass
 class SourceHealth:
     """Whether a peer source (the nodes database) answers, so that an outage is
     logged once, when it starts, and its end once too; times are passed in."""
@@ -151,6 +104,19 @@ class SourceHealth:
         self.error = error
         self.failures += 1
         return starts
+
+    @property
+    def ok(self) -> bool | None:
+        """Whether the last read succeeded; None before the first."""
+        if self.error is None and self.last_success is None:
+            return None
+        return self.error is None
+
+    def report(self, source: str, where: str, peers: int) -> PeerSourceStatus:
+        """The source's state as the status reply carries it."""
+        return PeerSourceStatus(source=source, where=where, peers=peers, ok=self.ok,
+                                error=self.error, failing_since=self.failing_since,
+                                last_read=self.last_success)
 
     def succeeded(self, now: float) -> bool:
         """Record a success; True when it ends an outage (log the recovery)."""

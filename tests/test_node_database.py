@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from agent.cli import main
-from agent.client import normalize_peer_url
+from agent.peers import default_peer_name, normalize_peer_url
 from agent.config import ConfigError, load_toml
 from agent.node_database import (
     NodeDatabase,
@@ -23,6 +23,7 @@ from agent.status_view import fetch_status, render_status
 from conftest import node_config, wait_until
 from helpers import free_port, write_segments
 from pg_server import PASSWORD, NoServer, PostgresServer
+from protocol.messages import PeerSourceStatus, StatusReply
 from protocol.peerlist import PeerEntry, PeerListError
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -95,6 +96,21 @@ def test_config_reads_the_connection_string_from_its_file(tmp_path):
         node_config(tmp_path, node_database_file=str(tmp_path / "empty"))
 
 
+def test_status_view_shows_each_peer_source():
+    status = StatusReply("a", "http://a:1", 0, 100.0, 0, [], peer_sources=[
+        PeerSourceStatus("file", where="/etc/peers", peers=3, ok=True, last_read=90.0),
+        PeerSourceStatus("database", where="u@db:5432/w", peers=0),
+        PeerSourceStatus("database", where="u@db:5432/w", peers=2, ok=False, error="refused",
+                         failing_since=40.0, last_read=30.0),
+    ])
+    assert render_status(status).splitlines()[1:4] == [
+        "peers file /etc/peers: 3 entries, ok, read 10s ago",
+        "nodes database u@db:5432/w: 0 entries, not read yet",
+        "nodes database u@db:5432/w: 2 entries, FAILING since 60s ago, keeping the last good "
+        "list: refused",
+    ]
+
+
 # ---- with a real server ----
 
 @pytest.fixture(scope="module")
@@ -129,6 +145,15 @@ async def set_nodes(database: PostgresServer, rows) -> None:
     await trio.to_thread.run_sync(database.set_nodes, rows)
 
 
+def urls(node) -> list[str]:
+    return [p.url for p in node.peers]
+
+
+def source(status: StatusReply, kind: str) -> PeerSourceStatus:
+    (found,) = [s for s in status.peer_sources if s.source == kind]
+    return found
+
+
 async def test_reader_returns_the_nodes_to_backfill_from(database):
     await set_nodes(database, [("b", "http://b:1/", True), ("c", "http://c:1", False)])
     reader = NodeDatabase(database.conninfo, normalize_peer_url, timeout=5)
@@ -154,18 +179,18 @@ async def test_nodes_added_and_removed_take_effect_next_round(tmp_path, database
         conninfo_file.write_text(database.conninfo)
         a = await c.start_node(node_name="a", node_database_file=str(conninfo_file),
                                backfill_interval=0.3)
-        assert a.peer_urls() == [b.url]  # read before the node reports started
+        assert urls(a) == [b.url]  # read before the node reports started
         await wait_until(lambda: has_all(a, b_names), timeout=20)
         assert not any((a.config.root / n.path).exists() for n in c_names)
 
         await set_nodes(database, [("a", "http://127.0.0.1:1", True), ("c", cc.url, True)])
-        await wait_until(lambda: a.peer_urls() == [cc.url], timeout=10)
+        await wait_until(lambda: urls(a) == [cc.url], timeout=10)
         await wait_until(lambda: has_all(a, c_names), timeout=20)
         later = write_segments(c.root(0), 2, hours_ago(1))
         status = await fetch_status(a.url, None)
-        assert [(p["name"], p["url"]) for p in status["peers"]] == [("c", cc.url)]
-        assert status["peer_sources"]["node_database"]["ok"] is True
-        assert status["peer_sources"]["node_database"]["nodes"] == 2  # "a" is listed too
+        assert [(p.name, p.url) for p in status.peers] == [("c", cc.url)]
+        assert source(status, "database").ok is True
+        assert source(status, "database").peers == 2  # "a" is listed too
         await wait_until(lambda: 'segsync_last_backfill_round_timestamp_seconds{peer="c"}'
                          in a.metrics.render().decode(), timeout=10)  # the round's end
         assert not any((a.config.root / n.path).exists() for n in later)  # b is gone
@@ -179,35 +204,36 @@ async def test_database_outage_keeps_last_list_and_restart_picks_up_changes(
         await set_nodes(database, [("b", b.url, True)])
         a = await c.start_node(node_name="a", node_database=database.conninfo,
                                backfill_interval=0.3)
-        assert a.peer_urls() == [b.url]
-        sources = a.peer_sources
+        assert urls(a) == [b.url]
+        nodes_table = a.node_database
 
         await trio.to_thread.run_sync(database.stop)
-        reads = sources.database_reads
-        await wait_until(lambda: sources.database_reads >= reads + 4, timeout=20)
-        assert sources.database_health.error is not None
-        assert a.peer_urls() == [b.url]  # the last known list
+        reads = nodes_table.reads
+        await wait_until(lambda: nodes_table.reads >= reads + 4, timeout=20)
+        assert nodes_table.health.error is not None
+        assert urls(a) == [b.url]  # the last known list
         during = write_segments(c.root(0), 3, hours_ago(1))
         await wait_until(lambda: has_all(a, during), timeout=20)  # still syncing from b
 
         status = await fetch_status(a.url, None)
-        database_status = status["peer_sources"]["node_database"]
-        assert database_status["ok"] is False and database_status["nodes"] == 1
-        assert "127.0.0.1" in database_status["error"]
+        database_status = source(status, "database")
+        assert database_status.ok is False and database_status.peers == 1
+        assert "127.0.0.1" in database_status.error
         shown = render_status(status)
-        assert "FAILING since" in shown and "keeping the last 1 nodes" in shown
+        assert "nodes database postgres@127.0.0.1:" in shown
+        assert "1 entries, FAILING since" in shown and "keeping the last good list" in shown
         outage_logs = [r for r in caplog.records
                        if r.levelno >= logging.ERROR and "nodes table" in r.getMessage()]
         assert len(outage_logs) == 1, [r.getMessage() for r in outage_logs]
-        assert 'segsync_peer_source_failures_total{source="node_database"}' in (
+        assert 'segsync_peer_source_failures_total{source="database"}' in (
             a.metrics.render().decode())
 
         await trio.to_thread.run_sync(database.start)
         await set_nodes(database, [("b", b.url, True), ("c", cc.url, True)])
         c_names = write_segments(c.root(1), 3, hours_ago(1), tag=1)
-        await wait_until(lambda: a.peer_urls() == [b.url, cc.url], timeout=20)
+        await wait_until(lambda: urls(a) == [b.url, cc.url], timeout=20)
         await wait_until(lambda: has_all(a, c_names), timeout=20)
-        assert sources.database_health.error is None
+        assert nodes_table.health.error is None
         assert any("answers again" in r.getMessage() for r in caplog.records)
 
         status = await fetch_status(a.url, None)
@@ -224,22 +250,25 @@ async def test_node_file_names_peers_in_status_and_metrics(tmp_path, cluster_fac
         peers_file.write_text(f"# wubloader nodes\na http://127.0.0.1:1\nbee {b.url}\n{cc.url}\n")
         b_names = write_segments(c.root(0), 2, hours_ago(1))
         a = await c.start_node(node_name="a", peers_file=str(peers_file), backfill_interval=0.3)
-        assert a.peer_urls() == [b.url, cc.url]
+        assert urls(a) == [b.url, cc.url]
         await wait_until(lambda: has_all(a, b_names), timeout=20)
         status = await fetch_status(a.url, None)
-        assert [(p["name"], p["url"]) for p in status["peers"]] == [("bee", b.url),
-                                                                     (None, cc.url)]
+        cc_name = default_peer_name(cc.url)  # host:port
+        assert [(p.name, p.url) for p in status.peers] == [("bee", b.url), (cc_name, cc.url)]
         shown = render_status(status)
-        assert f"bee {b.url}" in shown and f"peers file {peers_file}: 3 entries, ok" in shown
+        assert any(line.split()[:2] == ["bee", b.url] for line in shown.splitlines())
+        assert f"peers file {peers_file}: 3 entries, ok" in shown
         metrics = a.metrics.render().decode()
         assert 'segsync_push_queue_depth{peer="bee"}' in metrics
-        assert f'segsync_push_queue_depth{{peer="{cc.url}"}}' in metrics
+        assert f'segsync_push_queue_depth{{peer="{cc_name}"}}' in metrics
 
         peers_file.write_text("bee http://x:1\ncee http://x:1\n")  # bad: the last list stays
-        await wait_until(lambda: a.peer_sources.file_error is not None, timeout=10)
-        assert a.peer_urls() == [b.url, cc.url]
+        await wait_until(lambda: a.peers_file.health.error is not None, timeout=10)
+        assert urls(a) == [b.url, cc.url]
         status = await fetch_status(a.url, None)
-        assert "line 2" in status["peer_sources"]["peers_file"]["error"]
+        assert source(status, "file").ok is False and "line 2" in source(status, "file").error
+        assert 'segsync_peer_source_failures_total{source="file"} 1.0' in (
+            a.metrics.render().decode())
 
 
 async def test_database_down_at_start_up_the_node_runs_with_its_other_peers(cluster_factory,
@@ -251,10 +280,10 @@ async def test_database_down_at_start_up_the_node_runs_with_its_other_peers(clus
         b_names = write_segments(c.root(0), 2, hours_ago(1))
         a = await c.start_node(node_name="a", peers=[b.url], node_database=conninfo,
                                backfill_interval=0.3)
-        assert a.peer_urls() == [b.url]
+        assert urls(a) == [b.url]
         await wait_until(lambda: has_all(a, b_names), timeout=20)
         status = await fetch_status(a.url, None)
-        database_status = status["peer_sources"]["node_database"]
-        assert database_status["ok"] is False and database_status["nodes"] == 0
+        database_status = source(status, "database")
+        assert database_status.ok is False and database_status.peers == 0
         assert "nodes database u@127.0.0.1:" in render_status(status)
         assert PASSWORD not in caplog.text + repr(status)

@@ -1,4 +1,5 @@
-"""Peer lists: the node file formats, the merge of peer sources, outage tracking."""
+"""Peer lists: the node file formats, a source's outage tracking (the merge of the
+sources is tested in test_peers.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.client import normalize_peer_url
-from protocol.peerlist import (
-    MAX_PEERS,
-    PeerEntry,
-    PeerListError,
-    SourceHealth,
-    merge_peers,
-    parse_node_file,
-)
+from agent.peers import normalize_peer_url
+from protocol.messages import PeerSourceStatus
+from protocol.peerlist import MAX_PEERS, PeerEntry, PeerListError, SourceHealth, parse_node_file
 
 
 def parse(text: str) -> list[PeerEntry]:
@@ -71,37 +66,6 @@ def test_empty_file_is_no_peers():
     assert parse("# nobody yet\n\n") == []
 
 
-def test_merge_dedups_by_url_first_source_names_it():
-    flags = [PeerEntry(None, "http://a:1"), PeerEntry(None, "http://b:2")]
-    file = [PeerEntry("bee", "http://b:2"), PeerEntry("cee", "http://c:3")]
-    database = [PeerEntry("sea", "http://c:3"), PeerEntry("dee", "http://d:4")]
-    merged = merge_peers([flags, file, database], self_name="me")
-    assert merged.entries == [
-        PeerEntry(None, "http://a:1"), PeerEntry("bee", "http://b:2"),
-        PeerEntry("cee", "http://c:3"), PeerEntry("dee", "http://d:4")]
-    assert merged.urls() == ["http://a:1", "http://b:2", "http://c:3", "http://d:4"]
-    assert merged.names() == {"http://b:2": "bee", "http://c:3": "cee", "http://d:4": "dee"}
-    assert merged.skipped_self == [] and merged.conflicts == []
-
-
-def test_merge_skips_this_node_by_name_from_any_source():
-    flags = [PeerEntry(None, "http://me:1")]
-    file = [PeerEntry("me", "http://me:1"), PeerEntry("b", "http://b:2")]
-    database = [PeerEntry("me", "http://me:1"), PeerEntry("c", "http://c:3")]
-    merged = merge_peers([flags, file, database], self_name="me")
-    assert merged.urls() == ["http://b:2", "http://c:3"]
-    assert merged.skipped_self == [PeerEntry("me", "http://me:1")]
-
-
-def test_merge_name_on_two_urls_keeps_both_urls():
-    file = [PeerEntry("b", "http://b-old:2")]
-    database = [PeerEntry("b", "http://b-new:2")]
-    merged = merge_peers([[], file, database], self_name="me")
-    assert merged.entries == [PeerEntry("b", "http://b-old:2"), PeerEntry(None, "http://b-new:2")]
-    assert merged.conflicts == [
-        "name 'b' names both http://b-old:2 and http://b-new:2; http://b-new:2 is shown by its URL"]
-
-
 def test_source_health_logs_an_outage_once_and_its_end_once():
     health = SourceHealth()
     assert health.succeeded(now=1.0) is False and health.last_success == 1.0
@@ -111,6 +75,19 @@ def test_source_health_logs_an_outage_once_and_its_end_once():
     assert health.succeeded(now=4.0) is True
     assert health.error is None and health.failing_since is None
     assert health.failed("again", now=5.0) is True
+
+
+def test_source_health_reports_ok_only_once_read():
+    health = SourceHealth()
+    assert health.ok is None
+    assert health.report("file", "/p", 0) == PeerSourceStatus("file", where="/p", peers=0)
+    health.succeeded(now=1.0)
+    assert health.report("file", "/p", 2) == PeerSourceStatus(
+        "file", where="/p", peers=2, ok=True, last_read=1.0)
+    health.failed("bad line", now=2.0)
+    assert health.report("file", "/p", 2) == PeerSourceStatus(
+        "file", where="/p", peers=2, ok=False, error="bad line", failing_since=2.0,
+        last_read=1.0)
 
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#"),
@@ -132,5 +109,3 @@ def test_written_node_files_parse_back(peers, space, comments):
         if comments:
             lines.append("")
     assert parse("\n".join(lines)) == entries
-    merged = merge_peers([entries, entries], self_name="\x00")
-    assert merged.entries == entries and not merged.conflicts
