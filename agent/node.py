@@ -13,6 +13,7 @@ import trio
 from .backfill import Backfiller, BackfillSettings
 from .client import ClientFactory
 from .config import Config
+from .dashboard import Dashboard
 from .downloads import Downloads
 from .index import ArchiveIndex
 from .ingest import Ingest
@@ -62,8 +63,12 @@ class Node:
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None])
+        self.dashboard = Dashboard(self.index, self.status.probe_and_report,
+                                   self.metrics.recent_push_latencies, self.peers, self.clients,
+                                   config.token, config.protect_reads)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
-                       ServerSettings.from_config(config), self.status.probe_and_report)
+                       ServerSettings.from_config(config), self.status.probe_and_report,
+                       self.dashboard)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -79,6 +84,7 @@ class Node:
                     nursery.start_soon(self.node_database.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
+                nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 if self.config.push:
