@@ -19,7 +19,8 @@ from .index import ArchiveIndex
 from .ingest import Ingest
 from .local_files import LocalFiles
 from .metrics import Metrics
-from .peers import Peer, PeerSet
+from .node_database import NodeDatabase, NodeDatabaseSource
+from .peers import Peer, PeerSet, normalize_peer_url
 from .peers_file import PeersFile
 from .pusher import Pusher, PushSettings
 from .server import App, ServerSettings
@@ -38,8 +39,15 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
-        self.peers = PeerSet(Peer.from_url(url) for url in config.peers)
-        self.peers_file = PeersFile(config.peers_file, self.peers) if config.peers_file else None
+        self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
+                             this_node=config.node_name)
+        self.peers_file = (PeersFile(config.peers_file, self.peers, self.metrics)
+                           if config.peers_file else None)
+        self.node_database = (
+            NodeDatabaseSource(
+                NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout),
+                self.peers, self.metrics, interval=config.backfill_interval)
+            if config.node_database else None)
         self.clients = ClientFactory.from_config(config)
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config))
@@ -51,8 +59,10 @@ class Node:
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
                                      self.downloads, self.metrics,
                                      BackfillSettings.from_config(config))
-        self.status = StatusReport(config.node_name, self.peers, self.clients, self.index,
-                                   self.pusher, self.backfiller, url=lambda: self.url)
+        self.status = StatusReport(
+            config.node_name, self.peers, self.clients, self.index, self.pusher,
+            self.backfiller, url=lambda: self.url,
+            sources=[s.status for s in (self.peers_file, self.node_database) if s is not None])
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads)
@@ -68,6 +78,10 @@ class Node:
                 if self.peers_file is not None:
                     self.peers_file.apply(await trio.to_thread.run_sync(self.peers_file.read))
                     nursery.start_soon(self.peers_file.watch)
+                if self.node_database is not None:
+                    # read before the node reports started: its nodes count at start-up
+                    await self.node_database.refresh()
+                    nursery.start_soon(self.node_database.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
                 nursery.start_soon(self.dashboard.warm)

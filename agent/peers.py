@@ -5,9 +5,12 @@ labels) and a kind. What is learned about a peer at run time (does it serve batc
 fetches?) lives in its `PeerCapabilities`, kept by the `PeerSet` for as long as the
 peer is configured, so every round and every client share one answer.
 
-The set merges named sources (flags, a peers file, later a database); a source that
-fails keeps its last good list. Consumers follow changes with `follow_peers`: one task
-per peer, started when the peer appears, cancelled when it leaves.
+The set merges named sources (flags, a peers file, wubloader's nodes database); a
+source that fails keeps its last good list. A source may name a peer (status and
+metric labels) and may list this node itself (wubloader's node file and nodes table
+do): an entry named like `--node-name` is left out. Consumers follow changes with
+`follow_peers`: one task per peer, started when the peer appears, cancelled when it
+leaves.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 import httpx
@@ -75,24 +78,62 @@ class PeerCapabilities:
     batch_fetch: bool | None = None
 
 
-def merge_sources(sources: Iterable[list[Peer]]) -> list[Peer]:
-    """Sources in order; a URL listed twice keeps its first entry (flags win)."""
-    seen: set[str] = set()
-    out = []
+def is_named(peer: Peer) -> bool:
+    """Whether a source gave the peer a name (else it is named by its host:port)."""
+    return peer.name != default_peer_name(peer.url)
+
+
+@dataclass
+class MergedPeers:
+    """The peers to work with, and what the merge left out or could not name."""
+
+    peers: list[Peer] = field(default_factory=list)
+    this_node: list[Peer] = field(default_factory=list)  # entries named like this node
+    conflicts: list[str] = field(default_factory=list)  # one sentence each
+
+
+def merge_sources(sources: Iterable[list[Peer]], this_node: str | None = None) -> MergedPeers:
+    """Sources in order (flags, peers file, nodes database): one peer per URL, in
+    first-seen order, with the kind of its first entry and the first name a source
+    gives it. An entry named `this_node` is this node (wubloader's `--localhost` rule):
+    it is left out, with every other entry of its URL; a bare URL is never taken for
+    this node. A name already naming another URL stays with the first; the later URL is
+    kept under its host:port and the conflict reported."""
+    sources = [list(peers) for peers in sources]
+    own_urls = {p.url for peers in sources for p in peers
+                if this_node is not None and p.name == this_node and is_named(p)}
+    merged = MergedPeers()
+    by_url: dict[str, Peer] = {}
+    owner: dict[str, str] = {}  # name -> url
     for peers in sources:
         for peer in peers:
-            if peer.url not in seen:
-                seen.add(peer.url)
-                out.append(peer)
-    return out
+            if peer.url in own_urls:
+                if peer.name == this_node and peer not in merged.this_node:
+                    merged.this_node.append(peer)
+                continue
+            first = by_url.get(peer.url)
+            if first is None:
+                first = by_url[peer.url] = Peer(peer.url, default_peer_name(peer.url), peer.kind)
+            if is_named(first) or not is_named(peer):
+                continue
+            if owner.setdefault(peer.name, peer.url) != peer.url:
+                merged.conflicts.append(
+                    f"name {peer.name!r} names both {owner[peer.name]} and {peer.url}; "
+                    f"{peer.url} is named {first.name}")
+                continue
+            by_url[peer.url] = Peer(peer.url, peer.name, first.kind)
+    merged.peers = list(by_url.values())
+    return merged
 
 
 class PeerSet:
     """The configured peers, merged from named sources, with change notification."""
 
-    def __init__(self, static: Iterable[Peer] = ()) -> None:
+    def __init__(self, static: Iterable[Peer] = (), this_node: str | None = None) -> None:
+        self.this_node = this_node  # a source's entry of this name is this node, left out
         self._sources: dict[str, list[Peer]] = {"static": list(static)}
-        self._peers = merge_sources(self._sources.values())
+        self._reported: tuple = ((), ())
+        self._peers = self._merge()
         self._capabilities: dict[str, PeerCapabilities] = {}
         self._changed = trio.Event()
         self.version = 0
@@ -113,7 +154,7 @@ class PeerSet:
     def set_source(self, source: str, peers: Iterable[Peer]) -> bool:
         """Replace one source's list; True (and consumers are woken) if the set changed."""
         self._sources[source] = list(peers)
-        merged = merge_sources(self._sources.values())
+        merged = self._merge()
         if merged == self._peers:
             return False
         self._peers = merged
@@ -125,6 +166,18 @@ class PeerSet:
         self._changed.set()
         self._changed = trio.Event()
         return True
+
+    def _merge(self) -> list[Peer]:
+        """The sources merged; what the merge left out is logged when it changes."""
+        merged = merge_sources(self._sources.values(), self.this_node)
+        reported = (tuple(merged.this_node), tuple(merged.conflicts))
+        if reported != self._reported:
+            self._reported = reported
+            for peer in merged.this_node:
+                log.info("peer %s is this node (--node-name): not a peer", peer)
+            for conflict in merged.conflicts:
+                log.warning("peer list: %s", conflict)
+        return merged.peers
 
     def capabilities(self, peer: Peer) -> PeerCapabilities:
         caps = self._capabilities.get(peer.url)

@@ -1,10 +1,11 @@
 """The node's status report (`POST /v1/status`, `segsync status`): its peers as push
-and backfill see them, and whether each answers right now."""
+and backfill see them, whether each answers right now, and the state of the sources
+the peer list is read from (peers file, nodes database)."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 
@@ -22,7 +23,8 @@ PROBE_TIMEOUT = 2.0
 class StatusReport:
     def __init__(self, node_name: str, peers: PeerSet, clients: ClientFactory,
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
-                 url: Callable[[], str | None]) -> None:
+                 url: Callable[[], str | None],
+                 sources: Sequence[Callable[[], m.PeerSourceStatus]] = ()) -> None:
         self.node_name = node_name
         self.peers = peers
         self.clients = clients
@@ -30,6 +32,7 @@ class StatusReport:
         self.pusher = pusher
         self.backfiller = backfiller
         self.url = url
+        self.sources = sources
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
@@ -71,6 +74,7 @@ class StatusReport:
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
+            peer_sources=[source() for source in self.sources],
         )
 
     async def probe_and_report(self) -> m.StatusReply:
