@@ -21,6 +21,7 @@ import trio
 
 from protocol.backoff import Backoff, jittered
 from protocol.digests import hour_range
+from protocol.legacy import LEGACY
 from protocol.names import Kind, SegmentName
 from protocol.replication import (
     FetchPlan,
@@ -31,6 +32,8 @@ from protocol.replication import (
 )
 
 from .client import PeerClient, PeerError
+from .legacy import LegacyPuller
+from .legacy_client import LegacyClient
 from .store import WriteRejected
 
 if TYPE_CHECKING:
@@ -116,6 +119,7 @@ class Backfiller:
         self.in_flight: dict[str, trio.Event] = {}  # segment path -> download finished
         self.rounds_done = 0
         self.round_finished = trio.Event()
+        self.legacy = LegacyPuller(node.index, self.store_tombstones, node.config.recent_window)
 
     def _peer_state(self, url: str) -> PeerState:
         state = self.peers.get(url)
@@ -201,24 +205,38 @@ class Backfiller:
         state = self._peer_state(url)
         result = RoundResult(url)
         started = trio.current_time()
-        client = PeerClient(url, cfg.token, cfg.node_name, concurrency=cfg.max_concurrency + 2,
-                            timeout=cfg.request_timeout)
+        client: PeerClient | None = None
         try:
             now = self.clock()
             hours = hour_range(now, cfg.backfill_hours)
-            remote = await client.pair_digests(*hours)
-            remote_pairs = {(c, q): d for c, q, d in remote.pairs}
-            local_pairs = {(c, q): d for c, q, d in self.node.index.pair_digests(*hours)}
-            result.pairs_compared = len(remote_pairs)
+            if await self.node.peer_kinds.kind(url) == LEGACY:  # pulled by listings
+                client = LegacyClient(url, cfg.max_concurrency + 2, timeout=cfg.request_timeout)
+                pairs = await self.legacy.pairs(client)
+                result.pairs_compared = len(pairs)
+                compare = self.legacy.compare_pair
+            else:
+                client = PeerClient(url, cfg.token, cfg.node_name,
+                                    concurrency=cfg.max_concurrency + 2,
+                                    timeout=cfg.request_timeout)
+                remote = await client.pair_digests(*hours)
+                remote_pairs = {(c, q): d for c, q, d in remote.pairs}
+                local_pairs = {(c, q): d for c, q, d in self.node.index.pair_digests(*hours)}
+                result.pairs_compared = len(remote_pairs)
+                pairs = differing_keys(local_pairs, remote_pairs)
+                compare = self.compare_pair
             async with trio.open_nursery() as nursery:
-                for pair in differing_keys(local_pairs, remote_pairs):
+                for pair in pairs:
                     stats = result.pairs[pair] = PairStats()
-                    nursery.start_soon(self._pair_unit, client, pair, hours, now, stats, progress)
+                    nursery.start_soon(self._pair_unit, client, pair, hours, now, stats,
+                                       progress, compare)
         except PeerError as e:
             result.ok = False
             result.error = str(e)
+            if e.status in (404, 405) and not self.node.peer_kinds.is_legacy(url):
+                self.node.peer_kinds.forget(url)  # its /v1 is gone: probe it again
         finally:
-            await client.aclose()
+            if client is not None:
+                await client.aclose()
         errors = [s.error for s in result.pairs.values() if s.error]
         if result.ok and errors:
             result.ok = False
@@ -237,11 +255,12 @@ class Backfiller:
         return result
 
     async def _pair_unit(self, client: PeerClient, pair: tuple[str, str], hours: tuple[str, str],
-                         now: dt.datetime, stats: PairStats, progress: Progress | None) -> None:
+                         now: dt.datetime, stats: PairStats, progress: Progress | None,
+                         compare) -> None:
         """Compare one (channel, quality) and fetch what it lacks; its failure is its own."""
         started = trio.current_time()
         try:
-            plans = await self.compare_pair(client, pair, hours, now, stats)
+            plans = await compare(client, pair, hours, now, stats)
             if progress is not None and plans:
                 progress.planned(sum(len(p.fetch) for p in plans), None)
             await self.fetch_plans(client, plans, stats, progress)
@@ -271,21 +290,23 @@ class Backfiller:
             plan = plan_hour(channel, quality, hour, listing.names,
                              index.names(channel, quality, hour), now, cfg.recent_window)
             stats.add_plan(plan)
-            for name in plan.tombstones:
-                try:
-                    status = await self.node.accept_tombstone(
-                        name, source=f"pull {client.url}")
-                except OSError as e:  # full disk: a later round retries
-                    stats.failed += 1
-                    log.error("backfill: storing %s: %s", name.tombstone_path, e)
-                    self.node.metrics.pulls.labels(client.url, "tombstone",
-                                                   "storage_error").inc()
-                    continue
-                self.node.metrics.pulls.labels(client.url, "tombstone", status).inc()
-                stats.tombstones += 1
+            await self.store_tombstones(client.url, plan, stats)
             if plan.fetch:
                 plans.append(plan)
         return plans
+
+    async def store_tombstones(self, peer: str, plan: FetchPlan, stats: PairStats) -> None:
+        """Create the tombstones a plan found at the peer: no download needed."""
+        for name in plan.tombstones:
+            try:
+                status = await self.node.accept_tombstone(name, source=f"pull {peer}")
+            except OSError as e:  # full disk: a later round retries
+                stats.failed += 1
+                log.error("backfill: storing %s: %s", name.tombstone_path, e)
+                self.node.metrics.pulls.labels(peer, "tombstone", "storage_error").inc()
+                continue
+            self.node.metrics.pulls.labels(peer, "tombstone", status).inc()
+            stats.tombstones += 1
 
     async def fetch_plans(self, client: PeerClient, plans: list[FetchPlan], stats: PairStats,
                           progress: Progress | None) -> None:

@@ -73,6 +73,8 @@ def normalize_peer_url(url: str) -> str:
 
 
 class PeerClient:
+    segment_prefix = "/v1/segments/"  # where single segments are downloaded from
+
     def __init__(
         self, url: str, token: str | None = None, node_name: str = "",
         concurrency: int = 8, connect_timeout: float = 2.0, timeout: float = 10.0,
@@ -257,7 +259,7 @@ class PeerClient:
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
         async with self.gate:
             try:
-                async with self.http.stream("GET", f"/v1/segments/{name.path}") as response:
+                async with self.http.stream("GET", self.segment_prefix + name.path) as response:
                     await self._raise_unless_ok(response, name.path)
                     declared = response.headers.get("content-length")
                     size = int(declared) if declared and declared.isdigit() else None

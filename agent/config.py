@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import normalize_peer_url
+from .peerkind import parse_peer_kinds
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -47,6 +48,7 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
+    peer_kinds: dict[str, str] = field(default_factory=dict)  # URL -> auto|segsync|legacy
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -192,6 +194,10 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(
             f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
         )
+    try:
+        cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.peers_file is not None:
         read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
     return cfg

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 import trio
 
+from protocol.digests import hour_range
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_path
@@ -19,7 +20,9 @@ from .backfill import Backfiller
 from .client import PeerClient, PeerError
 from .config import Config, ConfigError, read_peers_file
 from .index import ArchiveIndex
+from .legacy_client import LegacyClient, probe_kind
 from .metrics import Metrics
+from .peerkind import PeerKinds
 from .pusher import Pusher
 from .recent import RecentSet
 from .server import App
@@ -52,6 +55,7 @@ class Node:
         self.metrics = Metrics()
         self.received = RecentSet(100_000)   # paths peers sent us: never pushed back
         self.announced = RecentSet(100_000)  # paths already queued for push
+        self.peer_kinds = PeerKinds(config.peer_kinds, self._probe_kind)
         self.pusher = Pusher(self)
         self.backfiller = Backfiller(self)
         self.watcher = ArchiveWatcher(Path(config.root))
@@ -141,6 +145,10 @@ class Node:
                 if self._load_peers_file():
                     self.pusher.set_peers(self.peer_urls())
             await trio.sleep(1.0)
+
+    async def _probe_kind(self, url: str) -> tuple[str | None, str]:
+        hour = hour_range(self.backfiller.clock(), 0)[1]
+        return await probe_kind(url, self.config.token, self.config.request_timeout, hour)
 
     # ---- local files (from the watcher and rescans) ----
 
@@ -349,7 +357,8 @@ class Node:
         out: dict[str, str | None] = {}
 
         async def probe(url: str) -> None:
-            client = PeerClient(url, concurrency=1, connect_timeout=timeout, timeout=timeout)
+            client = (LegacyClient if self.peer_kinds.is_legacy(url) else PeerClient)(
+                url, concurrency=1, connect_timeout=timeout, timeout=timeout)
             try:
                 await client.ping()
                 out[url] = None
@@ -370,6 +379,7 @@ class Node:
             pusher = self.pusher.peers.get(url)
             peers.append({
                 "url": url,
+                "kind": self.peer_kinds.known(url) or "unknown",
                 "queue_depth": pusher.depth() if pusher else 0,
                 "last_push": pusher.last_success if pusher else None,
                 "push_error": pusher.last_error if pusher else None,

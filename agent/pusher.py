@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocol.backoff import Backoff
+from protocol.legacy import LEGACY
 from protocol.names import Kind, SegmentName
 
 from .client import PeerClient, PeerError
@@ -122,6 +123,8 @@ class PeerPusher:
             m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
 
     async def _push(self, item: PushItem) -> str:
+        if await self.node.peer_kinds.kind(self.url) == LEGACY:  # PeerError: cannot tell yet
+            raise PeerError(self.url, "a legacy (wubloader) peer is never pushed to", 405)
         if item.kind is Kind.TOMBSTONE:
             return await self.client.send_tombstone(item.name)
         path = self.node.store.path_of(item.name)
@@ -188,5 +191,7 @@ class Pusher:
                 self._nursery.start_soon(pusher.run)
 
     def push(self, name: SegmentName, kind: Kind, seen_at: float) -> None:
-        for pusher in self.peers.values():
+        for url, pusher in self.peers.items():
+            if self.node.peer_kinds.is_legacy(url):
+                continue
             pusher.enqueue(PushItem(name, kind, seen_at))

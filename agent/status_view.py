@@ -79,15 +79,16 @@ def render_status(status: dict) -> str:
     if not peers:
         lines.append("no peers configured")
         return "\n".join(lines) + "\n"
-    rows = [["peer", "reachable", "last push", "last round", "result", "queue", "missing"]]
+    rows = [["peer", "kind", "reachable", "last push", "last round", "result", "queue",
+             "missing"]]
     for p in peers:
         rows.append([
-            str(p.get("url")), _reachable(p), format_age(p.get("last_push"), now),
+            str(p.get("url")), str(p.get("kind") or "unknown"), _reachable(p), format_age(p.get("last_push"), now),
             format_age(p.get("last_round"), now), _round_result(p),
             _count(p.get("queue_depth")), _count(p.get("missing")),
         ])
     lines.append("")
-    lines.extend(table(rows, right={5, 6}))
+    lines.extend(table(rows, right={6, 7}))
     problems = []
     for p in peers:
         for key, what in (("reach_error", "unreachable"), ("push_error", "last push failed"),
