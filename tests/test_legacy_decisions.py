@@ -57,13 +57,14 @@ def test_legacy_plan_keeps_plan_hour_rules():
     full = make_name(b"a", START)
     recent = make_name(b"b", NOW - dt.timedelta(seconds=30))
     tomb = make_name(b"c", START + dt.timedelta(seconds=4))
-    temp = f"{START:%M:%S.%f}-2.0-temp-2f1c7e0e-6b7d-4f8e-9a0b-1c2d3e4f5a6b.ts"
+    wub_temp = f"{START:%M:%S.%f}-2.0-temp-2f1c7e0e-6b7d-4f8e-9a0b-1c2d3e4f5a6b.ts"
+    temp = make_name(b"d", START, type_="temp").filename
     hour = full.hour
-    peer = [full.filename, tomb.tombstone_filename, temp, "chat.json"]
+    peer = [full.filename, tomb.tombstone_filename, temp, wub_temp, "chat.json"]
     plan, near = plan_legacy_hour(full.channel, full.quality, hour, peer, set(), NOW, 120)
     assert plan.fetch == [full] and near == 0
     assert plan.tombstones == [tomb]
-    assert plan.skipped_temp == 1 and plan.invalid == 1
+    assert plan.skipped_temp == 1 and plan.invalid == 2  # wubloader's temp has a UUID
     # started 30 s ago: the local downloader may still be fetching it
     plan, _ = plan_legacy_hour(recent.channel, recent.quality, recent.hour, [recent.filename],
                                set(), NOW, 120)
