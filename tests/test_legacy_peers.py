@@ -1,0 +1,274 @@
+"""Legacy (wubloader) peers: real agents pulling from a stand-in of wubloader's
+restreamer read API (tests/legacy_standin.py, its own process) on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.client import PeerError
+from agent.config import ConfigError, build_config, load_toml
+from agent.peerkind import PeerKinds
+from agent.status_view import render_status
+from conftest import wait_until
+from helpers import hours_ago, replicable_state, touch_tombstone, write_segments
+from protocol.names import Kind
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN = os.path.join(REPO, "tests", "legacy_standin.py")
+PUSH_REQUESTS = ("/v1/offer", "/v1/segments", "/v1/tombstone")
+
+
+@dataclass
+class Legacy:
+    url: str
+    root: Path
+    log: Path
+
+    def requests(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def pushes(self) -> list[str]:
+        return [r for r in self.requests()
+                if r.startswith(("PUT", "POST")) and any(p in r for p in PUSH_REQUESTS)]
+
+
+@contextmanager
+def legacy_node(root: Path, *args: str):
+    """The stand-in serving `root`, in a process of its own, until the block ends."""
+    root.mkdir(exist_ok=True)
+    log = root.parent / f"{root.name}.requests"
+    proc = subprocess.Popen([sys.executable, STANDIN, "--root", str(root), "--log", str(log),
+                             *args], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        port = int(proc.stdout.readline())
+        yield Legacy(f"http://127.0.0.1:{port}", root, log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def temp_files(root: Path) -> list:
+    return [p for p in root.rglob("*") if p.name.startswith(".segsync-") or "-temp-" in p.name]
+
+
+def wubloader_archive(root: Path) -> list:
+    """Segments in three hours, one tombstoned (segment still on disk), a lone tombstone,
+    a wubloader temp file, a hidden file and a chat quality."""
+    names = (write_segments(root, 4, hours_ago(5), 1) + write_segments(root, 3, hours_ago(3), 2)
+             + write_segments(root, 2, hours_ago(1), 3))
+    touch_tombstone(root, names[0])
+    lone = write_segments(root / "elsewhere", 1, hours_ago(2), 4)[0]
+    touch_tombstone(root, lone)
+    hour_dir = root / names[4].hour_path
+    (hour_dir / f"{names[4].start:%M:%S.%f}-2.0-temp-2f1c7e0e-6b7d-4f8e-9a0b-1c2d3e4f5a6b.ts"
+     ).write_bytes(b"half")
+    (hour_dir / ".hidden.ts").write_bytes(b"x")
+    chat = root / names[0].channel / "chat" / names[0].hour
+    chat.mkdir(parents=True)
+    (chat / "00:00-abc.json").write_text("[]")
+    return names
+
+
+async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        names = wubloader_archive(wub.root)
+        async with cluster_factory(1, connect=False, backfill=False) as c:
+            node = c.nodes[0]
+            node.config.peers = [wub.url]
+            [result] = await node.backfiller.round_all([wub.url])
+            assert result.ok, result.error
+            assert replicable_state(c.root(0)) == replicable_state(wub.root)
+            assert result.total("downloaded") == len(names) - 1  # the tombstoned one not
+            assert result.total("tombstones") == 2
+            assert not (c.root(0) / names[0].path).exists()
+            assert not any(p.parent.name == "chat" for p in c.root(0).rglob("*"))
+            assert temp_files(c.root(0)) == []
+            status = node.status()
+            assert status["peers"][0]["kind"] == "legacy"
+            assert "legacy" in render_status(status)
+            # in sync: the next round lists again (no digests) but fetches nothing
+            [again] = await node.backfiller.round_all([wub.url])
+            assert again.ok and again.total("downloaded") == 0 and again.total("missing") == 0
+            # hours outside --backfill-hours are not even listed
+            node.config.backfill_hours = 2
+            [short] = await node.backfiller.round_all([wub.url])
+            assert short.ok and short.total("hours_listed") == 2  # 1 and 2 hours ago
+            assert wub.pushes() == []
+
+
+async def test_recent_segments_wait_for_a_later_round(cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        now = dt.datetime.now(dt.timezone.utc)
+        recent = write_segments(wub.root, 2, now - dt.timedelta(seconds=40), 1)
+        old = write_segments(wub.root, 2, now - dt.timedelta(minutes=30), 2)
+        async with cluster_factory(1, connect=False, backfill=False,
+                                   recent_window=120) as c:
+            node = c.nodes[0]
+            [result] = await node.backfiller.round_all([wub.url])
+            assert result.ok, result.error
+            assert result.total("skipped_recent") == 2 and result.total("downloaded") == 2
+            assert all((c.root(0) / n.path).exists() for n in old)
+            assert not any((c.root(0) / n.path).exists() for n in recent)
+
+
+async def test_tombstones_hide_what_we_hold(cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        async with cluster_factory(1, connect=False, backfill=False) as c:
+            node = c.nodes[0]
+            ours = write_segments(c.root(0), 3, hours_ago(2), 1)
+            await wait_until(lambda: all(node.index.has(n, Kind.SEGMENT) for n in ours))
+            for name in ours:
+                path = wub.root / name.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes((c.root(0) / name.path).read_bytes())
+            touch_tombstone(wub.root, ours[1])
+            [result] = await node.backfiller.round_all([wub.url])
+            assert result.ok, result.error
+            assert result.total("tombstones") == 1 and result.total("downloaded") == 0
+            assert (c.root(0) / ours[1].format(Kind.TOMBSTONE)).exists()
+            assert node.index.has(ours[1], Kind.TOMBSTONE)
+            assert replicable_state(c.root(0)) == replicable_state(wub.root)
+
+
+async def test_segment_deleted_between_listing_and_download(cluster_factory, tmp_path):
+    root = tmp_path / "wub"
+    names = write_segments(root, 5, hours_ago(2), 1)
+    gone = names[2]
+    with legacy_node(root, "--delete-on-list", gone.filename) as wub:
+        async with cluster_factory(1, connect=False, backfill=False) as c:
+            node = c.nodes[0]
+            [result] = await node.backfiller.round_all([wub.url])
+            assert result.total("downloaded") == 4 and result.total("failed") == 1
+            assert not (c.root(0) / gone.path).exists()
+            assert temp_files(c.root(0)) == []
+            [again] = await node.backfiller.round_all([wub.url])  # no longer listed
+            assert again.ok and again.total("failed") == 0 and again.total("missing") == 0
+            assert replicable_state(c.root(0)) == replicable_state(wub.root)
+
+
+async def test_garbage_html_and_errors_fail_the_round_and_change_nothing(
+        cluster_factory, tmp_path):
+    source = tmp_path / "source"
+    write_segments(source, 3, hours_ago(2), 1)
+    for fault in ("html", "garbage", "error500"):
+        with legacy_node(source, "--fault", fault) as wub:
+            for kind in ("auto", "legacy"):
+                async with cluster_factory(1, connect=False, backfill=False,
+                                           peer_kinds={wub.url: kind}) as c:
+                    node = c.nodes[0]
+                    [result] = await node.backfiller.round_all([wub.url])
+                    assert not result.ok, (fault, kind)
+                    why = result.error
+                    if kind == "auto":
+                        assert "cannot tell its kind" in why, why
+                    elif fault == "error500":
+                        assert "HTTP 500" in why, why
+                    else:
+                        assert "not JSON" in why, why
+                    assert replicable_state(c.root(0)) == {}
+                    assert temp_files(c.root(0)) == []
+                    for p in list(c.root(0).iterdir()):
+                        os.rename(p, tmp_path / f"{fault}-{kind}-{p.name}")  # fresh next time
+
+
+async def test_oneshot_backfill_from_a_legacy_url(tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        wubloader_archive(wub.root)
+        new_root = tmp_path / "new"
+        new_root.mkdir()
+        proc = await trio.run_process(
+            [sys.executable, "-m", "agent.cli", "backfill", "--root", str(new_root),
+             "--from", wub.url, "--recent-window", "0", "--backfill-hours", "48"],
+            cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, (out, proc.stderr.decode())
+        assert "no failures" in out and wub.url in out
+        assert replicable_state(new_root) == replicable_state(wub.root)
+        assert wub.pushes() == []
+
+
+async def test_mixed_cluster_converges_and_the_legacy_node_gets_no_push(
+        cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        on_legacy = write_segments(wub.root, 4, hours_ago(3), 1)
+        async with cluster_factory(2, connect=False, backfill=False) as c:
+            a, b = c.nodes
+            for node, other in ((a, b), (b, a)):
+                node.config.peers = [other.url, wub.url]
+                node.pusher.set_peers(node.peer_urls())
+            early = write_segments(c.root(0), 3, hours_ago(2), 2)  # kinds not known yet
+            await wait_until(lambda: all((c.root(1) / n.path).exists() for n in early))
+            for node in (a, b):
+                [r] = await node.backfiller.round_all([wub.url])
+                assert r.ok, r.error
+            late = write_segments(c.root(1), 2, hours_ago(1), 3)  # kinds known: pushed to a
+            touch_tombstone(c.root(0), early[0])
+            await wait_until(lambda: all((c.root(0) / n.path).exists() for n in late))
+            await wait_until(lambda: (c.root(1) / early[0].format(Kind.TOMBSTONE)).exists())
+            expected = replicable_state(c.root(0))
+            assert replicable_state(c.root(1)) == expected
+            assert all(f"{n.hour_path}/{n.filename}" in expected for n in on_legacy)
+            for node in (a, b):
+                kinds = {p["url"]: p["kind"] for p in node.status()["peers"]}
+                assert kinds[wub.url] == "legacy" and kinds[node.peer_urls()[0]] == "segsync"
+            # the legacy node was only read from (and probed): never pushed to
+            assert wub.pushes() == [], wub.pushes()
+            assert all(r.startswith("GET ") or r.startswith("POST /v1/pair-digests")
+                       for r in wub.requests()), wub.requests()
+            assert not any(r.startswith("POST /v1/offer") for r in wub.requests())
+
+
+# ---- the kind registry (the real probe runs in every test above) ----
+
+async def test_peer_kinds_probe_once_remember_and_reprobe_a_legacy_peer(autojump_clock):
+    calls = []
+    answers = iter([("legacy", "no /v1, /files is a list"), ("segsync", "/v1 answered")])
+
+    async def probe(url):
+        calls.append(url)
+        await trio.sleep(1)
+        return next(answers)
+
+    kinds = PeerKinds({}, probe, reprobe_after=600)
+    async with trio.open_nursery() as nursery:  # concurrent callers share one probe
+        for _ in range(5):
+            nursery.start_soon(kinds.kind, "http://x")
+    assert calls == ["http://x"] and kinds.known("http://x") == "legacy"
+    await trio.sleep(599)
+    assert await kinds.kind("http://x") == "legacy" and len(calls) == 1
+    await trio.sleep(1)  # the node may have moved to segsync meanwhile
+    assert await kinds.kind("http://x") == "segsync" and len(calls) == 2
+    assert await kinds.kind("http://x") == "segsync" and len(calls) == 2  # kept
+    kinds.forget("http://x")
+    assert kinds.known("http://x") is None
+
+
+async def test_peer_kinds_unknown_is_an_error_and_overrides_never_probe(autojump_clock):
+    async def probe(url):
+        return None, "/v1: ConnectError"
+
+    kinds = PeerKinds({"http://old": "legacy"}, probe)
+    with pytest.raises(PeerError, match="cannot tell its kind: /v1: ConnectError"):
+        await kinds.kind("http://down")
+    assert await kinds.kind("http://old") == "legacy"
+
+
+def test_peer_kinds_config(tmp_path):
+    cfg = build_config(dict(root=tmp_path, peer_kinds={"http://a:8080/": "legacy"}))
+    assert cfg.peer_kinds == {"http://a:8080": "legacy"}
+    for bad in ({"http://a": "wubloader"}, {"ftp://a": "legacy"}, ["http://a"]):
+        with pytest.raises(ConfigError):
+            build_config(dict(root=tmp_path, peer_kinds=bad))
+    toml = tmp_path / "c.toml"
+    toml.write_text('[peer-kinds]\n"http://b:8080" = "segsync"\n')
+    assert load_toml(toml)["peer_kinds"] == {"http://b:8080": "segsync"}
