@@ -390,13 +390,18 @@ class Backfiller:
 
     async def _download_batch(self, client: PeerClient, names: list[SegmentName],
                               stats: PairStats, progress: Progress | None) -> None:
-        """Fetch `names` in one response; one by one from a peer without batch fetch."""
+        """Fetch `names` in one response; one by one from a peer without batch fetch.
+        Either way the hour directories are fsynced once for the whole batch."""
+        stored_dirs: set = set()
         if not client.batch_fetch:
-            for name in names:
-                await self._download(client, name, stats, progress)
+            try:
+                for name in names:
+                    if await self._download(client, name, stats, progress, sync_dir=False):
+                        stored_dirs.add(self.node.store.path_of(name).parent)
+            finally:
+                await self._sync_dirs(stored_dirs)
             return
         settled = 0
-        stored_dirs: set = set()
         try:
             async with client.fetch(names, self.node.config.max_segment_bytes) as items:
                 async for name, size, chunks in items:
@@ -418,22 +423,28 @@ class Backfiller:
                 self._segment_failed(client, name, stats, e)
             self._exchange_failed(stats, e)
         finally:
-            # one directory fsync per hour for the whole batch, not one per segment
-            if stored_dirs:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await trio.to_thread.run_sync(self.node.store.sync_dirs, stored_dirs)
-                    except OSError as e:  # the files are there; only the renames may not last
-                        log.error("backfill: syncing hour directories: %s", e)
+            await self._sync_dirs(stored_dirs)
+
+    async def _sync_dirs(self, stored_dirs: set) -> None:
+        """One directory fsync per hour for a whole batch, not one per segment."""
+        if stored_dirs:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self.node.store.sync_dirs, stored_dirs)
+                except OSError as e:  # the files are there; only the renames may not last
+                    log.error("backfill: syncing hour directories: %s", e)
 
     async def _download(self, client: PeerClient, name: SegmentName, stats: PairStats,
-                        progress: Progress | None) -> None:
+                        progress: Progress | None, sync_dir: bool = True) -> bool:
+        """One segment by itself; True if it was stored."""
         try:
             async with client.download(name, self.node.config.max_segment_bytes) as (size, chunks):
-                await self._store(client, name, size, chunks, stats, progress)
+                return await self._store(client, name, size, chunks, stats, progress,
+                                         sync_dir=sync_dir)
         except PeerError as e:
             self._segment_failed(client, name, stats, e)
             self._exchange_failed(stats, e)
+            return False
 
     def _segment_failed(self, client: PeerClient, name: SegmentName, stats: PairStats,
                         e: PeerError) -> None:
