@@ -16,10 +16,12 @@ import trio
 
 from protocol.cleanup import PurgeDecision, duplicate_groups, purge_decision
 from protocol.errors import SegmentNameError
+from protocol.legacy import LEGACY
 from protocol.names import Kind, SegmentName, parse_filename, parse_segment_path
 from protocol.selection import Candidate
 
 from .client import PeerClient, PeerError
+from .legacy_client import LegacyClient
 from .status_view import fetch_status
 from .store import Store, fsync_dir
 
@@ -128,10 +130,12 @@ async def plan_purge(root: Path, node_url: str, token: str | None, timeout: floa
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
     status = await fetch_status(node_url, token, timeout)
     peers = [str(p.get("url")) for p in status.get("peers", [])]
+    legacy = {str(p.get("url")) for p in status.get("peers", []) if p.get("kind") == LEGACY}
     answers: dict[str, dict[str, bool | str]] = {}
 
     async def one(url: str) -> None:
-        client = PeerClient(url, token, "segsync-purge", concurrency=1, timeout=timeout)
+        client = (LegacyClient(url, concurrency=1, timeout=timeout) if url in legacy
+                  else PeerClient(url, token, "segsync-purge", concurrency=1, timeout=timeout))
         try:
             answers[url] = await ask_peer(client, names)
         finally:

@@ -65,6 +65,10 @@ class LegacyClient(PeerClient):
         never listed: wubloader's list_segment_files)."""
         return await self.names(f"/files/{channel}/{quality}/{hour}", {"tombstones": "true"})
 
+    async def listing(self, channel: str, quality: str, hour: str) -> m.Listing:
+        """The hour's listing in segsync's shape (what `segsync purge` asks every peer)."""
+        return m.Listing(channel, quality, hour, await self.hour_listing(channel, quality, hour))
+
 
 async def probe_kind(url: str, token: str | None, timeout: float,
                      hour: str) -> tuple[str | None, str]:

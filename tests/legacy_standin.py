@@ -15,7 +15,7 @@ A threaded `http.server` (HTTP/1.1 keep-alive) sending files with `sendfile`, so
 it is a fair peer in benchmarks. Every request line is appended to `--log`.
 Test-only faults: `--fault html|garbage|error500` answers every request so;
 `--delete-on-list NAME` deletes that file right after an hour listing showed it.
-Prints its port on stdout once listening.
+Prints its port (`--port`, default any free one) on stdout once listening.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ class Handler(BaseHTTPRequestHandler):
 class StandIn(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: str, log, fault: str | None, delete_on_list: set[str]) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, root: str, log, fault: str | None, delete_on_list: set[str],
+                 port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
         self.root = root
         self.log = log
         self.log_lock = threading.Lock()
@@ -145,12 +146,13 @@ class StandIn(ThreadingHTTPServer):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
+    p.add_argument("--port", type=int, default=0)
     p.add_argument("--log", default=os.devnull)
     p.add_argument("--fault", choices=("html", "garbage", "error500"))
     p.add_argument("--delete-on-list", action="append", default=[])
     args = p.parse_args()
     with open(args.log, "a") as log:
-        server = StandIn(args.root, log, args.fault, set(args.delete_on_list))
+        server = StandIn(args.root, log, args.fault, set(args.delete_on_list), args.port)
         print(server.server_address[1], flush=True)
         try:
             server.serve_forever()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ from agent.config import ConfigError, build_config, load_toml
 from agent.peerkind import PeerKinds
 from agent.status_view import render_status
 from conftest import wait_until
-from helpers import hours_ago, replicable_state, touch_tombstone, write_segments
+from helpers import free_port, hours_ago, replicable_state, touch_tombstone, write_segments
+from test_tools import run_cli
 from protocol.names import Kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,8 +95,10 @@ async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
             assert not (c.root(0) / names[0].path).exists()
             assert not any(p.parent.name == "chat" for p in c.root(0).rglob("*"))
             assert temp_files(c.root(0)) == []
-            status = node.status()
-            assert status["peers"][0]["kind"] == "legacy"
+            probes = await node.probe_peers()  # no /healthz there: its /files answers
+            assert probes == {wub.url: None}
+            status = node.status(probes)
+            assert status["peers"][0]["kind"] == "legacy" and status["peers"][0]["reachable"]
             assert "legacy" in render_status(status)
             # in sync: the next round lists again (no digests) but fetches nothing
             [again] = await node.backfiller.round_all([wub.url])
@@ -272,3 +276,69 @@ def test_peer_kinds_config(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[peer-kinds]\n"http://b:8080" = "segsync"\n')
     assert load_toml(toml)["peer_kinds"] == {"http://b:8080": "segsync"}
+
+
+async def test_a_peer_moving_between_kinds_is_probed_again(cluster_factory, tmp_path):
+    """wubloader -> segsync at the next re-probe; segsync -> wubloader when /v1 vanishes."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with cluster_factory(1, connect=False, backfill=False) as c:
+        node = c.nodes[0]
+        node.config.peers = [url]
+        with legacy_node(tmp_path / "wub", "--port", str(port)) as wub:
+            first = write_segments(wub.root, 2, hours_ago(3), 1)
+            [r] = await node.backfiller.round_all([url])
+            assert r.ok, r.error
+            assert node.peer_kinds.known(url) == "legacy"
+        upgraded = await c.start_node(listen=f"127.0.0.1:{port}", backfill=False)
+        second = write_segments(c.root(1), 2, hours_ago(2), 2)
+        await wait_until(lambda: all(upgraded.index.has(n, Kind.SEGMENT) for n in second))
+        node.peer_kinds.reprobe_after = 0  # instead of waiting ten minutes
+        [r] = await node.backfiller.round_all([url])
+        assert r.ok, r.error
+        assert node.peer_kinds.known(url) == "segsync"
+        assert all((c.root(0) / n.path).exists() for n in first + second)
+        upgraded.stop()
+        await wait_until(lambda: free_to_bind(port))
+        with legacy_node(tmp_path / "wub2", "--port", str(port)):
+            [r] = await node.backfiller.round_all([url])  # its /v1 is gone: 404
+            assert not r.ok and node.peer_kinds.known(url) is None
+            backoff = node.backfiller.peers[url].backoff
+            await wait_until(lambda: backoff.ready(trio.current_time()))
+            [r] = await node.backfiller.round_all([url])
+            assert r.ok, r.error
+            assert node.peer_kinds.known(url) == "legacy"
+
+
+def free_to_bind(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_purge_asks_a_legacy_peer_for_its_tombstones(cluster_factory, tmp_path, capsys):
+    with legacy_node(tmp_path / "wub") as wub:
+        async with cluster_factory(1, connect=False, backfill=False) as c:
+            node = c.nodes[0]
+            s1, s2 = write_segments(c.root(0), 2, hours_ago(2), 1)
+            for s in (s1, s2):
+                touch_tombstone(c.root(0), s)
+                (wub.root / s.hour_path).mkdir(parents=True, exist_ok=True)
+                (wub.root / s.path).write_bytes((c.root(0) / s.path).read_bytes())
+            touch_tombstone(wub.root, s1)  # the wubloader node never got s2's tombstone
+            await wait_until(lambda: node.index.has(s2, Kind.TOMBSTONE))
+            node.config.peers = [wub.url]
+            [r] = await node.backfiller.round_all([wub.url])  # learns its kind
+            assert r.ok, r.error
+            code, out, err = await run_cli(capsys, "purge", "--root", str(c.root(0)),
+                                           "--node", node.url)
+            assert code == 0, err
+            assert "deleted 1, kept 1" in out, out
+            assert not (c.root(0) / s1.path).exists()
+            assert (c.root(0) / s2.path).exists()
+            assert f"tombstone missing on {wub.url}" in out
+            assert wub.pushes() == []
