@@ -62,13 +62,13 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         assert code == 0, err
         assert f"node {a.config.node_name} at {a.url}" in out
         header = next(line for line in out.splitlines() if line.startswith("peer"))
-        assert header.split() == ["peer", "reachable", "last", "push", "last", "round",
+        assert header.split() == ["peer", "kind", "reachable", "last", "push", "last", "round",
                                   "result", "queue", "missing"]
         # node 2: up, pushed to seconds ago, one round done and ok, one segment was missing
-        assert re.search(rf"^{re.escape(c_url)}\s+yes\s+\d+s ago\s+\d+s ago\s+ok\s+0\s+1$",
+        assert re.search(rf"^{re.escape(c_url)}\s+segsync\s+yes\s+\d+s ago\s+\d+s ago\s+ok\s+0\s+1$",
                          out, re.M), out
         # node 1: stopped, so unreachable; no round yet
-        assert re.search(rf"^{re.escape(b_url)}\s+NO\s+\d+s ago\s+never\s+-\s+0\s+-$",
+        assert re.search(rf"^{re.escape(b_url)}\s+segsync\s+NO\s+\d+s ago\s+never\s+-\s+0\s+-$",
                          out, re.M), out
         assert f"{b_url}: unreachable:" in out
 
