@@ -357,6 +357,11 @@ class Node:
         out: dict[str, str | None] = {}
 
         async def probe(url: str) -> None:
+            with trio.move_on_after(timeout):  # learn the kind of a peer not asked yet
+                try:
+                    await self.peer_kinds.kind(url)
+                except PeerError:
+                    pass  # the /healthz probe below says why
             client = (LegacyClient if self.peer_kinds.is_legacy(url) else PeerClient)(
                 url, concurrency=1, connect_timeout=timeout, timeout=timeout)
             try:

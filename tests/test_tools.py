@@ -93,7 +93,7 @@ async def test_status_with_token(cluster_factory, capsys, tmp_path):
         code, out, err = await run_cli(capsys, "status", "--node", url,
                                        "--token-file", str(token_file))
         assert code == 0, err
-        assert re.search(rf"^{re.escape(c.nodes[1].url)}\s+yes\s", out, re.M), out
+        assert re.search(rf"^{re.escape(c.nodes[1].url)}\s+segsync\s+yes\s", out, re.M), out
 
 
 # ---- tombstone ----
