@@ -506,15 +506,18 @@ class Backfiller:
         return status == "stored"
 
     def _log_round(self, r: RoundResult) -> None:
-        """One line per peer and (channel, quality) that differed; in sync is one debug line."""
+        """One line per peer and (channel, quality) that differed; in sync (or nothing to
+        do) is debug."""
         if not r.pairs:
             if r.ok:
                 log.debug("backfill from %s: in sync (%d pairs compared, %.3fs)",
                           r.peer, r.pairs_compared, r.duration)
             return
         for (channel, quality), s in sorted(r.pairs.items()):
+            # a legacy peer's pairs are all compared each round: most have nothing to do
+            idle = not (s.error or s.missing or s.tombstones or s.failed)
             log.log(
-                logging.WARNING if s.error else logging.INFO,
+                logging.WARNING if s.error else logging.DEBUG if idle else logging.INFO,
                 "backfill from %s %s/%s: hours compared %d, hours listed %d, missing %d, "
                 "downloaded %d, tombstones %d, got elsewhere %d, skipped recent %d temp %d "
                 "tombstoned %d hash-mismatch %d, failed %d, bytes %d, duration %.3fs%s",
