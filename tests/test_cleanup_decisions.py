@@ -105,7 +105,7 @@ def test_render_status_table():
         "node": "a", "url": "http://a:8200", "started_at": now - 90, "time": now,
         "segments": 12,
         "peers": [
-            {"url": "http://b:8200", "reachable": True, "reach_error": None,
+            {"url": "http://b:8200", "kind": "segsync", "reachable": True, "reach_error": None,
              "last_push": now - 3, "push_error": None, "push_dropped": 0,
              "last_round": now - 40, "round_ok": True, "round_error": None,
              "queue_depth": 0, "missing": 2},
@@ -120,11 +120,11 @@ def test_render_status_table():
     assert lines[0] == "node a at http://a:8200, up 1m30s, 12 segments"
     table = [line.split("  ") for line in lines[2:5]]
     assert [c.strip() for c in table[0] if c.strip()] == [
-        "peer", "reachable", "last push", "last round", "result", "queue", "missing"]
+        "peer", "kind", "reachable", "last push", "last round", "result", "queue", "missing"]
     assert [c.strip() for c in table[1] if c.strip()] == [
-        "http://b:8200", "yes", "3s ago", "40s ago", "ok", "0", "2"]
+        "http://b:8200", "segsync", "yes", "3s ago", "40s ago", "ok", "0", "2"]
     assert [c.strip() for c in table[2] if c.strip()] == [
-        "http://c:8200", "NO", "never", "never", "FAILED", "1234", "-"]
+        "http://c:8200", "unknown", "NO", "never", "never", "FAILED", "1234", "-"]
     text = "\n".join(lines[5:])
     assert "http://c:8200: unreachable: ConnectError: refused" in text
     assert "http://c:8200: last push failed: ConnectError: refused" in text
