@@ -58,9 +58,9 @@ def run(args, base: Path) -> dict:
     try:
         with benchlib.running([server]):
             results["warm_read_s"] = warm(src)
-            sources = [("segsync", server.url), ("legacy", legacy_url)]
+            sources = [("segsync", server.url, server.pid), ("legacy", legacy_url, legacy.pid)]
             for rep in range(args.repeat):
-                for kind, url in sources:
+                for kind, url, pid in sources:
                     dst = base / f"dst-{kind}-{rep}"
                     dst.mkdir()
                     os.sync()
@@ -68,7 +68,9 @@ def run(args, base: Path) -> dict:
                                                    "--log-level", args.log_level)
                     if args.max_concurrency:
                         cmd += ["--max-concurrency", str(args.max_concurrency)]
+                    cpu0 = benchlib.process_cpu_seconds(pid)
                     r = timed(cmd, base / "backfill.log")
+                    r["server_cpu_s"] = benchlib.process_cpu_seconds(pid) - cpu0
                     r.update(kind=kind, repeat=rep, complete=tree_files(dst) == expected,
                              mb_per_s=archive["bytes"] / 1e6 / r["wall_s"])
                     results["runs"].append(r)
@@ -113,9 +115,10 @@ def main() -> int:
         results = run(args, base)
     results["config"] = vars(args)
     results["environment"] = env
-    print_table(["from", "run", "wall s", "MB/s", "CPU s", "complete"],
+    print_table(["from", "run", "wall s", "MB/s", "CPU s", "server CPU s", "complete"],
                 [[r["kind"], r["repeat"] + 1, r["wall_s"], round(r["mb_per_s"], 1), r["cpu_s"],
-                  "yes" if r["complete"] else "NO"] for r in results["runs"]],
+                  r["server_cpu_s"], "yes" if r["complete"] else "NO"]
+                 for r in results["runs"]],
                 title="segsync backfill of an empty node (warm source cache)")
     s = results["summary"] = summarize(results["runs"])
     print("\nmedian " + ", ".join(f"from {k} {v:.0f}" for k, v in s["median_mb_per_s"].items())
