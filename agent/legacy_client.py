@@ -7,6 +7,8 @@ sends them as text/html), decoded by `protocol.legacy.decode_name_list`.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 
 from protocol import legacy, limits
@@ -18,13 +20,12 @@ from .client import CALL_DEADLINE_FACTOR, PeerClient, PeerError
 
 class LegacyClient(PeerClient):
     segment_prefix = "/segments/"
-    batch_fetch = False  # one GET per segment: wubloader has no batch fetch
 
     def __init__(self, url: str, concurrency: int = 8, connect_timeout: float = 2.0,
                  timeout: float = 10.0) -> None:
         # no token: a wubloader node has no use for the cluster's secret
         super().__init__(url, None, "", concurrency, connect_timeout, timeout)
-        self.batch_fetch = False
+        self.batch_fetch = False  # one GET per segment: wubloader has no batch fetch
 
     async def _get(self, path: str, params: dict | None = None) -> tuple[int, bytes]:
         """One GET within the call deadline, its reply read up to the listing limit."""
@@ -55,15 +56,16 @@ class LegacyClient(PeerClient):
         return await self.names("/files")
 
     async def qualities(self, channel: str) -> list[str]:
-        return await self.names(f"/files/{channel}")
+        return await self.names(f"/files/{quote(channel)}")
 
     async def hours(self, channel: str, quality: str) -> list[str]:
-        return await self.names(f"/files/{channel}/{quality}")
+        return await self.names(f"/files/{quote(channel)}/{quote(quality)}")
 
     async def hour_listing(self, channel: str, quality: str, hour: str) -> list[str]:
         """Segment names and tombstone names of one hour (a tombstoned segment is
         never listed: wubloader's list_segment_files)."""
-        return await self.names(f"/files/{channel}/{quality}/{hour}", {"tombstones": "true"})
+        return await self.names(f"/files/{quote(channel)}/{quote(quality)}/{hour}",
+                                {"tombstones": "true"})
 
     async def listing(self, channel: str, quality: str, hour: str) -> m.Listing:
         """The hour's listing in segsync's shape (what `segsync purge` asks every peer)."""
@@ -91,7 +93,7 @@ async def probe_kind(url: str, token: str | None, timeout: float,
                             "content-type": "application/msgpack"}) as response:
                         data = await v1._read_limited(response, limits.MAX_REPLY_BYTES)
                     v1_status = response.status_code
-                    v1_is_segsync = _is_segsync_reply(data)
+                    v1_is_segsync = legacy.is_segsync_reply(data)
                     seen.append(f"/v1: HTTP {v1_status}")
                 except httpx.HTTPError as e:
                     seen.append(f"/v1: {type(e).__name__}: {e}")
@@ -117,14 +119,3 @@ async def probe_kind(url: str, token: str | None, timeout: float,
             await client.aclose()
     kind = legacy.classify_probe(v1_status, v1_is_segsync, files_status, files_is_list)
     return kind, "; ".join(seen)
-
-
-def _is_segsync_reply(data: bytes) -> bool:
-    """A segsync agent answers /v1 with a protocol message (a reply or an error)."""
-    for expect in (m.PairDigests, m.Error):
-        try:
-            m.decode(data, expect, limits.MAX_REPLY_BYTES)
-            return True
-        except ProtocolError:
-            continue
-    return False

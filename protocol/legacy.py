@@ -13,6 +13,8 @@ import datetime as dt
 import json
 from typing import Iterable
 
+from . import limits
+from . import messages as m
 from .errors import ProtocolError, SegmentNameError
 from .names import Kind, parse_filename, parse_hour, validate_component
 from .replication import FetchPlan, plan_hour
@@ -114,6 +116,17 @@ def near_duplicate(a, b) -> bool:
     """Same duration, type and hash, starts within a millisecond (wubloader's rule)."""
     return (a.hash == b.hash and a.duration == b.duration and a.type == b.type
             and abs((a.start - b.start).total_seconds()) <= NEAR_DUPLICATE_SECONDS)
+
+
+def is_segsync_reply(data: bytes) -> bool:
+    """A segsync agent answers `/v1` with a protocol message: a reply or an error."""
+    for expect in (m.PairDigests, m.Error):
+        try:
+            m.decode(data, expect, limits.MAX_REPLY_BYTES)
+            return True
+        except ProtocolError:
+            continue
+    return False
 
 
 def classify_probe(v1_status: int | None, v1_is_segsync: bool,

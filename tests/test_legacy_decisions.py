@@ -8,6 +8,7 @@ import json
 import pytest
 
 from helpers import make_name
+from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.legacy import (
     AUTO,
@@ -16,6 +17,7 @@ from protocol.legacy import (
     SEGSYNC,
     classify_probe,
     decode_name_list,
+    is_segsync_reply,
     hours_to_list,
     needs_probe,
     plan_legacy_hour,
@@ -102,3 +104,11 @@ def test_reprobe_policy():
     assert needs_probe(AUTO, LEGACY, 0, 600, 600)  # it may have moved to segsync
     assert not needs_probe(LEGACY, None, None, 0, 600)  # set in the config
     assert not needs_probe(SEGSYNC, None, None, 0, 600)
+
+
+def test_segsync_reply_recognised():
+    assert is_segsync_reply(m.encode(m.PairDigests("2026-12-01T10", "2026-12-01T10", [])))
+    assert is_segsync_reply(m.encode(m.Error("unauthorized", "missing token")))
+    for other in (b"<!doctype html><title>404 Not Found</title>", b"", b"[]",
+                  m.encode(m.Ack("stored"))):
+        assert not is_segsync_reply(other)
