@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +50,12 @@ def list_segment_files(path: str, include_tombstones: bool) -> list[str]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "StandIn"
+
+    def setup(self) -> None:
+        super().setup()
+        # as nginx (wubloader's front for /segments) and trio do: no Nagle delay on the
+        # last partial packet of a response
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args) -> None:  # the request log is ours
         pass
