@@ -13,7 +13,7 @@ Follows restreamer/restreamer/main.py and common/segments.py `list_segment_files
 
 A threaded `http.server` (HTTP/1.1 keep-alive) sending files with `sendfile`, so
 it is a fair peer in benchmarks. Every request line is appended to `--log`.
-Test-only faults: `--fault html|garbage|error500` answers every request so;
+Test-only faults: `--fault html|garbage|error500` answers every request (under `--fault-prefix`) so;
 `--delete-on-list NAME` deletes that file right after an hour listing showed it.
 Prints its port (`--port`, default any free one) on stdout once listening.
 """
@@ -85,6 +85,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.record()
         fault = self.server.fault
+        if not self.path.startswith(self.server.fault_prefix):
+            fault = None
         if fault == "html":
             return self.send(200, b"<html><body>Please log in</body></html>")
         if fault == "garbage":
@@ -141,12 +143,13 @@ class StandIn(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, root: str, log, fault: str | None, delete_on_list: set[str],
-                 port: int = 0) -> None:
+                 port: int = 0, fault_prefix: str = "/") -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.root = root
         self.log = log
         self.log_lock = threading.Lock()
         self.fault = fault
+        self.fault_prefix = fault_prefix
         self.delete_on_list = delete_on_list
 
 
@@ -156,10 +159,12 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--log", default=os.devnull)
     p.add_argument("--fault", choices=("html", "garbage", "error500"))
+    p.add_argument("--fault-prefix", default="/", help="only paths under it are faulty")
     p.add_argument("--delete-on-list", action="append", default=[])
     args = p.parse_args()
     with open(args.log, "a") as log:
-        server = StandIn(args.root, log, args.fault, set(args.delete_on_list), args.port)
+        server = StandIn(args.root, log, args.fault, set(args.delete_on_list), args.port,
+                         args.fault_prefix)
         print(server.server_address[1], flush=True)
         try:
             server.serve_forever()

@@ -185,6 +185,27 @@ async def test_garbage_html_and_errors_fail_the_round_and_change_nothing(
                         os.rename(p, tmp_path / f"{fault}-{kind}-{p.name}")  # fresh next time
 
 
+async def test_bad_segment_bytes_never_become_visible(cluster_factory, tmp_path):
+    """Listings fine, but /segments answers an HTML page with 200, or 500s."""
+    source = tmp_path / "source"
+    names = write_segments(source, 7, hours_ago(2), 1)
+    for fault in ("html", "error500"):
+        with legacy_node(source, "--fault", fault, "--fault-prefix", "/segments/") as wub:
+            async with cluster_factory(1, connect=False, backfill=False) as c:
+                node = c.nodes[0]
+                [result] = await node.backfiller.round_all([wub.url])
+                if fault == "html":  # the peer answered: each is a mismatch, not an outage
+                    assert result.ok and result.total("hash_mismatch") == 7, result.error
+                else:  # five broken exchanges in a row end the unit for this round
+                    assert not result.ok and "HTTP 500" in result.error, result.error
+                    assert 5 <= result.total("failed") <= 7
+                assert result.total("downloaded") == 0
+                assert not any((c.root(0) / n.path).exists() for n in names)
+                assert temp_files(c.root(0)) == []
+                for p in list(c.root(0).iterdir()):
+                    os.rename(p, tmp_path / f"{fault}-{p.name}")  # a fresh root next time
+
+
 async def test_oneshot_backfill_from_a_legacy_url(tmp_path):
     with legacy_node(tmp_path / "wub") as wub:
         wubloader_archive(wub.root)
