@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .client import normalize_peer_url
-from .peerkind import parse_peer_kinds
+from protocol.peerkind import PeerKind, parse_peer_kind
+
+from .peers import normalize_peer_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -48,7 +49,8 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
-    peer_kinds: dict[str, str] = field(default_factory=dict)  # URL -> auto|segsync|legacy
+    push: bool = True
+    peer_kinds: dict[str, PeerKind] = field(default_factory=dict)  # URL -> kind (TOML only)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -105,6 +107,19 @@ def read_peers_file(path: Path) -> list[str]:
         return parse_peers_text(text)
     except ConfigError as e:
         raise ConfigError(f"peers file {path}: {e}") from None
+
+
+def parse_peer_kinds(value: object) -> dict[str, PeerKind]:
+    """The `peer-kinds` table: peer URL -> auto | segsync | wubloader ("legacy" too)."""
+    if not isinstance(value, dict):
+        raise ConfigError('peer-kinds must be a table of URL = "auto|segsync|wubloader"')
+    out = {}
+    for url, kind in value.items():
+        try:
+            out[normalize_peer_url(str(url))] = parse_peer_kind(kind)
+        except ValueError as e:
+            raise ConfigError(f"peer-kinds: {url!r}: {e}") from None
+    return out
 
 
 def read_token_file(path: Path) -> str:
@@ -194,10 +209,7 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(
             f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
         )
-    try:
-        cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
     if cfg.peers_file is not None:
         read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
     return cfg

@@ -1,10 +1,10 @@
-"""Pull from a legacy (wubloader) peer by listing comparison.
+"""Pull from a wubloader node by listing comparison.
 
 A wubloader node has no digests: each round lists its channels, their qualities and
 hours, and every hour in range (newest first), like wubloader's backfiller. Each
 (channel, quality) is a unit of work of the backfiller's own kind: the plan comes
-from `protocol.legacy.plan_legacy_hour`, tombstones and downloads go through the
-backfiller's store path (hash-verified, atomic), one GET per segment.
+from `protocol.legacy.plan_legacy_hour`; tombstones go through the backfiller's
+tombstone path and downloads through `agent.downloads` (hash-verified, atomic).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from .index import ArchiveIndex
 from .legacy_client import LegacyClient
 
 if TYPE_CHECKING:
-    from .backfill import PairStats
+    from .downloads import PeerFetch
 
-StoreTombstones = Callable[[str, FetchPlan, "PairStats"], Awaitable[None]]
+StoreTombstones = Callable[["PeerFetch", FetchPlan], Awaitable[None]]
 
 
 class LegacyPuller:
@@ -37,7 +37,7 @@ class LegacyPuller:
         self.recent_window = recent_window
 
     async def pairs(self, client: LegacyClient) -> list[tuple[str, str]]:
-        """Every (channel, quality) the peer holds; names we cannot hold are ignored,
+        """Every (channel, quality) the node holds; names we cannot hold are ignored,
         and so is wubloader's chat archive (not video segments)."""
         out = []
         for channel in valid_components(await client.channels()):
@@ -46,10 +46,10 @@ class LegacyPuller:
                 out.append((channel, quality))
         return out
 
-    async def compare_pair(self, client: LegacyClient, pair: tuple[str, str],
-                           hours: tuple[str, str], now: dt.datetime, stats: "PairStats"
-                           ) -> list[FetchPlan]:
+    async def compare_pair(self, fetch: "PeerFetch", pair: tuple[str, str],
+                           hours: tuple[str, str], now: dt.datetime) -> list[FetchPlan]:
         """List each hour in range, newest first; take its tombstones, plan its fetches."""
+        client, stats = fetch.client, fetch.stats
         channel, quality = pair
         listed = hours_to_list(await client.hours(channel, quality), *hours)
         stats.hours_compared = len(listed)
@@ -62,7 +62,7 @@ class LegacyPuller:
                 now, self.recent_window)
             stats.add_plan(plan)
             stats.elsewhere += near_duplicates
-            await self.store_tombstones(client.url, plan, stats)
+            await self.store_tombstones(fetch, plan)
             if plan.fetch:
                 plans.append(plan)
         return plans

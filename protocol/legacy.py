@@ -13,16 +13,9 @@ import datetime as dt
 import json
 from typing import Iterable
 
-from . import limits
-from . import messages as m
 from .errors import ProtocolError, SegmentNameError
 from .names import Kind, parse_filename, parse_hour, validate_component
 from .replication import FetchPlan, plan_hour
-
-SEGSYNC = "segsync"
-LEGACY = "legacy"
-AUTO = "auto"
-PEER_KINDS = (AUTO, SEGSYNC, LEGACY)
 
 MAX_LIST_BYTES = 4 * 1024 * 1024  # one JSON listing (an hour of 2 s segments is ~180 KiB)
 MAX_LIST_ITEMS = 50_000
@@ -116,39 +109,3 @@ def near_duplicate(a, b) -> bool:
     """Same duration, type and hash, starts within a millisecond (wubloader's rule)."""
     return (a.hash == b.hash and a.duration == b.duration and a.type == b.type
             and abs((a.start - b.start).total_seconds()) <= NEAR_DUPLICATE_SECONDS)
-
-
-def is_segsync_reply(data: bytes) -> bool:
-    """A segsync agent answers `/v1` with a protocol message: a reply or an error."""
-    for expect in (m.PairDigests, m.Error):
-        try:
-            m.decode(data, expect, limits.MAX_REPLY_BYTES)
-            return True
-        except ProtocolError:
-            continue
-    return False
-
-
-def classify_probe(v1_status: int | None, v1_is_segsync: bool,
-                   files_status: int | None, files_is_list: bool) -> str | None:
-    """What a probe found: SEGSYNC if /v1 answered like segsync (any status with a
-    segsync body: a 401 is a segsync peer with another token), LEGACY if /v1 is
-    absent (404/405) and `GET /files` is a JSON list, None if it cannot tell yet
-    (down, 5xx, something else entirely)."""
-    if v1_status is not None and v1_is_segsync:
-        return SEGSYNC
-    if v1_status in (404, 405) and files_status == 200 and files_is_list:
-        return LEGACY
-    return None
-
-
-def needs_probe(override: str, known: str | None, probed_at: float | None, now: float,
-                reprobe_after: float) -> bool:
-    """Probe a peer of kind `auto` when its kind is unknown, or when it was found
-    legacy `reprobe_after` seconds ago (it may have moved to segsync since). A
-    segsync peer is re-probed only when its /v1 goes missing (`forget`)."""
-    if override != AUTO:
-        return False
-    if known is None or probed_at is None:
-        return True
-    return known == LEGACY and now - probed_at >= reprobe_after

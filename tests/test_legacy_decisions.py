@@ -1,4 +1,5 @@
-"""Pure decisions for legacy (wubloader) peers: protocol/legacy.py, no sockets."""
+"""Pure decisions for wubloader (legacy) peers: protocol/legacy.py and
+protocol/peerkind.py, no sockets."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ import pytest
 from helpers import make_name
 from protocol import messages as m
 from protocol.errors import ProtocolError
+from protocol.endpoints import files_url
 from protocol.legacy import (
-    AUTO,
-    LEGACY,
     MAX_LIST_ITEMS,
-    SEGSYNC,
-    classify_probe,
     decode_name_list,
-    is_segsync_reply,
     hours_to_list,
-    needs_probe,
     plan_legacy_hour,
     valid_components,
 )
+from protocol.peerkind import (
+    PeerKind,
+    classify_probe,
+    is_segsync_reply,
+    needs_probe,
+    parse_peer_kind,
+)
+
+AUTO, SEGSYNC, WUBLOADER = PeerKind.AUTO, PeerKind.SEGSYNC, PeerKind.WUBLOADER
 
 NOW = dt.datetime(2026, 12, 1, 10, 30, tzinfo=dt.timezone.utc)
 START = dt.datetime(2026, 12, 1, 9, 15, 0, 500000, tzinfo=dt.timezone.utc)
@@ -89,8 +94,8 @@ def test_near_duplicate_within_a_millisecond_is_left_out():
 def test_probe_classification():
     assert classify_probe(200, True, None, False) == SEGSYNC
     assert classify_probe(401, True, None, False) == SEGSYNC  # another token: still segsync
-    assert classify_probe(404, False, 200, True) == LEGACY
-    assert classify_probe(405, False, 200, True) == LEGACY
+    assert classify_probe(404, False, 200, True) == WUBLOADER
+    assert classify_probe(405, False, 200, True) == WUBLOADER
     assert classify_probe(404, False, 200, False) is None  # an HTML page, not wubloader
     assert classify_probe(404, False, 500, False) is None
     assert classify_probe(500, False, None, False) is None
@@ -100,9 +105,9 @@ def test_probe_classification():
 def test_reprobe_policy():
     assert needs_probe(AUTO, None, None, 0, 600)
     assert not needs_probe(AUTO, SEGSYNC, 0, 10_000, 600)  # until its /v1 goes missing
-    assert not needs_probe(AUTO, LEGACY, 0, 599, 600)
-    assert needs_probe(AUTO, LEGACY, 0, 600, 600)  # it may have moved to segsync
-    assert not needs_probe(LEGACY, None, None, 0, 600)  # set in the config
+    assert not needs_probe(AUTO, WUBLOADER, 0, 599, 600)
+    assert needs_probe(AUTO, WUBLOADER, 0, 600, 600)  # it may have moved to segsync
+    assert not needs_probe(WUBLOADER, None, None, 0, 600)  # set in the config
     assert not needs_probe(SEGSYNC, None, None, 0, 600)
 
 
@@ -112,3 +117,18 @@ def test_segsync_reply_recognised():
     for other in (b"<!doctype html><title>404 Not Found</title>", b"", b"[]",
                   m.encode(m.Ack("stored"))):
         assert not is_segsync_reply(other)
+
+
+def test_configured_kinds():
+    assert parse_peer_kind("wubloader") is WUBLOADER
+    assert parse_peer_kind("legacy") is WUBLOADER  # the first releases' name
+    assert parse_peer_kind("segsync") is SEGSYNC and parse_peer_kind("auto") is AUTO
+    for bad in ("Wubloader", "", None, 1):
+        with pytest.raises(ValueError, match="not a peer kind"):
+            parse_peer_kind(bad)
+
+
+def test_listing_paths_are_percent_encoded():
+    assert files_url() == "/files"
+    assert files_url("desert bus", "source") == "/files/desert%20bus/source"
+    assert files_url("a?b", "c#d", "2026-12-01T10") == "/files/a%3Fb/c%23d/2026-12-01T10"

@@ -1,8 +1,9 @@
-"""Legacy (wubloader) peers: real agents pulling from a stand-in of wubloader's
+"""Wubloader (legacy) peers: real agents pulling from a stand-in of wubloader's
 restreamer read API (tests/legacy_standin.py, its own process) on loopback."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import socket
@@ -18,9 +19,11 @@ import trio
 from agent.client import PeerError
 from agent.config import ConfigError, build_config, load_toml
 from agent.peerkind import PeerKinds
+from agent.peers import Peer, PeerKind, PeerSet
 from agent.status_view import render_status
-from conftest import wait_until
+from conftest import peer_of, wait_until
 from helpers import free_port, hours_ago, replicable_state, touch_tombstone, write_segments
+from test_metrics import scrape
 from test_tools import run_cli
 from protocol.names import Kind
 
@@ -81,12 +84,16 @@ def wubloader_archive(root: Path) -> list:
     return names
 
 
+def kind_of(node, url: str) -> PeerKind | None:
+    return node.kinds.known(node.peers.peer_for(url))
+
+
 async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
     with legacy_node(tmp_path / "wub") as wub:
         names = wubloader_archive(wub.root)
         async with cluster_factory(1, connect=False, backfill=False) as c:
             node = c.nodes[0]
-            node.config.peers = [wub.url]
+            await node.set_peers([Peer.from_url(wub.url, "wub1")])
             [result] = await node.backfiller.round_all([wub.url])
             assert result.ok, result.error
             assert replicable_state(c.root(0)) == replicable_state(wub.root)
@@ -95,19 +102,26 @@ async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
             assert not (c.root(0) / names[0].path).exists()
             assert not any(p.parent.name == "chat" for p in c.root(0).rglob("*"))
             assert temp_files(c.root(0)) == []
-            probes = await node.probe_peers()  # no /healthz there: its /files answers
+            # metric labels are the peer's name
+            samples = await scrape(node)
+            stored = ("segsync_pulls_total", frozenset(
+                {"peer": "wub1", "kind": "segment", "outcome": "stored"}.items()))
+            assert samples[stored] == len(names) - 1
+            probes = await node.status.probe_peers()  # no /healthz there: its /files answers
             assert probes == {wub.url: None}
-            status = node.status(probes)
-            assert status["peers"][0]["kind"] == "legacy" and status["peers"][0]["reachable"]
-            assert "legacy" in render_status(status)
+            status = node.status.report(probes)
+            [peer] = status.peers
+            assert peer.kind == "wubloader" and peer.reachable and peer.name == "wub1"
+            assert "wubloader" in render_status(status)
             # in sync: the next round lists again (no digests) but fetches nothing
             [again] = await node.backfiller.round_all([wub.url])
             assert again.ok and again.total("downloaded") == 0 and again.total("missing") == 0
             # hours outside --backfill-hours are not even listed
-            node.config.backfill_hours = 2
+            node.backfiller.settings = dataclasses.replace(node.backfiller.settings, hours=2)
             [short] = await node.backfiller.round_all([wub.url])
             assert short.ok and short.total("hours_listed") == 2  # 1 and 2 hours ago
             assert wub.pushes() == []
+            assert node.pusher.state(node.peers.by_url(wub.url)).queue_depth == 0
 
 
 async def test_recent_segments_wait_for_a_later_round(cluster_factory, tmp_path):
@@ -166,7 +180,7 @@ async def test_garbage_html_and_errors_fail_the_round_and_change_nothing(
     write_segments(source, 3, hours_ago(2), 1)
     for fault in ("html", "garbage", "error500"):
         with legacy_node(source, "--fault", fault) as wub:
-            for kind in ("auto", "legacy"):
+            for kind in ("auto", "wubloader", "legacy"):
                 async with cluster_factory(1, connect=False, backfill=False,
                                            peer_kinds={wub.url: kind}) as c:
                     node = c.nodes[0]
@@ -229,8 +243,7 @@ async def test_mixed_cluster_converges_and_the_legacy_node_gets_no_push(
         async with cluster_factory(2, connect=False, backfill=False) as c:
             a, b = c.nodes
             for node, other in ((a, b), (b, a)):
-                node.config.peers = [other.url, wub.url]
-                node.pusher.set_peers(node.peer_urls())
+                await node.set_peers([peer_of(other), wub.url])
             early = write_segments(c.root(0), 3, hours_ago(2), 2)  # kinds not known yet
             await wait_until(lambda: all((c.root(1) / n.path).exists() for n in early))
             for node in (a, b):
@@ -243,9 +256,9 @@ async def test_mixed_cluster_converges_and_the_legacy_node_gets_no_push(
             expected = replicable_state(c.root(0))
             assert replicable_state(c.root(1)) == expected
             assert all(f"{n.hour_path}/{n.filename}" in expected for n in on_legacy)
-            for node in (a, b):
-                kinds = {p["url"]: p["kind"] for p in node.status()["peers"]}
-                assert kinds[wub.url] == "legacy" and kinds[node.peer_urls()[0]] == "segsync"
+            for node, other in ((a, b), (b, a)):
+                kinds = {p.url: p.kind for p in node.status.report().peers}
+                assert kinds == {wub.url: "wubloader", other.url: "segsync"}
             # the legacy node was only read from (and probed): never pushed to
             assert wub.pushes() == [], wub.pushes()
             assert all(r.startswith("GET ") or r.startswith("POST /v1/pair-digests")
@@ -257,46 +270,75 @@ async def test_mixed_cluster_converges_and_the_legacy_node_gets_no_push(
 
 async def test_peer_kinds_probe_once_remember_and_reprobe_a_legacy_peer(autojump_clock):
     calls = []
-    answers = iter([("legacy", "no /v1, /files is a list"), ("segsync", "/v1 answered")])
+    answers = iter([(PeerKind.WUBLOADER, "no /v1, /files is a list"),
+                    (PeerKind.SEGSYNC, "/v1 answered")])
 
-    async def probe(url):
-        calls.append(url)
+    async def probe(peer):
+        calls.append(peer.url)
         await trio.sleep(1)
         return next(answers)
 
-    kinds = PeerKinds({}, probe, reprobe_after=600)
+    x = Peer.from_url("http://x")
+    peers = PeerSet([x])
+    kinds = PeerKinds(peers, probe, reprobe_after=600)
     async with trio.open_nursery() as nursery:  # concurrent callers share one probe
         for _ in range(5):
-            nursery.start_soon(kinds.kind, "http://x")
-    assert calls == ["http://x"] and kinds.known("http://x") == "legacy"
+            nursery.start_soon(kinds.kind, x)
+    assert calls == ["http://x"] and kinds.known(x) is PeerKind.WUBLOADER
+    assert peers.capabilities(x).kind is PeerKind.WUBLOADER  # kept with the peer
     await trio.sleep(599)
-    assert await kinds.kind("http://x") == "legacy" and len(calls) == 1
+    assert await kinds.kind(x) is PeerKind.WUBLOADER and len(calls) == 1
     await trio.sleep(1)  # the node may have moved to segsync meanwhile
-    assert await kinds.kind("http://x") == "segsync" and len(calls) == 2
-    assert await kinds.kind("http://x") == "segsync" and len(calls) == 2  # kept
-    kinds.forget("http://x")
-    assert kinds.known("http://x") is None
+    assert await kinds.kind(x) is PeerKind.SEGSYNC and len(calls) == 2
+    assert await kinds.kind(x) is PeerKind.SEGSYNC and len(calls) == 2  # kept
+    kinds.forget(x)
+    assert kinds.known(x) is None
+    peers.set_source("static", [])  # a peer that leaves the set takes its kind along
+    assert peers.capabilities(x).kind is None
 
 
-async def test_peer_kinds_unknown_is_an_error_and_overrides_never_probe(autojump_clock):
-    async def probe(url):
+async def test_peer_kinds_unknown_is_an_error_and_configured_kinds_never_probe(
+        autojump_clock):
+    async def probe(peer):
         return None, "/v1: ConnectError"
 
-    kinds = PeerKinds({"http://old": "legacy"}, probe)
+    peers = PeerSet([Peer.from_url("http://down")], kinds={"http://old": PeerKind.WUBLOADER})
+    peers.set_source("file", [Peer.from_url("http://old")])
+    kinds = PeerKinds(peers, probe)
     with pytest.raises(PeerError, match="cannot tell its kind: /v1: ConnectError"):
-        await kinds.kind("http://down")
-    assert await kinds.kind("http://old") == "legacy"
+        await kinds.kind(peers.by_url("http://down"))
+    assert kinds.known(peers.by_url("http://down")) is None
+    old = peers.by_url("http://old")  # the config's kind, whichever source lists it
+    assert old.kind is PeerKind.WUBLOADER
+    assert await kinds.kind(old) is PeerKind.WUBLOADER
+    assert peers.peer_for("http://old/") == old
 
 
 def test_peer_kinds_config(tmp_path):
-    cfg = build_config(dict(root=tmp_path, peer_kinds={"http://a:8080/": "legacy"}))
-    assert cfg.peer_kinds == {"http://a:8080": "legacy"}
-    for bad in ({"http://a": "wubloader"}, {"ftp://a": "legacy"}, ["http://a"]):
-        with pytest.raises(ConfigError):
+    cfg = build_config(dict(root=tmp_path, peer_kinds={"http://a:8080/": "legacy",
+                                                       "http://b": "segsync"}))
+    assert cfg.peer_kinds == {"http://a:8080": PeerKind.WUBLOADER,
+                              "http://b": PeerKind.SEGSYNC}
+    for bad in ({"http://a": "wubloaders"}, {"ftp://a": "wubloader"}, ["http://a"]):
+        with pytest.raises(ConfigError, match="peer-kinds"):
             build_config(dict(root=tmp_path, peer_kinds=bad))
     toml = tmp_path / "c.toml"
-    toml.write_text('[peer-kinds]\n"http://b:8080" = "segsync"\n')
-    assert load_toml(toml)["peer_kinds"] == {"http://b:8080": "segsync"}
+    toml.write_text('[peer-kinds]\n"http://b:8080" = "wubloader"\n')
+    assert load_toml(toml)["peer_kinds"] == {"http://b:8080": "wubloader"}
+
+
+async def test_a_peer_configured_as_wubloader_gets_no_pusher(cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as wub:
+        async with cluster_factory(1, connect=False, backfill=False,
+                                   peer_kinds={wub.url: "wubloader"}) as c:
+            node = c.nodes[0]
+            await node.set_peers([wub.url])
+            assert node.peers.by_url(wub.url).kind is PeerKind.WUBLOADER
+            assert node.pusher.pushers == {}
+            write_segments(c.root(0), 2, hours_ago(1), 1)
+            [r] = await node.backfiller.round_all([wub.url])
+            assert r.ok, r.error
+            assert wub.requests() and all(q.startswith("GET /files") for q in wub.requests())
 
 
 async def test_a_peer_moving_between_kinds_is_probed_again(cluster_factory, tmp_path):
@@ -305,30 +347,30 @@ async def test_a_peer_moving_between_kinds_is_probed_again(cluster_factory, tmp_
     url = f"http://127.0.0.1:{port}"
     async with cluster_factory(1, connect=False, backfill=False) as c:
         node = c.nodes[0]
-        node.config.peers = [url]
+        await node.set_peers([url])
         with legacy_node(tmp_path / "wub", "--port", str(port)) as wub:
             first = write_segments(wub.root, 2, hours_ago(3), 1)
             [r] = await node.backfiller.round_all([url])
             assert r.ok, r.error
-            assert node.peer_kinds.known(url) == "legacy"
+            assert kind_of(node, url) is PeerKind.WUBLOADER
         upgraded = await c.start_node(listen=f"127.0.0.1:{port}", backfill=False)
         second = write_segments(c.root(1), 2, hours_ago(2), 2)
         await wait_until(lambda: all(upgraded.index.has(n, Kind.SEGMENT) for n in second))
-        node.peer_kinds.reprobe_after = 0  # instead of waiting ten minutes
+        node.kinds.reprobe_after = 0  # instead of waiting ten minutes
         [r] = await node.backfiller.round_all([url])
         assert r.ok, r.error
-        assert node.peer_kinds.known(url) == "segsync"
+        assert kind_of(node, url) is PeerKind.SEGSYNC
         assert all((c.root(0) / n.path).exists() for n in first + second)
         upgraded.stop()
         await wait_until(lambda: free_to_bind(port))
         with legacy_node(tmp_path / "wub2", "--port", str(port)):
             [r] = await node.backfiller.round_all([url])  # its /v1 is gone: 404
-            assert not r.ok and node.peer_kinds.known(url) is None
-            backoff = node.backfiller.peers[url].backoff
+            assert not r.ok and kind_of(node, url) is None
+            backoff = node.backfiller.states[url].backoff
             await wait_until(lambda: backoff.ready(trio.current_time()))
             [r] = await node.backfiller.round_all([url])
             assert r.ok, r.error
-            assert node.peer_kinds.known(url) == "legacy"
+            assert kind_of(node, url) is PeerKind.WUBLOADER
 
 
 def free_to_bind(port: int) -> bool:
@@ -352,7 +394,7 @@ async def test_purge_asks_a_legacy_peer_for_its_tombstones(cluster_factory, tmp_
                 (wub.root / s.path).write_bytes((c.root(0) / s.path).read_bytes())
             touch_tombstone(wub.root, s1)  # the wubloader node never got s2's tombstone
             await wait_until(lambda: node.index.has(s2, Kind.TOMBSTONE))
-            node.config.peers = [wub.url]
+            await node.set_peers([wub.url])
             [r] = await node.backfiller.round_all([wub.url])  # learns its kind
             assert r.ok, r.error
             code, out, err = await run_cli(capsys, "purge", "--root", str(c.root(0)),
