@@ -13,6 +13,7 @@ import trio
 from .backfill import Backfiller, BackfillSettings
 from .client import ClientFactory
 from .config import Config
+from .dashboard import Dashboard
 from .downloads import Downloads
 from .index import ArchiveIndex
 from .ingest import Ingest
@@ -55,8 +56,12 @@ class Node:
         self.status = StatusReport(config.node_name, self.peers, self.clients, self.index,
                                    self.pusher, self.backfiller, url=lambda: self.url,
                                    kinds=self.kinds)
+        self.dashboard = Dashboard(self.index, self.status.probe_and_report,
+                                   self.metrics.recent_push_latencies, self.peers, self.clients,
+                                   config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
-                       ServerSettings.from_config(config), self.status.probe_and_report)
+                       ServerSettings.from_config(config), self.status.probe_and_report,
+                       self.dashboard)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 

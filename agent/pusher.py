@@ -149,7 +149,9 @@ class PeerPusher:
             m = self.metrics
             m.pushes.labels(self.label, item.label, outcome).inc()
             m.last_push.labels(self.label).set(self.last_success)
-            m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
+            latency = trio.current_time() - item.seen_at
+            m.push_latency.labels(item.label).observe(latency)
+            m.recent_push_latencies.add(self.last_success, latency)
 
     async def _is_segsync(self) -> bool:
         """Whether the peer takes pushes: its kind, probed first if unknown (a

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
@@ -31,6 +31,9 @@ from .ingest import Ingest
 from .metrics import Metrics
 from .store import Store, WriteRejected
 from .transport import MIN_RATE
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,9 @@ class App:
     listings and files come from `index` and `store`."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
-                 settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]]) -> None:
+                 settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
+                 dashboard: Dashboard | None = None) -> None:
+        self.dashboard = dashboard  # serves / and /dashboard/... (agent/dashboard.py)
         self.ingest = ingest
         self.index = index
         self.store = store
@@ -167,6 +172,8 @@ class App:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await self.serve_segment(req, "/".join(rest), send)
+        if endpoint in (endpoints.PAGE, endpoints.DASHBOARD) and self.dashboard is not None:
+            return await self.dashboard.route(req, endpoint, rest, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:

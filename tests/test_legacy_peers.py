@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -113,6 +114,10 @@ async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
             [peer] = status.peers
             assert peer.kind == "wubloader" and peer.reachable and peer.name == "wub1"
             assert "wubloader" in render_status(status)
+            # the dashboard draws maps of segsync peers only
+            async with httpx.AsyncClient(base_url=node.url) as http:
+                r = await http.get("/dashboard/coverage", params={"peer": "wub1"})
+            assert r.status_code == 400 and "wubloader peer" in r.text, r.text
             # in sync: the next round lists again (no digests) but fetches nothing
             [again] = await node.backfiller.round_all([wub.url])
             assert again.ok and again.total("downloaded") == 0 and again.total("missing") == 0
