@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.peerkind import PeerKind, parse_peer_kind
 from protocol.peerlist import PeerEntry, PeerListError, parse_node_file
 
 from .peers import normalize_peer_url
@@ -52,6 +53,7 @@ class Config:
     rescan_interval: float = 3600.0
     backfill: bool = True
     push: bool = True
+    peer_kinds: dict[str, PeerKind] = field(default_factory=dict)  # URL -> kind (TOML only)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -93,6 +95,19 @@ def read_peers_file(path: Path) -> list[PeerEntry]:
         return parse_node_file(text, normalize_peer_url)
     except PeerListError as e:
         raise ConfigError(f"peers file {path}: {e}") from None
+
+
+def parse_peer_kinds(value: object) -> dict[str, PeerKind]:
+    """The `peer-kinds` table: peer URL -> auto | segsync | wubloader ("legacy" too)."""
+    if not isinstance(value, dict):
+        raise ConfigError('peer-kinds must be a table of URL = "auto|segsync|wubloader"')
+    out = {}
+    for url, kind in value.items():
+        try:
+            out[normalize_peer_url(str(url))] = parse_peer_kind(kind)
+        except ValueError as e:
+            raise ConfigError(f"peer-kinds: {url!r}: {e}") from None
+    return out
 
 
 def read_secret_file(path: Path, what: str) -> str:
@@ -188,6 +203,7 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(
             f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
         )
+    cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
     if cfg.peers_file is not None:
         read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
     check_node_database(cfg)

@@ -1,8 +1,9 @@
 """Peers as values, and the one peer set that push, backfill, status and metrics follow.
 
 A `Peer` is what the operator configured: a URL, a name (for status and metric
-labels) and a kind. What is learned about a peer at run time (does it serve batch
-fetches?) lives in its `PeerCapabilities`, kept by the `PeerSet` for as long as the
+labels) and a kind (`auto` unless the config's `peer-kinds` says). What is learned
+about a peer at run time (its kind, found by a probe; does it serve batch fetches?)
+lives in its `PeerCapabilities`, kept by the `PeerSet` for as long as the
 peer is configured, so every round and every client share one answer.
 
 The set merges named sources (flags, a peers file, wubloader's nodes database); a
@@ -15,20 +16,21 @@ leaves.
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import logging
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Mapping
 
 import httpx
 import trio
 
+from protocol.peerkind import PeerKind
+
+__all__ = ["Peer", "PeerCapabilities", "PeerKind", "PeerSet", "follow_peers",
+           "normalize_peer_url"]
+
 log = logging.getLogger(__name__)
-
-
-class PeerKind(str, enum.Enum):
-    SEGSYNC = "segsync"  # speaks /v1: push and pull
 
 
 def normalize_peer_url(url: str) -> str:
@@ -56,11 +58,11 @@ def default_peer_name(url: str) -> str:
 class Peer:
     url: str
     name: str
-    kind: PeerKind = PeerKind.SEGSYNC
+    kind: PeerKind = PeerKind.AUTO
 
     @classmethod
     def from_url(cls, url: str, name: str | None = None,
-                 kind: PeerKind = PeerKind.SEGSYNC) -> "Peer":
+                 kind: PeerKind = PeerKind.AUTO) -> "Peer":
         url = normalize_peer_url(url)
         return cls(url, name or default_peer_name(url), kind)
 
@@ -76,6 +78,8 @@ class PeerCapabilities:
     """What a peer turned out to support; None until known."""
 
     batch_fetch: bool | None = None
+    kind: PeerKind | None = None  # what a probe found (SEGSYNC or WUBLOADER)
+    kind_probed_at: float | None = None  # trio clock of that probe
 
 
 def is_named(peer: Peer) -> bool:
@@ -126,11 +130,21 @@ def merge_sources(sources: Iterable[list[Peer]], this_node: str | None = None) -
     return merged
 
 
-class PeerSet:
-    """The configured peers, merged from named sources, with change notification."""
+def apply_kinds(peers: list[Peer], kinds: Mapping[str, PeerKind]) -> list[Peer]:
+    """A peer of kind AUTO whose URL the config's `peer-kinds` names gets that kind,
+    whichever source listed it."""
+    return [dataclasses.replace(p, kind=kinds[p.url])
+            if p.kind is PeerKind.AUTO and p.url in kinds else p for p in peers]
 
-    def __init__(self, static: Iterable[Peer] = (), this_node: str | None = None) -> None:
+
+class PeerSet:
+    """The configured peers, merged from named sources, with change notification.
+    `kinds` (URL -> kind, from the config) applies to peers of every source."""
+
+    def __init__(self, static: Iterable[Peer] = (), this_node: str | None = None,
+                 kinds: Mapping[str, PeerKind] | None = None) -> None:
         self.this_node = this_node  # a source's entry of this name is this node, left out
+        self.kinds = dict(kinds or {})
         self._sources: dict[str, list[Peer]] = {"static": list(static)}
         self._reported: tuple = ((), ())
         self._peers = self._merge()
@@ -151,6 +165,12 @@ class PeerSet:
     def by_url(self, url: str) -> Peer | None:
         return next((p for p in self._peers if p.url == url), None)
 
+    def peer_for(self, url: str) -> Peer:
+        """The configured peer with this URL, else one named by it, of the kind the
+        config's `peer-kinds` gives it (a one-off round with an unlisted peer)."""
+        url = normalize_peer_url(url)
+        return self.by_url(url) or apply_kinds([Peer.from_url(url)], self.kinds)[0]
+
     def set_source(self, source: str, peers: Iterable[Peer]) -> bool:
         """Replace one source's list; True (and consumers are woken) if the set changed."""
         self._sources[source] = list(peers)
@@ -168,7 +188,8 @@ class PeerSet:
         return True
 
     def _merge(self) -> list[Peer]:
-        """The sources merged; what the merge left out is logged when it changes."""
+        """The sources merged, with the configured kinds; what the merge left out is
+        logged when it changes."""
         merged = merge_sources(self._sources.values(), self.this_node)
         reported = (tuple(merged.this_node), tuple(merged.conflicts))
         if reported != self._reported:
@@ -177,7 +198,7 @@ class PeerSet:
                 log.info("peer %s is this node (--node-name): not a peer", peer)
             for conflict in merged.conflicts:
                 log.warning("peer list: %s", conflict)
-        return merged.peers
+        return apply_kinds(merged.peers, self.kinds)
 
     def capabilities(self, peer: Peer) -> PeerCapabilities:
         caps = self._capabilities.get(peer.url)
