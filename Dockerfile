@@ -4,7 +4,7 @@
 # The agent listens on 0.0.0.0, so it needs a token at /run/secrets/segsync_token and
 # TLS: /etc/segsync/tls/node.crt, node.key and the cluster's ca.crt (`segsync tls
 # init`; re-read when renewed). It reads its peers (https:// URLs) from
-# /etc/segsync/peers (one URL per line, re-read on change).
+# /etc/segsync/peers ('NAME URL' or 'URL' per line, re-read on change).
 FROM python:3.11-alpine
 
 # where the source lives (OCI label): the project has no public home yet, so the

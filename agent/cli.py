@@ -21,14 +21,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:8200)")
     p.add_argument("--peer", action="append", dest="peers", metavar="URL",
                    help="peer base URL; repeat for several")
-    p.add_argument("--peers-file", help="file with one peer URL per line; re-read on change")
+    p.add_argument("--peers-file",
+                   help="node file: 'NAME URL' or 'URL' per line; re-read on change")
+    p.add_argument("--node-database", metavar="CONNINFO",
+                   help="wubloader's nodes database (PostgreSQL connection string), read "
+                        "each backfill round; prefer --node-database-file for a password")
+    p.add_argument("--node-database-file", metavar="FILE",
+                   help="file holding the --node-database connection string")
     p.add_argument("--token-file", help="file holding the shared bearer token")
     p.add_argument("--protect-reads", action="store_true", default=None,
                    help="require the token on /files, /segments and /metrics too")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow clear text: a non-loopback listen address without a token "
                         "or TLS, http:// peers off this machine while holding a token")
-    p.add_argument("--node-name", help="this node's name in logs and status")
+    p.add_argument("--node-name", help="this node's name in logs and status; a peer of this "
+                   "name in the node file or database is this node, and skipped")
     p.add_argument("--tls-cert", metavar="FILE",
                    help="serve HTTPS with this certificate (chain); re-read when it changes")
     p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")

@@ -19,7 +19,9 @@ from .index import ArchiveIndex
 from .ingest import Ingest
 from .local_files import LocalFiles
 from .metrics import Metrics
-from .peers import Peer, PeerSet
+from .node_database import NodeDatabase, NodeDatabaseSource
+from .peerkind import PeerKinds
+from .peers import Peer, PeerSet, normalize_peer_url
 from .peers_file import PeersFile
 from .pusher import Pusher, PushSettings
 from .server import App, ServerSettings
@@ -39,13 +41,22 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
-        self.peers = PeerSet(Peer.from_url(url) for url in config.peers)
+        self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
+                             this_node=config.node_name, kinds=config.peer_kinds)
         self.tls = NodeTls.from_config(config)
-        self.peers_file = (PeersFile(config.peers_file, self.peers, rule=self._peers_rule)
+        self.peers_file = (PeersFile(config.peers_file, self.peers, self.metrics,
+                                     rule=self._peers_rule)
                            if config.peers_file else None)
+        self.node_database = (
+            NodeDatabaseSource(
+                NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout),
+                self.peers, self.metrics, interval=config.backfill_interval,
+                rule=self._peers_rule)
+            if config.node_database else None)
         self.clients = ClientFactory.from_config(config, tls=self.tls.client)
+        self.kinds = PeerKinds.probing_with(self.peers, self.clients)
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
-                             PushSettings.from_config(config))
+                             PushSettings.from_config(config), self.kinds)
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
                                       rescan_interval=config.rescan_interval)
@@ -53,13 +64,15 @@ class Node:
                                    config.max_concurrency, config.max_segment_bytes)
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
                                      self.downloads, self.metrics,
-                                     BackfillSettings.from_config(config))
-        self.status = StatusReport(config.node_name, self.peers, self.clients, self.index,
-                                   self.pusher, self.backfiller, url=lambda: self.url,
-                                   tls=self.tls.status)
+                                     BackfillSettings.from_config(config), kinds=self.kinds)
+        self.status = StatusReport(
+            config.node_name, self.peers, self.clients, self.index, self.pusher,
+            self.backfiller, url=lambda: self.url, kinds=self.kinds,
+            sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
+            tls=self.tls.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
-                                   config.token, config.protect_reads)
+                                   config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        self.dashboard)
@@ -72,6 +85,10 @@ class Node:
                 if self.peers_file is not None:
                     self.peers_file.apply(await trio.to_thread.run_sync(self.peers_file.read))
                     nursery.start_soon(self.peers_file.watch)
+                if self.node_database is not None:
+                    # read before the node reports started: its nodes count at start-up
+                    await self.node_database.refresh()
+                    nursery.start_soon(self.node_database.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
                 nursery.start_soon(self.dashboard.warm)
@@ -111,9 +128,9 @@ class Node:
         self.tls.configure_hypercorn(hc)
         await serve(self.app, hc, task_status=task_status)
 
-    def _peers_rule(self, urls: list[str]) -> str | None:
-        """The clear-text peer rule for a re-read peers file (agent/tls.py)."""
-        return peers_problem(urls, self.config.token is not None, self.config.insecure)
+    def _peers_rule(self, entries: list) -> str | None:
+        """The clear-text peer rule for a re-read peers file or nodes table (agent/tls.py)."""
+        return peers_problem(entries, self.config)
 
     async def set_peers(self, peers: list[Peer | str]) -> None:
         """Replace the configured (static) peers, as flags would, and return once the
@@ -121,7 +138,8 @@ class Node:
         self.peers.set_source("static", [p if isinstance(p, Peer) else Peer.from_url(p)
                                          for p in peers])
         with trio.move_on_after(5 if self.config.push and self.url else 0):
-            while set(self.pusher.pushers) != set(self.peers.peers):
+            while set(self.pusher.pushers) != {p for p in self.peers
+                                               if self.pusher.pushed_to(p)}:
                 await trio.sleep(0.001)
 
 

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import trio
 
@@ -372,14 +372,20 @@ class NodeTls:
         return self.reloader.status() if self.reloader is not None else None
 
 
-def peers_problem(urls: list[str], has_token: bool, insecure: bool) -> str | None:
-    """The first peer URL the clear-text rule refuses (see protocol.transport)."""
+def peers_problem(entries: Iterable, cfg) -> str | None:
+    """The first peer (`url` and `name` of each entry) the clear-text rule refuses (see
+    protocol.transport), for a configuration's token, node name, peer kinds and
+    --insecure."""
     import httpx
 
-    from protocol.transport import plain_peer_problem
+    from protocol.peerkind import PeerKind
+    from protocol.transport import plain_peer_problem, token_receivers
 
     from .config import is_loopback
 
+    has_token, insecure = cfg.token is not None, cfg.insecure
+    wubloader = {url for url, kind in cfg.peer_kinds.items() if kind is PeerKind.WUBLOADER}
+    urls = token_receivers(((e.url, e.name) for e in entries), cfg.node_name, wubloader)
     for url in urls:
         parsed = httpx.URL(url)
         problem = plain_peer_problem(url, parsed.scheme, is_loopback(parsed.host), has_token,
@@ -389,10 +395,11 @@ def peers_problem(urls: list[str], has_token: bool, insecure: bool) -> str | Non
     return None
 
 
-def config_problem(cfg, file_peers: list[str]) -> str | None:
+def config_problem(cfg, file_peers: list) -> str | None:
     """What is wrong with a configuration's transport security, or None: TLS options
     that go together, files that must load, the bind rule and the clear-text peer
     rule. Reads the files (start-up only)."""
+    from protocol.peerlist import PeerEntry
     from protocol.transport import listen_problem, tls_options_problem
 
     from .config import is_loopback
@@ -414,8 +421,8 @@ def config_problem(cfg, file_peers: list[str]) -> str | None:
     host, _ = cfg.listen_host_port
     problem = listen_problem(host, is_loopback(host), cfg.token is not None, has_cert,
                              cfg.insecure)
-    return problem or peers_problem([*cfg.peers, *file_peers], cfg.token is not None,
-                                    cfg.insecure)
+    static = [PeerEntry(None, url) for url in cfg.peers]
+    return problem or peers_problem([*static, *file_peers], cfg)
 
 
 def status_lines(tls: m.TlsStatus | None) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+from typing import Collection, Iterable
 
 
 def listen_problem(host: str, loopback: bool, has_token: bool, has_tls: bool,
@@ -38,6 +39,15 @@ def plain_peer_problem(url: str, scheme: str, loopback: bool, has_token: bool,
         return None
     return (f"refusing peer {url}: plain http to a non-loopback host would send the "
             "token in clear; use https:// (with --tls-ca) or pass --insecure")
+
+
+def token_receivers(entries: Iterable[tuple[str, str | None]], this_node: str,
+                    without_token: Collection[str]) -> list[str]:
+    """The URLs among (url, name) peer entries that a node would send its token to: not
+    its own line (a node file lists every node, this one too) nor a peer configured
+    as a wubloader node (its client never carries the token)."""
+    return [url for url, name in entries
+            if not (name is not None and name == this_node) and url not in without_token]
 
 
 def tls_options_problem(cert: bool, key: bool, ca: bool, client_auth: bool) -> str | None:

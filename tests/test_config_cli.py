@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import ConfigError, build_config, load_toml, parse_peers_text
+from agent.config import ConfigError, build_config, load_toml, read_peers_file
+from protocol.peerlist import PeerEntry
 from helpers import free_port, wait_healthy
 
 SEGSYNC = [sys.executable, "-m", "agent.cli"]
@@ -77,6 +78,17 @@ def test_clear_text_peers_refused_while_holding_a_token(tmp_path):
     # loopback peers, https peers, or no token at all: nothing to leak
     build_config({**base, "peers": ["http://127.0.0.1:8201", "https://b.example:8200"]})
     build_config({"root": tmp_path, "peers": ["http://b.example:8200"]})
+    # a node file's line for this node, and a peer pinned as a wubloader node (its
+    # client never carries the token), are not refused
+    peers_file.write_text("a http://10.1.2.1:8200\nold http://10.1.2.3:8000\n"
+                          "https://b.example:8200\n")
+    with pytest.raises(ConfigError, match="refusing peer http://10.1.2.1:8200"):
+        build_config({**base, "peers_file": peers_file,
+                      "peer_kinds": {"http://10.1.2.3:8000": "wubloader"}})
+    with pytest.raises(ConfigError, match="refusing peer http://10.1.2.3:8000"):
+        build_config({**base, "peers_file": peers_file, "node_name": "a"})
+    build_config({**base, "peers_file": peers_file, "node_name": "a",
+                  "peer_kinds": {"http://10.1.2.3:8000": "wubloader"}})
 
 
 def test_tls_files_checked_at_start_up(tmp_path):
@@ -123,11 +135,14 @@ def test_toml_and_flags(tmp_path):
         load_toml(conf)
 
 
-def test_peers_file_parsing():
-    assert parse_peers_text("# c\nhttp://a:1/\n\nhttp://b:2 # x\nhttp://a:1\n") == [
-        "http://a:1", "http://b:2"]
-    with pytest.raises(ConfigError, match="line 2"):
-        parse_peers_text("http://a:1\nnot a url\n")
+def test_peers_file_parsing(tmp_path):
+    """Both formats (more in test_peerlist.py); a bad line names the file and the line."""
+    path = tmp_path / "peers"
+    path.write_text("# c\nhttp://a:1/\n\nb http://b:2 # x\nhttp://a:1\n")
+    assert read_peers_file(path) == [PeerEntry(None, "http://a:1"), PeerEntry("b", "http://b:2")]
+    path.write_text("http://a:1\nnot-a-url\n")
+    with pytest.raises(ConfigError, match=f"peers file {path}: line 2: "):
+        read_peers_file(path)
 
 
 def test_cli_reports_bad_config(tmp_path, capsys):

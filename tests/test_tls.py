@@ -327,3 +327,32 @@ async def test_dashboard_login_cookie_is_secure_over_tls(tmp_path, ca, token_fil
         assert reply.status_code == 303
         cookie = reply.headers["set-cookie"]
         assert "segsync_dashboard=" in cookie and "; Secure" in cookie
+
+
+async def test_nodes_table_naming_a_clear_text_peer_keeps_the_last_list(tmp_path, token_file):
+    """The clear-text rule on the nodes-table source (the rule's wiring is tested; the
+    table stands in for PostgreSQL, which test_node_database.py runs for real)."""
+    from agent.config import build_config
+    from agent.metrics import Metrics
+    from agent.node_database import NodeDatabaseSource
+    from agent.peers import PeerSet
+    from agent.tls import peers_problem
+    from protocol.peerlist import PeerEntry
+
+    class Table:
+        where = "segsync@db.example:5432/nodes"
+        rows = [PeerEntry("a", "http://10.1.2.1:8200"), PeerEntry("b", "https://b.example:8200")]
+
+        async def read(self):
+            return list(self.rows)
+
+    cfg = build_config({"root": tmp_path, "token_file": token_file, "node_name": "a"})
+    table, peers = Table(), PeerSet(this_node="a")
+    source = NodeDatabaseSource(table, peers, Metrics(), interval=60,
+                                rule=lambda entries: peers_problem(entries, cfg))
+    assert await source.refresh()  # this node's own http:// row is no peer
+    assert [p.url for p in peers] == ["https://b.example:8200"]
+    table.rows = [*table.rows, PeerEntry("c", "http://10.1.2.3:8200")]
+    assert not await source.refresh()
+    assert [p.url for p in peers] == ["https://b.example:8200"]
+    assert "refusing peer http://10.1.2.3:8200" in source.status().error

@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 from protocol.transport import (
-    is_dns_name, listen_problem, node_alt_names, plain_peer_problem, reload_due,
+    is_dns_name, listen_problem, node_alt_names, plain_peer_problem, reload_due, token_receivers,
     tls_options_problem, validity_problem,
 )
 
@@ -44,6 +44,14 @@ def test_plain_peer_rule(scheme, loopback, token, insecure, refused):
     assert (problem is not None) == refused
     if refused:
         assert "b:8200" in problem and "https://" in problem and "--insecure" in problem
+
+
+def test_token_receivers_leave_out_this_node_and_wubloader_peers():
+    entries = [("http://a:1", "a"), ("http://b:1", "b"), ("http://c:1", None),
+               ("http://w:8000", "w")]
+    assert token_receivers(entries, "a", {"http://w:8000"}) == ["http://b:1", "http://c:1"]
+    # a bare URL is never this node (several agents may share a host)
+    assert token_receivers([("http://a:1", None)], "a", set()) == ["http://a:1"]
 
 
 @pytest.mark.parametrize("cert, key, ca, client_auth, expect", [
