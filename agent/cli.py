@@ -36,6 +36,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="how far back backfill compares (default 336)")
     p.add_argument("--max-concurrency", type=int, metavar="N",
                    help="parallel backfill downloads per node (default 5)")
+    p.add_argument("--scrub-rate", type=float, metavar="MB/S",
+                   help="MB/s the scrub re-hashes segments at (default 10)")
+    p.add_argument("--scrub-interval", type=float, metavar="SECONDS",
+                   help="seconds from the end of a full scrub pass to the next (default 86400)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")
     p.add_argument("--config", help="TOML file with the same keys; flags override it")
@@ -122,7 +126,7 @@ COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import tools  # noqa: F401  (registers the operator's sub-commands)
+    from . import scrub_cli, tools  # noqa: F401  (register the operator's sub-commands)
 
     parser = make_parser()
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemStart
 from protocol.names import Kind, SegmentName
+from protocol.scrub import ServedBytesCheck
 
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 # httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
@@ -174,10 +175,13 @@ class PeerClient:
         return reply.status  # type: ignore[attr-defined]
 
     async def upload(self, name: SegmentName, file_path: Path) -> tuple[str, int]:
-        """Stream a local segment to the peer. Returns (ack status, bytes sent)."""
+        """Stream a local segment to the peer. Returns (ack status, bytes sent).
+        RottenBytes if the file does not hash to its name: its last chunk is then
+        never sent, so the peer gets no complete copy."""
         f = await trio.to_thread.run_sync(open, file_path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size
+            check = ServedBytesCheck(name.path, name.hash, size)
 
             async def body() -> AsyncIterator[bytes]:
                 left = size
@@ -186,6 +190,7 @@ class PeerClient:
                     if not chunk:
                         raise PeerError(self.url, f"{file_path} shrank while sending")
                     left -= len(chunk)
+                    check.update(chunk)
                     yield chunk
 
             async with self.gate:

@@ -21,7 +21,9 @@ from .config import Config, ConfigError, read_peers_file
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .pusher import Pusher
+from .heal import PeerHealer
 from .recent import RecentSet
+from .scrub import Scrubber
 from .server import App
 from .store import SegmentWriter, Store, WriteRejected, classify_hour
 from .watcher import ArchiveWatcher, Batch
@@ -55,6 +57,12 @@ class Node:
         self.pusher = Pusher(self)
         self.backfiller = Backfiller(self)
         self.watcher = ArchiveWatcher(Path(config.root))
+        self.scrubber = Scrubber(
+            self.store, self.index, self.metrics,
+            PeerHealer(self.peer_urls, self._heal_client, self.accept_segment,
+                       config.max_segment_bytes),
+            rate=config.scrub_rate * 1e6, interval=config.scrub_interval,
+            start_delay=config.scrub_start_delay)
         self.file_peers: list[str] = []
         self.url: str | None = None
         self.cancel_scope = trio.CancelScope()
@@ -74,6 +82,7 @@ class Node:
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 await nursery.start(self.pusher.run)
+                await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self._rescan_loop)
                 if self.config.peers_file is not None:
                     nursery.start_soon(self._peers_file_loop)
@@ -141,6 +150,15 @@ class Node:
                 if self._load_peers_file():
                     self.pusher.set_peers(self.peer_urls())
             await trio.sleep(1.0)
+
+    def _heal_client(self, url: str) -> PeerClient:
+        cfg = self.config
+        return PeerClient(url, cfg.token, cfg.node_name, concurrency=1,
+                          timeout=cfg.request_timeout)
+
+    def report_rot(self, name: SegmentName) -> None:
+        """Serving found a file whose bytes do not hash to its name."""
+        self.scrubber.suspect(name)
 
     # ---- local files (from the watcher and rescans) ----
 
@@ -386,5 +404,6 @@ class Node:
             "time": time.time(),  # ages are computed against the node's own clock
             "segments": self.index.segment_count(),
             "peers": peers,
+            "scrub": self.scrubber.status(),
         }
 

@@ -17,6 +17,7 @@ import trio
 
 from protocol.backoff import Backoff
 from protocol.names import Kind, SegmentName
+from protocol.scrub import RottenBytes
 
 from .client import PeerClient, PeerError
 
@@ -108,6 +109,11 @@ class PeerPusher:
                 outcome = await self._push(item)
             except PeerError as e:
                 self._failed(item, str(e), e.status)
+                continue
+            except RottenBytes as e:  # never sent whole; the scrub quarantines and heals it
+                log.error("push %s to %s stopped: %s", item.name.path, self.url, e)
+                self.node.metrics.pushes.labels(self.url, item.label, "rotten").inc()
+                self.node.report_rot(item.name)
                 continue
             except OSError as e:  # our own file vanished or is unreadable
                 log.warning("push %s to %s: %s", item.name.path, self.url, e)
