@@ -75,6 +75,9 @@ def render_status(status: dict) -> str:
         f"up {format_uptime(now - float(status.get('started_at') or now))}, "
         f"{status.get('segments')} segments",
     ]
+    scrub = status.get("scrub")
+    if isinstance(scrub, dict):
+        lines.extend(scrub_lines(scrub, now))
     peers = status.get("peers") or []
     if not peers:
         lines.append("no peers configured")
@@ -102,6 +105,21 @@ def render_status(status: dict) -> str:
         lines.append("")
         lines.extend(problems)
     return "\n".join(lines) + "\n"
+
+
+def scrub_lines(scrub: dict, now: float) -> list[str]:
+    """The scrub's line (and every lost segment) for `segsync status`."""
+    where = (f"pass in progress at {scrub['position']}" if scrub.get("position")
+             else "pass in progress" if scrub.get("pass_started") else "idle")
+    lines = [
+        f"scrub: last full pass {format_age(scrub.get('last_full_pass'), now)}, {where}; "
+        f"since start {_count(scrub.get('checked'))} checked, "
+        f"{_count(scrub.get('rotten'))} rotten, {_count(scrub.get('healed'))} healed, "
+        f"{_count(scrub.get('lost'))} lost"
+    ]
+    for path in scrub.get("lost_paths") or []:
+        lines.append(f"  LOST (in quarantine, no peer had a good copy): {path}")
+    return lines
 
 
 async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict:

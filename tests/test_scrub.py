@@ -16,6 +16,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.scrub import STATE_DIR, STATE_FILE
+from agent.status_view import fetch_status, render_status
 from conftest import wait_until
 from fault_helpers import REPO
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
@@ -113,8 +114,10 @@ async def test_a_segment_no_peer_holds_stays_quarantined_and_is_reported(cluster
         async with httpx.AsyncClient(base_url=a.url) as http:
             listing = (await http.get(f"/files/{name.channel}/{name.quality}/{name.hour}")).json()
         assert name.filename not in listing
-        scrub = a.status()["scrub"]
-        assert scrub["lost"] == 1 and scrub["lost_paths"] == [name.path]
+        status = await fetch_status(a.url, None)  # over /v1/status, its bounded decoder
+        assert status["scrub"]["lost"] == 1 and status["scrub"]["lost_paths"] == [name.path]
+        assert f"LOST (in quarantine, no peer had a good copy): {name.path}" in render_status(
+            status)
         assert metric(a, "segsync_scrub_lost_total") == 1
 
 

@@ -186,3 +186,17 @@ def test_quarantine_paths_never_collide():
     assert quarantine_relpath(path, 2) == f".quarantine/{path}.2"
     with pytest.raises(ValueError):
         quarantine_relpath(path, -1)
+
+
+def test_status_shows_the_scrub_and_every_lost_segment():
+    from agent.status_view import render_status
+
+    out = render_status({
+        "node": "a", "url": "u", "started_at": 0, "time": 7200, "segments": 3, "peers": [],
+        "scrub": {"checked": 10, "bytes": 100, "rotten": 2, "healed": 1, "lost": 1,
+                  "lost_paths": ["c/q/2024-01-01T05/x.ts"], "last_full_pass": 3600.0,
+                  "pass_started": 7000.0, "position": "c/q/2024-01-01T05/y.ts"},
+    })
+    assert ("scrub: last full pass 60m ago, pass in progress at c/q/2024-01-01T05/y.ts; "
+            "since start 10 checked, 2 rotten, 1 healed, 1 lost") in out
+    assert "LOST (in quarantine, no peer had a good copy): c/q/2024-01-01T05/x.ts" in out
