@@ -24,6 +24,8 @@ from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemSt
 from protocol.names import Kind, SegmentName
 from protocol.scrub import ServedBytesCheck
 
+from .served import read_checked
+
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 # httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
 # byte per second would hold a request forever. Every exchange also has a deadline:
@@ -186,11 +188,11 @@ class PeerClient:
             async def body() -> AsyncIterator[bytes]:
                 left = size
                 while left > 0:
-                    chunk = await trio.to_thread.run_sync(f.read, min(READ_CHUNK, left))
+                    chunk = await trio.to_thread.run_sync(
+                        read_checked, f, min(READ_CHUNK, left), check)
                     if not chunk:
                         raise PeerError(self.url, f"{file_path} shrank while sending")
                     left -= len(chunk)
-                    check.update(chunk)
                     yield chunk
 
             async with self.gate:

@@ -27,6 +27,7 @@ from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_c
 from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 
 from .client import MIN_RATE
+from .served import read_checked
 from .store import WriteRejected
 
 if TYPE_CHECKING:
@@ -417,14 +418,14 @@ class App:
         sent = 0
         check = ServedBytesCheck(name.path, name.hash, size)
         while sent < size:
-            chunk = await trio.to_thread.run_sync(f.read, min(UPLOAD_BUFFER, size - sent))
-            if not chunk:
-                log.warning("%s shrank while being served", f.name)
-                return False
             try:
-                check.update(chunk)
+                chunk = await trio.to_thread.run_sync(
+                    read_checked, f, min(UPLOAD_BUFFER, size - sent), check)
             except RottenBytes as e:
                 self._rotten(name, str(e))
+                return False
+            if not chunk:
+                log.warning("%s shrank while being served", f.name)
                 return False
             sent += len(chunk)
             self.node.metrics.bytes.labels("served").inc(len(chunk))
