@@ -222,8 +222,8 @@ class Node:
             self.announced.add(path)
             self.pusher.push(name, kind, seen_at)
             return
-        if path in self.announced:
-            return
+        if path in self.announced and self.index.has(name, kind):
+            return  # a second event of the same file (not one back from quarantine)
         if path in self.received:
             self.index.add(name, kind)
             return

@@ -46,6 +46,7 @@ from protocol.scrub import (
     verdict,
 )
 
+from .backfill import Progress
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .store import Store, fsync_dir
@@ -99,13 +100,6 @@ class ScrubReport:
     @property
     def unhealed(self) -> int:
         return self.rotten - self.healed
-
-
-class Progress:
-    """Receives scrub progress; the one-shot command shows it as a bar."""
-
-    def planned(self, files: int) -> None: ...
-    def checked(self, nbytes: int) -> None: ...
 
 
 class _FileHash:
@@ -252,7 +246,7 @@ class Scrubber:
         if progress is not None:
             progress.planned(sum(
                 len(remaining_in_hour(key, self.index.visible_segments(key[1], key[2], key[0]),
-                                      state.cursor)) for key in hours))
+                                      state.cursor)) for key in hours), None)
         for key in hours:
             hour, channel, quality = key
             # the hour's listing as the index holds it now: a segment added later waits
@@ -262,7 +256,7 @@ class Scrubber:
                 name, _ = parse_filename(channel, quality, hour, filename)
                 nbytes = await self.scrub_one(name, budget, report)
                 if progress is not None:
-                    progress.checked(nbytes)
+                    progress.fetched(nbytes)
                 self.state = advance(self.state, (hour, channel, quality, filename))
                 if should_checkpoint(last_saved, trio.current_time(), CHECKPOINT_EVERY):
                     await self.save_state(self.state)

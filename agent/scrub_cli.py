@@ -6,43 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from contextlib import nullcontext
 from typing import TextIO
 
 import trio
-from tqdm import tqdm
 
 from .cli import EXTRA_COMMANDS
 from .config import Config, build_config
-from .scrub import Progress, ScrubReport
-
-
-class BarProgress(Progress):
-    """Files (count, rate, ETA) and bytes (amount, rate) on a terminal; silent elsewhere."""
-
-    def __init__(self, stream: TextIO) -> None:
-        isatty = getattr(stream, "isatty", None)
-        self.enabled = bool(isatty and isatty())
-        self.bytes_done = 0
-        self.started = time.monotonic()
-        self.bar = tqdm(total=0, unit="seg", desc="scrub", file=stream, dynamic_ncols=True,
-                        disable=not self.enabled)
-
-    def planned(self, files: int) -> None:
-        self.bar.total = files
-        self.bar.refresh()
-
-    def checked(self, nbytes: int) -> None:
-        self.bytes_done += nbytes
-        elapsed = time.monotonic() - self.started
-        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
-        self.bar.set_postfix_str(
-            f"{self.bytes_done / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s", refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
+from .scrub import ScrubReport
 
 
 def print_summary(report: ScrubReport, elapsed: float, out: TextIO) -> None:
@@ -61,23 +31,16 @@ async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
     """One full pass over `cfg.root`, healing from `cfg.peers`; 0 if nothing is left
     rotten."""
     from .node import Node
+    from .oneshot import progress_bar
 
     out = out or sys.stdout
     err = err or sys.stderr
     node = Node(cfg)
     node.scrubber.persist = False  # a running agent's resume point is not ours to move
     await node.rescan(push_new=False)
-    progress = BarProgress(err)
     started = trio.current_time()
-    try:
-        redirect_logs = nullcontext()
-        if progress.enabled:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            redirect_logs = logging_redirect_tqdm()
-        with redirect_logs:
-            report = await node.scrubber.run_pass(rate, progress)
-    finally:
-        progress.close()
+    with progress_bar(err, "scrub") as progress:
+        report = await node.scrubber.run_pass(rate, progress)
     print_summary(report, trio.current_time() - started, out)
     return 1 if report.unhealed else 0
 

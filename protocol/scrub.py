@@ -241,8 +241,8 @@ def quarantine_relpath(segment_path: str, attempt: int = 0) -> str:
 
 __all__ = [
     "EMPTY", "EMPTY_HASH", "GOOD", "MISMATCH", "QUARANTINE_DIR", "UNREADABLE", "Position",
-    "RateBudget", "RottenBytes", "ServedBytesCheck", "ScrubState", "ScrubStateError", "advance", "begin_pass", "decode_state",
-    "empty_file_is_rotten", "encode_state", "end_pass", "hour_after_cursor",
-    "hours_oldest_first", "pass_wait", "quarantine_relpath", "remaining_in_hour",
-    "should_checkpoint", "verdict",
+    "RateBudget", "RottenBytes", "ScrubState", "ScrubStateError", "ServedBytesCheck",
+    "advance", "begin_pass", "decode_state", "empty_file_is_rotten", "encode_state",
+    "end_pass", "hour_after_cursor", "hours_oldest_first", "pass_wait", "quarantine_relpath",
+    "remaining_in_hour", "should_checkpoint", "verdict",
 ]
