@@ -223,7 +223,7 @@ class Scrubber:
         while True:
             await trio.sleep(pass_wait(self.state, self.clock(), self.interval))
             if self.index.segment_count() == 0 and not self.state.in_progress:
-                await trio.sleep(min(self.interval, EMPTY_ARCHIVE_RETRY))
+                await trio.sleep(max(1.0, min(self.interval, EMPTY_ARCHIVE_RETRY)))
                 continue
             await self.run_pass(self.rate)
 
