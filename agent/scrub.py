@@ -222,7 +222,7 @@ class Scrubber:
         await trio.sleep(self.start_delay)
         while True:
             await trio.sleep(pass_wait(self.state, self.clock(), self.interval))
-            if self.index.segment_count() == 0 and not self.state.in_progress:
+            if not self.index.pairs() and not self.state.in_progress:
                 await trio.sleep(max(1.0, min(self.interval, EMPTY_ARCHIVE_RETRY)))
                 continue
             await self.run_pass(self.rate)
