@@ -18,10 +18,10 @@ from protocol.replication import offer_status
 from .backfill import Backfiller
 from .client import PeerClient, PeerError
 from .config import Config, ConfigError, read_peers_file
+from .heal import PeerHealer
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .pusher import Pusher
-from .heal import PeerHealer
 from .recent import RecentSet
 from .scrub import Scrubber
 from .server import App

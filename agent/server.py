@@ -515,7 +515,8 @@ class App:
                 last = i == len(names) - 1
                 await send({"type": "http.response.body", "body": header,
                             "more_body": not last or (o is not None and o[1] > 0)})
-                if o is not None and not await self._send_file(names[i], o[0], o[1], send, last):
+                if o is not None and not await self._send_file(
+                        names[i], o[0], o[1], send, last):
                     return
         finally:
             _close_all(opened)
