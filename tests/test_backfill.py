@@ -137,7 +137,7 @@ async def test_corrupting_peer_costs_only_itself(cluster_factory, caplog):
     """A's copy rots after it was indexed: A cuts its answer short instead of serving
     the rotten bytes (issue 14), quarantines the file, and stops listing it; C stores
     nothing of it and gets everything else. (A peer that does serve wrong bytes is
-    refused by the receiver: test_hostile_http, LyingPeer.)"""
+    refused by the receiver: LyingPeer in test_batch_fetch and test_faults_peers.)"""
     caplog.set_level(logging.WARNING, logger="agent.scrub")
     async with cluster_factory(3, connect=False, backfill=False) as c:
         a, b, cn = c.nodes
