@@ -94,15 +94,14 @@ async def test_rotten_segments_are_quarantined_and_healed_from_a_peer(cluster_fa
         assert (again.files, again.rotten) == (5, 0)
 
 
-async def test_a_segment_no_peer_holds_stays_quarantined_and_is_reported(cluster_factory):
-    async with cluster_factory(2, connect=False, **NO_PERIODIC) as c:
-        a, b = c.nodes
-        c.connect()  # b is a peer, but does not hold the segment
-        data = os.urandom(50_000)
-        name = make_name(data, hours_ago(2))
-        a.config.peers = [b.url]
-        write_segment_file(c.root(0), name, data)
-        await a.rescan(push_new=False)
+async def test_a_segment_no_peer_holds_stays_quarantined_and_is_reported(cluster_factory,
+                                                                          tmp_path):
+    data = os.urandom(50_000)
+    name = make_name(data, hours_ago(2))
+    # there before the agent starts: indexed by its start-up scan, no watcher event
+    write_segment_file(tmp_path / "node0", name, data)
+    async with cluster_factory(2, **NO_PERIODIC) as c:
+        a, _ = c.nodes  # b is a peer, but does not hold the segment
         flip_byte(c.root(0) / name.path)
 
         report = await a.scrubber.run_pass(None)
@@ -136,14 +135,15 @@ async def test_tombstoned_segments_are_left_alone(cluster_factory):
         assert not (c.root(0) / ".quarantine").exists()
 
 
-async def test_rotten_bytes_never_reach_another_node(cluster_factory):
+async def test_rotten_bytes_never_reach_another_node(cluster_factory, tmp_path):
     """Corrupt after indexing, then try push, batch fetch, single download and the
     wubloader-compatible /segments: no path delivers the bytes, and each sends the
     file to the scrub, which quarantines it."""
+    # there before the agents start: indexed by the start-up scan, and no late watcher
+    # event can push one of them meanwhile
+    names = write_segments(tmp_path / "node0", 4, hours_ago(3), size=300_000)
     async with cluster_factory(2, connect=False, **NO_PERIODIC) as c:
         a, b = c.nodes
-        names = write_segments(c.root(0), 4, hours_ago(3), size=300_000)
-        await a.rescan(push_new=False)
         pushed, fetched, downloaded, compat = names
         flip_byte(c.root(0) / pushed.path)
         truncate(c.root(0) / fetched.path)
