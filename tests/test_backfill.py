@@ -155,8 +155,9 @@ async def test_corrupting_peer_costs_only_itself(cluster_factory, caplog):
         assert results[a.url].failures >= 1  # the cut-short batch
         assert not (c.root(2) / bad.path).exists()
         assert temp_files(c.root(2)) == []
-        await wait_until(lambda: (c.root(0) / ".quarantine" / bad.path).exists()
-                         and not a.index.has(bad, Kind.SEGMENT))
+        await wait_until(lambda: a.scrubber.total.lost == 1)  # no peer to heal it from
+        assert (c.root(0) / ".quarantine" / bad.path).exists()
+        assert not a.index.has(bad, Kind.SEGMENT)
         # the next round: A no longer lists it; nothing fails, the rest is there
         results = {r.peer: r for r in await cn.backfiller.round_all([a.url, b.url])}
         assert results[a.url].ok and results[a.url].failures == 0
