@@ -122,6 +122,27 @@ async def test_a_segment_no_peer_holds_stays_quarantined_and_is_reported(cluster
         assert metric(a, "segsync_scrub_lost_total") == 1
 
 
+async def test_heal_skips_a_peer_whose_copy_rotted_too(cluster_factory, tmp_path):
+    """B's copy is rotten as well: B cuts its answer short (and quarantines its own),
+    A stores nothing from it and takes C's good copy."""
+    data = os.urandom(120_000)
+    name = make_name(data, hours_ago(2))
+    for i in range(3):
+        write_segment_file(tmp_path / f"node{i}", name, data)
+    async with cluster_factory(3, **NO_PERIODIC) as c:
+        a, b, _ = c.nodes
+        a.config.peers = [b.url, c.nodes[2].url]  # B is asked first
+        flip_byte(c.root(0) / name.path)
+        truncate(c.root(1) / name.path)
+
+        report = await a.scrubber.run_pass(None)
+
+        assert (report.rotten, report.healed, report.lost) == (1, 1, 0)
+        assert (c.root(0) / name.path).read_bytes() == data
+        await wait_until(lambda: b.scrubber.total.rotten == 1)  # B found its own rot
+        assert (c.root(1) / ".quarantine" / name.path).exists()
+
+
 async def test_tombstoned_segments_are_left_alone(cluster_factory):
     async with cluster_factory(1, **NO_PERIODIC) as c:
         a = c.nodes[0]
