@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .client import normalize_peer_url
+from .peers import normalize_peer_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -47,6 +47,7 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
+    push: bool = True
     scrub: bool = True
     scrub_rate: float = 10.0  # MB/s (10^6 bytes) re-hashed by the periodic scrub
     scrub_interval: float = 86400.0  # seconds from the end of a full pass to the next

@@ -25,6 +25,8 @@ from typing import Awaitable, Callable
 import trio
 from prometheus_client import Counter, Gauge
 
+from protocol import limits
+from protocol import messages as m
 from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_filename
 from protocol.scrub import (
@@ -46,9 +48,9 @@ from protocol.scrub import (
     verdict,
 )
 
-from .backfill import Progress
 from .index import ArchiveIndex
 from .metrics import Metrics
+from .round_stats import Progress
 from .store import Store, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,25 @@ STATE_DIR = ".segsync"
 STATE_FILE = "scrub.json"
 CHECKPOINT_EVERY = 1.0  # seconds between saves of the resume point during a pass
 MAX_SUSPECTS = 1024  # files reported by serving, waiting for a check
-MAX_LOST_SHOWN = 50  # lost paths kept for status (the count is exact)
+MAX_LOST_SHOWN = limits.MAX_STATUS_LOST_PATHS  # lost paths kept for status (the count is exact)
 EMPTY_ARCHIVE_RETRY = 60.0  # an empty index is not a pass: look again this much later
 
 Heal = Callable[[SegmentName], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class ScrubSettings:
+    """`rate`: bytes/s of the periodic pass (None: full speed); `interval`: seconds
+    from the end of a full pass to the start of the next; `start_delay`: seconds after
+    start-up before the first (start-up rescans and backfill go first)."""
+
+    rate: float | None = 10e6
+    interval: float = 86400.0
+    start_delay: float = 60.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "ScrubSettings":
+        return cls(cfg.scrub_rate * 1e6, cfg.scrub_interval, cfg.scrub_start_delay)
 
 
 class ScrubMetrics:
@@ -133,23 +150,22 @@ class _FileHash:
 
 class Scrubber:
     def __init__(
-        self, store: Store, index: ArchiveIndex, metrics: Metrics, heal: Heal, *,
-        rate: float | None, interval: float, start_delay: float = 0.0,
-        clock: Callable[[], float] = time.time, persist: bool = True,
+        self, store: Store, index: ArchiveIndex, metrics: Metrics, heal: Heal,
+        settings: ScrubSettings, clock: Callable[[], float] = time.time,
+        persist: bool = True,
     ) -> None:
-        """`rate`: bytes/s of the periodic pass (None: full speed); `interval`: seconds
-        from the end of a full pass to the start of the next; `start_delay`: seconds
-        after start-up before the first (start-up rescans and backfill go first);
-        `persist=False` neither reads nor writes the resume point (a one-shot pass
-        beside a running agent must not move the agent's)."""
+        """`heal(name)` fetches a good copy from the peers (True once it is back);
+        `clock` is the wall clock of the pass times; `persist=False` neither reads nor
+        writes the resume point (a one-shot pass beside a running agent must not move
+        the agent's)."""
         self.store = store
         self.index = index
         self.metrics = metrics
         self.scrub_metrics = ScrubMetrics(metrics.registry)
         self.heal = heal
-        self.rate = rate
-        self.interval = interval
-        self.start_delay = start_delay
+        self.rate = settings.rate
+        self.interval = settings.interval
+        self.start_delay = settings.start_delay
         self.clock = clock
         self.state_path = store.root / STATE_DIR / STATE_FILE
         self.persist = persist
@@ -393,23 +409,20 @@ class Scrubber:
 
     # ---- status ----
 
-    def status(self) -> dict:
-        """The scrub's part of /v1/status (one map, within the decoder's 16 keys)."""
+    def status(self) -> m.ScrubStatus:
+        """The scrub's part of /v1/status; a lost segment back in the index since (a
+        later backfill found a copy) is no longer listed."""
         state = self.state
         lost = [p for p in self.total.lost_paths
                 if not self.index.has(parse_filename(*_split(p))[0], Kind.SEGMENT)]
-        return {
-            "checked": self.total.files,
-            "bytes": self.total.bytes,
-            "rotten": self.total.rotten,
-            "healed": self.total.healed,
-            "lost": self.total.lost,
-            "lost_paths": lost,
-            "last_full_pass": state.last_full_pass,
-            "pass_started": state.pass_started,
-            "position": "/".join((state.cursor[1], state.cursor[2], state.cursor[0],
-                                  state.cursor[3])) if state.cursor else None,
-        }
+        total = self.total
+        return m.ScrubStatus(
+            checked=total.files, bytes=total.bytes, rotten=total.rotten,
+            healed=total.healed, lost=total.lost, lost_paths=lost,
+            last_full_pass=state.last_full_pass, pass_started=state.pass_started,
+            position="/".join((state.cursor[1], state.cursor[2], state.cursor[0],
+                               state.cursor[3])) if state.cursor else None,
+        )
 
 
 def _split(path: str) -> tuple[str, str, str, str]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
-from .cli import EXTRA_COMMANDS
 from .config import Config, build_config
-from .scrub import ScrubReport
+
+if TYPE_CHECKING:
+    from .scrub import ScrubReport
 
 
 def print_summary(report: ScrubReport, elapsed: float, out: TextIO) -> None:
@@ -29,18 +30,35 @@ def print_summary(report: ScrubReport, elapsed: float, out: TextIO) -> None:
 async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
                     err: TextIO | None = None) -> int:
     """One full pass over `cfg.root`, healing from `cfg.peers`; 0 if nothing is left
-    rotten."""
-    from .node import Node
+    rotten. Builds only the parts a pass uses: store, index, metrics, ingest (the
+    healed copies come in through it), the peers and their clients, the scrubber."""
+    from .client import ClientFactory
+    from .heal import PeerHealer
+    from .index import ArchiveIndex
+    from .ingest import Ingest
+    from .local_files import LocalFiles
+    from .metrics import Metrics
     from .oneshot import progress_bar
+    from .peers import Peer, PeerSet
+    from .scrub import Scrubber, ScrubSettings
+    from .store import Store
 
     out = out or sys.stdout
     err = err or sys.stderr
-    node = Node(cfg)
-    node.scrubber.persist = False  # a running agent's resume point is not ours to move
-    await node.rescan(push_new=False)
+    store = Store(cfg.root, cfg.max_segment_bytes)
+    index, metrics = ArchiveIndex(), Metrics()
+    ingest = Ingest(store, index, metrics)
+    peers = PeerSet(Peer.from_url(url) for url in cfg.peers)
+    healer = PeerHealer(peers, ClientFactory.from_config(cfg), ingest, cfg.max_segment_bytes)
+    # a running agent's resume point is not ours to move: persist=False
+    scrubber = Scrubber(store, index, metrics, healer, ScrubSettings(rate, 0.0, 0.0),
+                        persist=False)
+    # Temp files are left alone: an agent may be writing into this root right now.
+    await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
+                     rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
     started = trio.current_time()
     with progress_bar(err, "scrub") as progress:
-        report = await node.scrubber.run_pass(rate, progress)
+        report = await scrubber.run_pass(rate, progress)
     print_summary(report, trio.current_time() - started, out)
     return 1 if report.unhealed else 0
 
@@ -71,6 +89,3 @@ def register(sub) -> None:
                    help="limit the re-hashing to this many MB/s (default: full speed)")
     p.add_argument("--log-level")
     p.set_defaults(func=cmd_scrub)
-
-
-EXTRA_COMMANDS.append(register)

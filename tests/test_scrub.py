@@ -4,7 +4,6 @@ node; what no peer holds stays quarantined and is reported; tombstones are left 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.scrub import STATE_DIR, STATE_FILE
 from agent.status_view import fetch_status, render_status
-from conftest import wait_until
+from conftest import peer_of, wait_until
 from fault_helpers import REPO
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
 from protocol.names import Kind
@@ -89,8 +88,8 @@ async def test_rotten_segments_are_quarantined_and_healed_from_a_peer(cluster_fa
         assert metric(a, "segsync_scrub_lost_total") == 0
         assert metric(a, "segsync_scrub_files_total") == 5
         assert metric(a, "segsync_scrub_last_full_pass_timestamp_seconds") > 0
-        scrub = a.status()["scrub"]
-        assert (scrub["rotten"], scrub["healed"], scrub["lost"]) == (3, 3, 0)
+        scrub = a.status.report().scrub
+        assert (scrub.rotten, scrub.healed, scrub.lost) == (3, 3, 0)
         # a second pass finds everything good
         again = await a.scrubber.run_pass(None)
         assert (again.files, again.rotten) == (5, 0)
@@ -116,7 +115,7 @@ async def test_a_segment_no_peer_holds_stays_quarantined_and_is_reported(cluster
             listing = (await http.get(f"/files/{name.channel}/{name.quality}/{name.hour}")).json()
         assert name.filename not in listing
         status = await fetch_status(a.url, None)  # over /v1/status, its bounded decoder
-        assert status["scrub"]["lost"] == 1 and status["scrub"]["lost_paths"] == [name.path]
+        assert status.scrub.lost == 1 and status.scrub.lost_paths == [name.path]
         assert f"LOST (in quarantine, no peer had a good copy): {name.path}" in render_status(
             status)
         assert metric(a, "segsync_scrub_lost_total") == 1
@@ -131,7 +130,7 @@ async def test_heal_skips_a_peer_whose_copy_rotted_too(cluster_factory, tmp_path
         write_segment_file(tmp_path / f"node{i}", name, data)
     async with cluster_factory(3, **NO_PERIODIC) as c:
         a, b, _ = c.nodes
-        a.config.peers = [b.url, c.nodes[2].url]  # B is asked first
+        await a.set_peers([peer_of(b), peer_of(c.nodes[2])])  # B is asked first
         flip_byte(c.root(0) / name.path)
         truncate(c.root(1) / name.path)
 
@@ -148,7 +147,7 @@ async def test_tombstoned_segments_are_left_alone(cluster_factory):
         a = c.nodes[0]
         names = write_segments(c.root(0), 2, hours_ago(2))
         touch_tombstone(c.root(0), names[0])
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         flip_byte(c.root(0) / names[0].path)
 
         report = await a.scrubber.run_pass(None)
@@ -178,8 +177,7 @@ async def test_rotten_bytes_never_reach_another_node(cluster_factory, tmp_path):
                     and not (c.root(0) / n.path).exists())
 
         # push: a -> b
-        a.config.peers = [b.url]
-        a.pusher.set_peers(a.peer_urls())
+        await a.set_peers([peer_of(b)])
         a.pusher.push(pushed, Kind.SEGMENT, trio.current_time())
         await wait_until(lambda: quarantined(pushed))
         await wait_until(lambda: metric(a, "segsync_pushes_total", outcome="rotten") == 1)
@@ -232,7 +230,7 @@ async def test_one_shot_scrub_heals_and_exits_by_result(cluster_factory, tmp_pat
         names = write_segments(root, 3, start, size=20_000)
         for n in names[:2]:  # b holds good copies of two of them
             write_segment_file(c.root(0), n, (root / n.path).read_bytes())
-        await b.rescan(push_new=False)
+        await b.local_files.rescan(announce_new=False)
         good = (root / names[0].path).read_bytes()
         flip_byte(root / names[0].path)
 

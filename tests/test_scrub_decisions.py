@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import make_name
+from protocol import messages as m
 from protocol.scrub import (
     EMPTY,
     EMPTY_HASH,
@@ -191,12 +194,17 @@ def test_quarantine_paths_never_collide():
 def test_status_shows_the_scrub_and_every_lost_segment():
     from agent.status_view import render_status
 
-    out = render_status({
-        "node": "a", "url": "u", "started_at": 0, "time": 7200, "segments": 3, "peers": [],
-        "scrub": {"checked": 10, "bytes": 100, "rotten": 2, "healed": 1, "lost": 1,
-                  "lost_paths": ["c/q/2024-01-01T05/x.ts"], "last_full_pass": 3600.0,
-                  "pass_started": 7000.0, "position": "c/q/2024-01-01T05/y.ts"},
-    })
-    assert ("scrub: last full pass 60m ago, pass in progress at c/q/2024-01-01T05/y.ts; "
+    lost, at = (make_name(data, dt.datetime(2024, 1, 1, 5, 0, 1)) for data in (b"x", b"y"))
+    out = render_status(m.StatusReply(
+        node="a", url="u", started_at=0, time=7200, segments=3, peers=[],
+        scrub=m.ScrubStatus(checked=10, bytes=100, rotten=2, healed=1, lost=1,
+                            lost_paths=[lost.path], last_full_pass=3600.0,
+                            pass_started=7000.0, position=at.path)))
+    assert (f"scrub: last full pass 60m ago, pass in progress at {at.path}; "
             "since start 10 checked, 2 rotten, 1 healed, 1 lost") in out
-    assert "LOST (in quarantine, no peer had a good copy): c/q/2024-01-01T05/x.ts" in out
+    assert f"LOST (in quarantine, no peer had a good copy): {lost.path}" in out
+    idle = render_status(m.StatusReply(
+        node="a", url="u", started_at=0, time=7200, segments=3, peers=[],
+        scrub=m.ScrubStatus(checked=0, bytes=0, rotten=0, healed=0, lost=0)))
+    assert "scrub: last full pass never, idle; since start 0 checked" in idle
+    assert "scrub:" not in render_status(m.StatusReply("a", "u", 0, 7200, 3, []))
