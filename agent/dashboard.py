@@ -144,6 +144,11 @@ class Dashboard:
 
     # ---- data ----
 
+    async def warm(self) -> None:
+        """Parse the index's names into map spans ahead of the first visitor (the
+        longest window: seconds of CPU on a big archive, in a worker thread)."""
+        await warm_spans(self.index, self.clock(), MAX_HOURS)
+
     async def state(self) -> dict:
         """The node's status (as /v1/status), plus the latency ring and the pairs."""
         status = (await self.status()).to_obj()

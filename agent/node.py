@@ -77,6 +77,7 @@ class Node:
                     nursery.start_soon(self.peers_file.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
+                nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 if self.config.push:
