@@ -57,6 +57,9 @@ class Metrics:
             registry=r)
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
+        self.peer_source_failures = Counter(
+            "segsync_peer_source_failures", "Failed reads of a peer source (file, database); "
+            "the last good list is kept", ["source"], registry=r)
         # not exported: the dashboard's sparkline of the last pushes
         self.recent_push_latencies = LatencyRing()
 

@@ -31,7 +31,8 @@ async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
                     err: TextIO | None = None) -> int:
     """One full pass over `cfg.root`, healing from `cfg.peers`; 0 if nothing is left
     rotten. Builds only the parts a pass uses: store, index, metrics, ingest (the
-    healed copies come in through it), the peers and their clients, the scrubber."""
+    healed copies come in through it), the peers, their kinds and clients, the
+    scrubber."""
     from .client import ClientFactory
     from .heal import PeerHealer
     from .index import ArchiveIndex
@@ -39,6 +40,7 @@ async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
     from .local_files import LocalFiles
     from .metrics import Metrics
     from .oneshot import progress_bar
+    from .peerkind import PeerKinds
     from .peers import Peer, PeerSet
     from .scrub import Scrubber, ScrubSettings
     from .store import Store
@@ -48,8 +50,10 @@ async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
     store = Store(cfg.root, cfg.max_segment_bytes)
     index, metrics = ArchiveIndex(), Metrics()
     ingest = Ingest(store, index, metrics)
-    peers = PeerSet(Peer.from_url(url) for url in cfg.peers)
-    healer = PeerHealer(peers, ClientFactory.from_config(cfg), ingest, cfg.max_segment_bytes)
+    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
+    clients = ClientFactory.from_config(cfg)
+    healer = PeerHealer(peers, clients, PeerKinds.probing_with(peers, clients), ingest,
+                        cfg.max_segment_bytes)
     # a running agent's resume point is not ours to move: persist=False
     scrubber = Scrubber(store, index, metrics, healer, ScrubSettings(rate, 0.0, 0.0),
                         persist=False)

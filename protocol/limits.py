@@ -30,3 +30,5 @@ MAX_FRAME_HEADER = 2048
 MAX_STATUS_PEERS = 1000
 # Lost segments one status reply names (the count is exact; the list is a sample).
 MAX_STATUS_LOST_PATHS = 50
+# Peer list sources (peers file, nodes database, ...) one status reply may describe.
+MAX_PEER_SOURCES = 16
