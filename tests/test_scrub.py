@@ -14,11 +14,13 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.peers import Peer
 from agent.scrub import STATE_DIR, STATE_FILE
 from agent.status_view import fetch_status, render_status
 from conftest import peer_of, wait_until
 from fault_helpers import REPO
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
+from test_legacy_peers import legacy_node
 from protocol.names import Kind
 from protocol.scrub import decode_state
 
@@ -140,6 +142,28 @@ async def test_heal_skips_a_peer_whose_copy_rotted_too(cluster_factory, tmp_path
         assert (c.root(0) / name.path).read_bytes() == data
         await wait_until(lambda: b.scrubber.total.rotten == 1)  # B found its own rot
         assert (c.root(1) / ".quarantine" / name.path).exists()
+
+
+async def test_heal_from_a_wubloader_node(cluster_factory, tmp_path):
+    """A wubloader node (its restreamer's read API, no /v1) holding a good copy: its
+    kind is probed, the copy comes over its /segments, verified; nothing is pushed to it."""
+    data = os.urandom(80_000)
+    name = make_name(data, hours_ago(2))
+    write_segment_file(tmp_path / "node0", name, data)
+    with legacy_node(tmp_path / "wub") as wub:
+        write_segment_file(wub.root, name, data)
+        async with cluster_factory(1, connect=False, **NO_PERIODIC) as c:
+            a = c.nodes[0]
+            await a.set_peers([Peer.from_url(wub.url, "wub1")])  # kind: probed
+            flip_byte(c.root(0) / name.path)
+
+            report = await a.scrubber.run_pass(None)
+
+            assert (report.rotten, report.healed, report.lost) == (1, 1, 0)
+            assert (c.root(0) / name.path).read_bytes() == data
+            assert a.index.has(name, Kind.SEGMENT)
+            assert any(f"GET /segments/{name.path}" in r for r in wub.requests())
+            assert wub.pushes() == []
 
 
 async def test_tombstoned_segments_are_left_alone(cluster_factory):
