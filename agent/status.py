@@ -26,7 +26,8 @@ class StatusReport:
     def __init__(self, node_name: str, peers: PeerSet, clients: ClientFactory,
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
                  url: Callable[[], str | None], kinds: PeerKinds | None = None,
-                 sources: Sequence[Callable[[], m.PeerSourceStatus]] = ()) -> None:
+                 sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
+                 scrub: Callable[[], m.ScrubStatus] | None = None) -> None:
         self.node_name = node_name
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
         self.peers = peers
@@ -36,6 +37,7 @@ class StatusReport:
         self.backfiller = backfiller
         self.url = url
         self.sources = sources
+        self.scrub = scrub  # the scrub's counts and lost segments
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
@@ -88,6 +90,7 @@ class StatusReport:
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
+            scrub=self.scrub() if self.scrub is not None else None,
         )
 
     async def probe_and_report(self) -> m.StatusReply:
