@@ -27,6 +27,7 @@ class StatusReport:
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
                  url: Callable[[], str | None], kinds: PeerKinds | None = None,
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
+                 scrub: Callable[[], m.ScrubStatus] | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
         self.node_name = node_name
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
@@ -37,6 +38,7 @@ class StatusReport:
         self.backfiller = backfiller
         self.url = url
         self.sources = sources
+        self.scrub = scrub  # the scrub's counts and lost segments
         self.tls = tls  # the served certificate as status shows it (agent/tls.py)
         self.started_at = time.time()
 
@@ -89,7 +91,8 @@ class StatusReport:
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
-            peer_sources=[source() for source in self.sources], tls=self.tls(),
+            peer_sources=[source() for source in self.sources],
+            scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
         )
 
     async def probe_and_report(self) -> m.StatusReply:

@@ -169,7 +169,7 @@ def records(cls: type["Record"], max_items: int) -> Check:
 
 
 def record(cls: type["Record"]) -> Check:
-    """A map decoded as a `cls` record."""
+    """One map, decoded as a `cls` record."""
 
     def check(value: Any, what: str) -> Any:
         if not isinstance(value, dict):
@@ -466,6 +466,26 @@ class PeerSourceStatus(Record):
 
 
 @dataclass(frozen=True)
+class ScrubStatus(Record):
+    """The scrub as the node sees it (`segsync status`): counts since the agent started,
+    the last full pass (wall clock), where the pass in progress is, and the segments no
+    peer could give back (still in quarantine). Open, like PeerStatus."""
+
+    OPEN: ClassVar[bool] = True
+    checked: int = wire(integer())
+    bytes: int = wire(integer())
+    rotten: int = wire(integer())
+    healed: int = wire(integer())
+    lost: int = wire(integer())
+    lost_paths: list | None = wire(optional(array(
+        path_of(Kind.SEGMENT), "lost_paths item", limits.MAX_STATUS_LOST_PATHS,
+        f"lost_paths holds more than {limits.MAX_STATUS_LOST_PATHS} paths")), None)
+    last_full_pass: float | None = wire(optional(_number), None)
+    pass_started: float | None = wire(optional(_number), None)  # None: no pass running
+    position: str | None = wire(optional(path_of(Kind.SEGMENT)), None)  # last checked
+
+
+@dataclass(frozen=True)
 class TlsStatus(Record):
     """The certificate a node serves (its status reply's `tls`; absent: plain http).
     Open like PeerStatus. Times are the node's wall clock."""
@@ -500,6 +520,7 @@ class StatusReply(Message):
     peers: list = wire(records(PeerStatus, limits.MAX_STATUS_PEERS))
     peer_sources: list | None = wire(
         optional(records(PeerSourceStatus, limits.MAX_PEER_SOURCES)), None)
+    scrub: ScrubStatus | None = wire(optional(record(ScrubStatus)), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
 
 

@@ -356,3 +356,22 @@ async def test_nodes_table_naming_a_clear_text_peer_keeps_the_last_list(tmp_path
     assert not await source.refresh()
     assert [p.url for p in peers] == ["https://b.example:8200"]
     assert "refusing peer http://10.1.2.3:8200" in source.status().error
+
+
+async def test_one_shot_scrub_heals_from_a_tls_node(tmp_path, ca, token_file, capsys):
+    files = issue(ca, tmp_path / "tls", "source")
+    async with cluster(tmp_path, files.settings(token_file=token_file, scrub=False)) as c:
+        root = tmp_path / "scrubbed"
+        (name,) = write_segments(root, 1, hours_ago(3))
+        good = (root / name.path).read_bytes()
+        write_segment_file(c.root(0), name, good)
+        await wait_until(lambda: c.nodes[0].index.segment_count() == 1)
+        (root / name.path).write_bytes(bytes([good[0] ^ 1]) + good[1:])  # rot
+        args = ["scrub", "--root", str(root), "--from", c.nodes[0].url,
+                "--token-file", str(token_file)]
+        assert await trio.to_thread.run_sync(main, args) == 1  # CA not trusted: not healed
+        assert "rotten 1, healed 0, lost 1" in capsys.readouterr().out
+        write_segment_file(root, name, (root / name.path).read_bytes()[::-1])  # rot again
+        assert await trio.to_thread.run_sync(main, args + ["--tls-ca", str(files.ca)]) == 0
+        assert "healed 1" in capsys.readouterr().out
+        assert (root / name.path).read_bytes() == good
