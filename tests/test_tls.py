@@ -371,7 +371,8 @@ async def test_one_shot_scrub_heals_from_a_tls_node(tmp_path, ca, token_file, ca
                 "--token-file", str(token_file)]
         assert await trio.to_thread.run_sync(main, args) == 1  # CA not trusted: not healed
         assert "rotten 1, healed 0, lost 1" in capsys.readouterr().out
-        write_segment_file(root, name, (root / name.path).read_bytes()[::-1])  # rot again
+        assert not (root / name.path).exists()  # quarantined
+        (root / name.path).write_bytes(bytes([good[0] ^ 1]) + good[1:])  # rotten again
         assert await trio.to_thread.run_sync(main, args + ["--tls-ca", str(files.ca)]) == 0
         assert "healed 1" in capsys.readouterr().out
         assert (root / name.path).read_bytes() == good
