@@ -24,7 +24,8 @@ from .names import (
     validate_component,
 )
 
-OFFER_STATUSES = ("want", "have", "tombstoned")
+OFFER_STATUSES = ("want", "have", "tombstoned", "later")
+MAX_RETRY_AFTER = 3600.0
 ACK_STATUSES = ("stored", "have", "tombstoned")
 
 
@@ -154,13 +155,34 @@ class Offer(_PathAndSize):
 
 @dataclass(frozen=True)
 class OfferReply(Message):
+    """`later` (offer again after `retry_after` seconds) goes only to senders that
+    announce they understand it; every other reply has no `retry_after` on the wire,
+    so an older peer decodes it."""
+
     TYPE: ClassVar[str] = "offer_reply"
     status: str
+    retry_after: float | None = None
+
+    def to_obj(self) -> dict:
+        obj = super().to_obj()
+        if self.retry_after is None:
+            del obj["retry_after"]
+        return obj
 
     @classmethod
     def from_obj(cls, obj: dict) -> "OfferReply":
-        (status,) = _require(obj, "status")
-        return cls(_status(status, "status", OFFER_STATUSES))
+        later = obj.get("status") == "later" or "retry_after" in obj
+        status, *rest = _require(obj, "status", *(["retry_after"] if later else []))
+        status = _status(status, "status", OFFER_STATUSES)
+        if not later:
+            return cls(status)
+        if status != "later":
+            raise ProtocolError("retry_after belongs to a 'later' reply only")
+        (retry,) = rest
+        if isinstance(retry, bool) or not isinstance(retry, (int, float)) \
+                or not 0 < retry <= MAX_RETRY_AFTER:
+            raise ProtocolError(f"retry_after must be a number in (0, {MAX_RETRY_AFTER:g}]")
+        return cls(status, float(retry))
 
 
 @dataclass(frozen=True)

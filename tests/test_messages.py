@@ -56,7 +56,7 @@ def examples() -> list[Message]:
         Offer(SEGMENT_PATH, 1234567),
         Offer(SEGMENT_PATH, 0),
         Offer(SEGMENT_PATH, limits.MAX_SEGMENT_BYTES),
-        *(OfferReply(s) for s in OFFER_STATUSES),
+        *(OfferReply(s, 1.0 if s == "later" else None) for s in OFFER_STATUSES),
         Tombstone(TOMBSTONE_PATH),
         *(Ack(s) for s in ACK_STATUSES),
         PairDigestsRequest("2019-11-13T00", "2019-11-13T05"),
@@ -550,7 +550,8 @@ hours = st.datetimes().map(lambda t: f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t
                        max_size=20)),
     st.builds(ListingRequest, components, components, hours),
     st.builds(Error, st.text(max_size=100), st.text(max_size=300)),
-    st.builds(OfferReply, st.sampled_from(OFFER_STATUSES)),
+    st.builds(OfferReply, st.sampled_from([s for s in OFFER_STATUSES if s != "later"])),
+    st.builds(OfferReply, st.just("later"), st.floats(0.001, 3600)),
 ))
 def test_random_valid_messages_round_trip(message):
     assert decode(encode(message), max_bytes=BIG) == message
