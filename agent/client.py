@@ -22,6 +22,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.fetchstream import FetchStreamReader, ItemEnd, ItemMissing, ItemStart
 from protocol.names import Kind, SegmentName
+from protocol.recording import LATER_HEADER, LATER_HEADER_VALUE
 
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 # httpx's timeouts bound each read or write, not a whole exchange: a peer that drips one
@@ -136,7 +137,8 @@ class PeerClient:
                             response.status_code)
 
     async def call(self, path: str, message: m.Message, expect: type[m.Message],
-                   max_reply: int = limits.MAX_REPLY_BYTES) -> m.Message:
+                   max_reply: int = limits.MAX_REPLY_BYTES,
+                   headers: dict[str, str] | None = None) -> m.Message:
         """POST a message, return the decoded reply of the expected type."""
         body = m.encode(message)
         async with self.gate:
@@ -144,7 +146,7 @@ class PeerClient:
                 try:
                     async with self.http.stream(
                         "POST", path, content=body,
-                        headers={"content-type": "application/msgpack"},
+                        headers={"content-type": "application/msgpack", **(headers or {})},
                     ) as response:
                         data = await self._read_limited(response, max_reply)
                 except httpx.HTTPError as e:
@@ -167,6 +169,11 @@ class PeerClient:
         reply = await self.call("/v1/offer", m.Offer(name.path, size), m.OfferReply,
                                 limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
+
+    async def offer_deferrable(self, name: SegmentName, size: int) -> m.OfferReply:
+        """An offer that says we understand "later" (see protocol/recording.py)."""
+        return await self.call("/v1/offer", m.Offer(name.path, size), m.OfferReply,
+                               limits.MAX_REQUEST_BYTES, {LATER_HEADER: LATER_HEADER_VALUE})
 
     async def send_tombstone(self, name: SegmentName) -> str:
         reply = await self.call("/v1/tombstone", m.Tombstone(name.tombstone_path), m.Ack,

@@ -47,6 +47,10 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
+    # downloader-aware push: answer "later" to a segment our own downloader is about to
+    # write; a pair counts as recorded here while its files appeared this recently
+    defer_push: bool = True
+    recording_idle: float = 10.0
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -178,6 +182,9 @@ def build_config(values: dict[str, Any]) -> Config:
     cfg.backoff_cap = _positive("backoff-cap", cfg.backoff_cap, float)
     cfg.max_segment_bytes = _positive("max-segment-bytes", cfg.max_segment_bytes, int)
     cfg.rescan_interval = _positive("rescan-interval", cfg.rescan_interval, float)
+    cfg.recording_idle = _positive("recording-idle", cfg.recording_idle, float)
+    if not isinstance(cfg.defer_push, bool):
+        raise ConfigError("defer-push must be true or false")
     if str(cfg.log_level).upper() not in LOG_LEVELS:
         raise ConfigError(f"log-level must be one of {', '.join(LOG_LEVELS)}")
     cfg.log_level = str(cfg.log_level).upper()

@@ -13,6 +13,7 @@ import trio
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_path
+from protocol.recording import TEMP_TTL
 from protocol.replication import offer_status
 
 from .backfill import Backfiller
@@ -21,6 +22,7 @@ from .config import Config, ConfigError, read_peers_file
 from .index import ArchiveIndex
 from .metrics import Metrics
 from .pusher import Pusher
+from .recording import DownloaderTracker
 from .recent import RecentSet
 from .server import App
 from .store import SegmentWriter, Store, WriteRejected, classify_hour
@@ -52,6 +54,10 @@ class Node:
         self.metrics = Metrics()
         self.received = RecentSet(100_000)   # paths peers sent us: never pushed back
         self.announced = RecentSet(100_000)  # paths already queued for push
+        self.downloader = DownloaderTracker(
+            self.store, self.index, self.metrics, enabled=config.defer_push,
+            idle_after=config.recording_idle, temp_ttl=TEMP_TTL,
+            recent_window=config.recent_window)
         self.pusher = Pusher(self)
         self.backfiller = Backfiller(self)
         self.watcher = ArchiveWatcher(Path(config.root))
@@ -166,6 +172,7 @@ class Node:
                 name, kind = parse_path(rel)
             except SegmentNameError:
                 continue  # temp files of ours, dot-files, junk: never replicated
+            self.downloader.file_event(name, kind, event.deleted, rel in self.received)
             if event.deleted:
                 if not os.path.exists(event.path):
                     self.index.discard(name, kind)
@@ -374,6 +381,7 @@ class Node:
                 "last_push": pusher.last_success if pusher else None,
                 "push_error": pusher.last_error if pusher else None,
                 "push_dropped": pusher.dropped if pusher else 0,
+                "push_deferred": len(pusher.reoffers) if pusher else 0,
                 **self.backfiller.peer_status(url),
             })
             if probes is not None and url in probes:
@@ -385,6 +393,7 @@ class Node:
             "started_at": self.started_at,
             "time": time.time(),  # ages are computed against the node's own clock
             "segments": self.index.segment_count(),
+            **self.downloader.status(),
             "peers": peers,
         }
 

@@ -19,6 +19,7 @@ from protocol.backoff import Backoff
 from protocol.names import Kind, SegmentName
 
 from .client import PeerClient, PeerError
+from .reoffer import ReOffers
 
 if TYPE_CHECKING:
     from .node import Node
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+DEFERRED_OUTCOMES = ("deferred", "left_to_backfill")  # not acknowledged: no latency
 
 
 @dataclass
@@ -56,6 +58,9 @@ class PeerPusher:
         self.last_success: float | None = None  # wall clock
         self.last_error: str | None = None
         self.dropped = 0
+        self.reoffers: ReOffers[PushItem] = ReOffers(
+            self.enqueue, lambda item: item.name, recent_window=cfg.recent_window,
+            max_items=cfg.push_queue_size)
         node.metrics.queue_depth.labels(url).set(0)  # every peer shows up, idle ones too
 
     def depth(self) -> int:
@@ -95,6 +100,7 @@ class PeerPusher:
                 async with trio.open_nursery() as nursery:
                     for _ in range(self.node.config.push_concurrency):
                         nursery.start_soon(self._worker)
+                    nursery.start_soon(self.reoffers.run)
             finally:
                 await self.client.aclose()
 
@@ -119,7 +125,8 @@ class PeerPusher:
             m = self.node.metrics
             m.pushes.labels(self.url, item.label, outcome).inc()
             m.last_push.labels(self.url).set(self.last_success)
-            m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
+            if outcome not in DEFERRED_OUTCOMES:
+                    m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
 
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:
@@ -132,9 +139,12 @@ class PeerPusher:
         size = await trio.to_thread.run_sync(visible_size)
         if size is None:
             return "skipped"  # tombstoned or removed since it was queued
-        status = await self.client.offer(item.name, size)
-        if status != "want":
-            return status
+        reply = await self.client.offer_deferrable(item.name, size)
+        if reply.status == "later":  # the peer's own downloader is about to write it
+            assert reply.retry_after is not None
+            return "deferred" if self.reoffers.park(item, reply.retry_after) else "left_to_backfill"
+        if reply.status != "want":
+            return reply.status
         status, sent = await self.client.upload(item.name, path)
         self.node.metrics.bytes.labels("pushed").inc(sent)
         return status

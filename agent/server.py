@@ -24,6 +24,7 @@ from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
+from protocol.recording import LATER_HEADER, LATER_HEADER_VALUE
 
 from .client import MIN_RATE
 from .store import WriteRejected
@@ -271,7 +272,7 @@ class App:
             self._method(req, "POST")
             return await self.serve_batch(req, send)
         handlers = {
-            "offer": (m.Offer, self.on_offer),
+            "offer": (m.Offer, lambda offer: self.on_offer(offer, req)),
             "tombstone": (m.Tombstone, self.on_tombstone),
             "pair-digests": (m.PairDigestsRequest, self.on_pair_digests),
             "hour-digests": (m.HourDigestsRequest, self.on_hour_digests),
@@ -313,8 +314,9 @@ class App:
 
     # ---- /v1 handlers ----
 
-    async def on_offer(self, offer: m.Offer) -> m.OfferReply:
-        return m.OfferReply(await self.node.offer_status(offer.segment))
+    async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply:
+        accepts_later = req.header(LATER_HEADER.encode()) == LATER_HEADER_VALUE.encode()
+        return self.node.downloader.offer_reply(offer.segment, accepts_later)
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
         status = await self.node.accept_tombstone(msg.segment, source="push")

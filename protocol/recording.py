@@ -31,6 +31,8 @@ NEAR_DUPLICATE = dt.timedelta(milliseconds=1)
 
 MIN_RETRY_AFTER = 0.25
 MAX_RETRY_AFTER = 5.0
+# a temp file this old is a download that died (a crashed downloader leaves its temp)
+TEMP_TTL = 30.0
 MAX_PAIRS = 1024        # (channel, quality) pairs whose downloader state is kept
 MAX_TEMPS_PER_PAIR = 64  # downloads in progress remembered per pair
 
@@ -97,7 +99,7 @@ class PairRecording:
 @dataclass(frozen=True)
 class OfferDecision:
     status: str                      # "want" or "later"
-    reason: str                      # "idle", "hole", "ahead", "in_progress", "disabled"
+    reason: str                      # "idle", "old", "hole", "ahead", "in_progress"
     retry_after: float | None = None
 
 
@@ -110,9 +112,10 @@ class RecordingState:
     MAX_TEMPS_PER_PAIR temps per pair (the oldest forgotten first).
     """
 
-    def __init__(self, idle_after: float, temp_ttl: float) -> None:
+    def __init__(self, idle_after: float, temp_ttl: float, recent_window: float) -> None:
         self.idle_after = idle_after
         self.temp_ttl = temp_ttl
+        self.recent_window = recent_window
         self._pairs: collections.OrderedDict[tuple[str, str], PairRecording] = (
             collections.OrderedDict())
 
@@ -154,9 +157,9 @@ class RecordingState:
         pair = self._pairs.get((channel, quality))
         return pair is not None and now - pair.last_seen <= self.idle_after
 
-    def decide(self, name: SegmentName, now: float) -> OfferDecision:
+    def decide(self, name: SegmentName, now: float, wall_now: dt.datetime) -> OfferDecision:
         return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
-                              self.idle_after, self.temp_ttl)
+                              wall_now, self.idle_after, self.temp_ttl, self.recent_window)
 
 
 def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:
@@ -165,13 +168,15 @@ def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:
 
 
 def offer_decision(
-    name: SegmentName, pair: PairRecording | None, now: float,
-    idle_after: float, temp_ttl: float,
+    name: SegmentName, pair: PairRecording | None, now: float, wall_now: dt.datetime,
+    idle_after: float, temp_ttl: float, recent_window: float,
 ) -> OfferDecision:
     """A segment we neither hold nor have tombstoned is offered: now or later?
 
     - the pair is not recorded here (nothing of ours appeared within `idle_after`):
       want, as any archive-only node;
+    - it started before our recent window (`wall_now - recent_window`): want, our
+      downloader is no longer expected to fetch it (backfill would fetch it too);
     - a download of that start is in progress here (a temp file younger than
       `temp_ttl`): later;
     - it starts after everything our downloader wrote (its frontier): later;
@@ -179,6 +184,8 @@ def offer_decision(
     """
     if pair is None or now - pair.last_seen > idle_after:
         return OfferDecision("want", "idle")
+    if left_to_backfill(name, wall_now, recent_window):
+        return OfferDecision("want", "old")
     retry = retry_after_for(name)
     for start, seen in pair.temps.items():
         if abs(start - name.start) <= NEAR_DUPLICATE and now - seen <= temp_ttl:

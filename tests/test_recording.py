@@ -38,8 +38,16 @@ def temp(second: float):
     return parse_path(f"desertbus/source/2019-11-13T02/{start:%M:%S.%f}-2.0-temp-{UUID}.ts")[0]
 
 
-def state(idle=10.0, ttl=60.0) -> RecordingState:
-    return RecordingState(idle_after=idle, temp_ttl=ttl)
+WALL = T0 + dt.timedelta(seconds=30)  # the wall clock: segments at T0+10.. are recent
+
+
+class State(RecordingState):
+    def decide(self, name, now, wall_now=WALL):
+        return super().decide(name, now, wall_now)
+
+
+def state(idle=10.0, ttl=60.0, window=120.0) -> RecordingState:
+    return State(idle_after=idle, temp_ttl=ttl, recent_window=window)
 
 
 def test_a_pair_nothing_recorded_wants_everything():
@@ -87,6 +95,16 @@ def test_a_downloader_that_stopped_is_not_waited_for():
     d = s.decide(seg(12), now=10.5)
     assert (d.status, d.reason) == ("want", "idle")
     assert not s.recording("desertbus", "source", 10.5)
+
+
+def test_a_segment_older_than_the_recent_window_is_wanted_at_once():
+    s = state(window=120)
+    s.segment_written(seg(10), now=0.0)
+    later = T0 + dt.timedelta(seconds=12 + 121)
+    assert s.decide(seg(12), now=0.1, wall_now=later).reason == "old"
+    no_window = state(window=0)
+    no_window.segment_written(seg(10), now=0.0)
+    assert no_window.decide(seg(12), now=0.1).reason == "old"
 
 
 def test_recording_is_per_pair():
