@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/push_latency.py
 	$(BIN)/python bench/backfill_throughput.py
 	$(BIN)/python bench/anti_entropy_cost.py
+	$(BIN)/python bench/cluster_bandwidth.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

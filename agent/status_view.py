@@ -75,6 +75,12 @@ def render_status(status: dict) -> str:
         f"up {format_uptime(now - float(status.get('started_at') or now))}, "
         f"{status.get('segments')} segments",
     ]
+    if "defer_push" in status:  # nodes before downloader-aware push lack these keys
+        lines.append(
+            f"downloader-aware push {'on' if status['defer_push'] else 'off'}: "
+            f"{_count(status.get('deferred_offers'))} offers deferred, "
+            f"{_count(status.get('deferral_saved'))} saved by our downloader, "
+            f"{_count(status.get('holes_filled_by_push'))} holes filled by push")
     peers = status.get("peers") or []
     if not peers:
         lines.append("no peers configured")

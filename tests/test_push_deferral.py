@@ -99,6 +99,14 @@ async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factor
         assert copies(c.root(1), s1) == [s1.filename]
         assert (c.root(1) / s1.path).read_bytes() == d1
         assert len(a.pusher.peers[b.url].reoffers) == 0
+        client = PeerClient(b.url)
+        try:
+            status = await client.status()
+        finally:
+            await client.aclose()
+        assert status["defer_push"] is True
+        assert status["deferral_saved"] == 1 and status["deferred_offers"] >= 1
+        assert {p["url"]: p["push_deferred"] for p in status["peers"]}[a.url] == 0
 
 
 async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):

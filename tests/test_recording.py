@@ -208,3 +208,27 @@ def test_bad_later_replies_are_refused(obj):
     import msgpack
     with pytest.raises(ProtocolError):
         m.decode(msgpack.packb({"v": 1, "type": "offer_reply", **obj}), m.OfferReply)
+
+
+def test_status_shows_the_deferral_counters():
+    from agent.status_view import render_status
+
+    base = {"node": "a", "url": "http://a", "time": 10.0, "started_at": 0.0, "segments": 3}
+    text = render_status({**base, "defer_push": True, "deferred_offers": 12,
+                          "deferral_saved": 10, "holes_filled_by_push": 2})
+    assert "downloader-aware push on: 12 offers deferred, 10 saved by our downloader, " \
+           "2 holes filled by push" in text
+    assert "downloader-aware push" not in render_status(base)  # an older node
+
+
+def test_defer_push_config_key(tmp_path):
+    from agent.config import ConfigError, build_config, load_toml
+
+    toml = tmp_path / "segsync.toml"
+    toml.write_text("defer-push = false\nrecording-idle = 4\n")
+    cfg = build_config({"root": tmp_path, **load_toml(toml)})
+    assert (cfg.defer_push, cfg.recording_idle) == (False, 4.0)
+    assert build_config({"root": tmp_path}).defer_push is True
+    for bad in ({"defer_push": "no"}, {"recording_idle": 0}):
+        with pytest.raises(ConfigError):
+            build_config({"root": tmp_path, **bad})
