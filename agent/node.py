@@ -14,7 +14,6 @@ from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_path
 from protocol.recording import TEMP_TTL
-from protocol.replication import offer_status
 
 from .backfill import Backfiller
 from .client import PeerClient, PeerError
@@ -268,9 +267,6 @@ class Node:
         return len(new)
 
     # ---- what peers send us ----
-
-    async def offer_status(self, name: SegmentName) -> str:
-        return offer_status(self.store.has_segment(name), self.store.has_tombstone(name))
 
     async def accept_segment(
         self, name: SegmentName, size: int | None, chunks: AsyncIterator[bytes], source: str,

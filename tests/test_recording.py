@@ -232,3 +232,27 @@ def test_defer_push_config_key(tmp_path):
     for bad in ({"defer_push": "no"}, {"recording_idle": 0}):
         with pytest.raises(ConfigError):
             build_config({"root": tmp_path, **bad})
+
+
+async def test_reoffers_hand_items_back_when_due_and_refuse_old_ones(autojump_clock):
+    import trio
+
+    from agent.reoffer import ReOffers
+
+    requeued: list[tuple[float, str]] = []
+    wall = [T0 + dt.timedelta(seconds=30)]
+    names = {"a": seg(10), "b": seg(12), "old": seg(-200)}
+    reoffers: ReOffers[str] = ReOffers(
+        lambda item: requeued.append((trio.current_time(), item)), names.__getitem__,
+        recent_window=120, max_items=2, wall_clock=lambda: wall[0])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reoffers.run)
+        start = trio.current_time()
+        assert reoffers.park("a", 2.0)
+        assert reoffers.park("b", 0.5)  # due earlier than the item already waiting
+        assert not reoffers.park("old", 1.0)  # older than the recent window: backfill's
+        assert not reoffers.park("a", 1.0)  # full
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert [(round(t - start, 3), item) for t, item in requeued] == [(0.5, "b"), (2.0, "a")]
+    assert len(reoffers) == 0
