@@ -126,7 +126,7 @@ class PeerPusher:
             m.pushes.labels(self.url, item.label, outcome).inc()
             m.last_push.labels(self.url).set(self.last_success)
             if outcome not in DEFERRED_OUTCOMES:
-                    m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
+                m.push_latency.labels(item.label).observe(trio.current_time() - item.seen_at)
 
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:
