@@ -256,3 +256,11 @@ async def test_reoffers_hand_items_back_when_due_and_refuse_old_ones(autojump_cl
         nursery.cancel_scope.cancel()
     assert [(round(t - start, 3), item) for t, item in requeued] == [(0.5, "b"), (2.0, "a")]
     assert len(reoffers) == 0
+
+
+def test_backfill_skips_a_peers_downloader_temp_files_as_temp_not_invalid():
+    listed = [f"00:10.000000-2.0-temp-{UUID}.ts", f"00:12.000000-2.0-temp-{UUID.upper()}.ts",
+              seg(14, b"w").filename]
+    plan = plan_hour("desertbus", "source", "2019-11-13T02", listed, set(),
+                     T0 + dt.timedelta(hours=1), 0)
+    assert (plan.skipped_temp, plan.invalid, len(plan.fetch)) == (2, 0, 1)
