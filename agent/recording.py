@@ -43,7 +43,7 @@ class DownloaderTracker:
         self.clock = clock
         self.wall_clock = wall_clock
         self.state = RecordingState(idle_after, temp_ttl, recent_window)
-        self._deferred = RecentSet(REMEMBERED)  # paths answered "later"
+        self._deferred = RecentSet(REMEMBERED)  # bytes answered "later" (see _bytes_key)
         self._holes = RecentSet(REMEMBERED)     # paths wanted as holes of our downloader
         self.counts = {"deferred_offers": 0, "deferral_saved": 0, "holes_filled_by_push": 0}
         r = metrics.registry
@@ -82,8 +82,8 @@ class DownloaderTracker:
                 self.counts["holes_filled_by_push"] += 1
             return
         self.state.segment_written(name, self.clock())
-        if path in self._deferred:
-            self._deferred.discard(path)
+        if _bytes_key(name) in self._deferred:
+            self._deferred.discard(_bytes_key(name))
             self.saved_total.inc()
             self.counts["deferral_saved"] += 1
 
@@ -104,7 +104,7 @@ class DownloaderTracker:
         if decision.status == "later":
             self.deferred_total.inc()
             self.counts["deferred_offers"] += 1
-            self._deferred.add(name.path)
+            self._deferred.add(_bytes_key(name))
             return m.OfferReply("later", decision.retry_after)
         if decision.reason == "hole":
             self._holes.add(name.path)
@@ -113,3 +113,9 @@ class DownloaderTracker:
     def status(self) -> dict:
         """Node-wide fields of /v1/status."""
         return {"defer_push": self.enabled, **self.counts}
+
+
+def _bytes_key(name: SegmentName) -> str:
+    """Pair and hash: our downloader's copy counts as the deferred one even when its
+    start time differs by a few microseconds (a near-duplicate)."""
+    return f"{name.channel}/{name.quality}/{name.hash_text}"

@@ -220,3 +220,20 @@ async def test_temp_names_never_listed_pushed_or_warned_about(cluster_factory, c
                 assert peer.depth() == 0
         assert copies(c.root(1), s1) == []  # not pushed
         assert not [r for r in caplog.records if "temp" in r.getMessage()]
+
+
+async def test_downloader_writing_a_near_duplicate_name_saves_the_deferred_push(cluster_factory):
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        # node 1's downloader computed the start time 300 us later: same bytes
+        mine = make_name(d1, s1.start + dt.timedelta(microseconds=300))
+        downloader_writes(c.root(1), mine, d1)
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
+        assert b.downloader.counts["deferral_saved"] == 1
+        assert received_bytes(b) == 0
+        assert not (c.root(1) / s1.path).exists()
