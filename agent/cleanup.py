@@ -19,7 +19,7 @@ from protocol.errors import SegmentNameError
 from protocol.names import Kind, SegmentName, parse_filename, parse_segment_path
 from protocol.selection import Candidate
 
-from .client import PeerClient, PeerError
+from .client import ClientFactory, PeerClient, PeerError
 from .status_view import fetch_status
 from .store import Store, fsync_dir
 
@@ -127,15 +127,14 @@ async def plan_purge(root: Path, node_url: str, token: str | None, timeout: floa
     store = Store(root)
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
     status = await fetch_status(node_url, token, timeout)
-    peers = [str(p.get("url")) for p in status.get("peers", [])]
+    peers = [p.url for p in status.peers]
     answers: dict[str, dict[str, bool | str]] = {}
 
+    clients = ClientFactory(token, "segsync-purge", timeout=timeout)
+
     async def one(url: str) -> None:
-        client = PeerClient(url, token, "segsync-purge", concurrency=1, timeout=timeout)
-        try:
+        async with clients.client(url, concurrency=1) as client:
             answers[url] = await ask_peer(client, names)
-        finally:
-            await client.aclose()
 
     if names:
         async with trio.open_nursery() as nursery:

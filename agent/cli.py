@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import trio
 
+from . import tools
 from .config import Config, ConfigError, build_config, load_toml
 
 log = logging.getLogger("segsync")
@@ -59,13 +59,8 @@ def make_parser() -> argparse.ArgumentParser:
     bf.add_argument("--recent-window", type=float, metavar="SECONDS")
     bf.add_argument("--log-level")
 
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
+    tools.register(sub)
     return parser
-
-
-# other modules register their sub-commands here: f(subparsers) -> None
-EXTRA_COMMANDS: list = []
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -79,29 +74,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(values)
 
 
-async def run_until_signalled(node) -> None:
-    """Run the node; SIGTERM or Ctrl-C stop it cleanly."""
-    async with trio.open_nursery() as nursery:
-        async def watch_signals():
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    node.stop()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await node.run()
-        nursery.cancel_scope.cancel()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    from .node import Node
+    from .node import run_until_signalled
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
-    node = Node(cfg)
-    trio.run(run_until_signalled, node)
+    trio.run(run_until_signalled, cfg)
     log.info("stopped")
     return 0
 
@@ -122,8 +101,6 @@ COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import tools  # noqa: F401  (registers the operator's sub-commands)
-
     parser = make_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
@@ -137,7 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m agent.cli`: the tools register with the importable agent.cli, not __main__
-    from agent.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

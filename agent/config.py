@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .client import normalize_peer_url
+from .peers import normalize_peer_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -47,6 +47,7 @@ class Config:
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
     backfill: bool = True
+    push: bool = True
     # downloader-aware push: answer "later" to a segment our own downloader is about to
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True

@@ -23,11 +23,12 @@ from typing import Sequence, TextIO
 import httpx
 import trio
 
-from protocol.hashing import encode_hash, hash_bytes
-from protocol.names import Kind, SegmentName, format_hour, parse_path
+from protocol.hashing import hash_bytes
+from protocol.names import Kind, SegmentName, downloader_temp_filename, make_segment_name
 
 from .config import build_config
 from .node import Node
+from .peers import Peer
 
 CHANNEL, QUALITY = "demo", "source"
 NODE_NAMES = ("a", "b", "c")
@@ -167,8 +168,8 @@ class Demo:
             self.nodes.append(node)
             await nursery.start(node.run)
         for node in self.nodes:
-            node.config.peers = [o.url for o in self.nodes if o is not node]
-            node.pusher.set_peers(node.peer_urls())
+            await node.set_peers([Peer.from_url(o.url, o.config.node_name)
+                                  for o in self.nodes if o is not node])
         for i, name in enumerate(NODE_NAMES):
             if i != DOWNLOADER:
                 self.result.latencies[name] = []
@@ -204,16 +205,16 @@ class Demo:
 
     def _make_segment(self, number: int, start: dt.datetime) -> tuple[SegmentName, bytes]:
         data = self.rng.randbytes(self.rng.randint(MIN_SIZE, MAX_SIZE))
-        path = (f"{CHANNEL}/{QUALITY}/{format_hour(start)}/{start:%M:%S.%f}-"
-                f"{SEGMENT_SECONDS}.0-full-{encode_hash(hash_bytes(data))}.ts")
-        return parse_path(path)[0], data
+        name = make_segment_name(CHANNEL, QUALITY, start, f"{SEGMENT_SECONDS}.0", "full",
+                                 hash_bytes(data))
+        return name, data
 
     @staticmethod
     def _write_like_a_downloader(root: Path, name: SegmentName, data: bytes) -> None:
         """Temp-type name first (never replicated), then rename to the final name."""
         final = root / name.path
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = final.parent / f"{name.start:%M:%S.%f}-{name.duration:f}-temp-{name.hash_text}.ts"
+        temp = final.parent / downloader_temp_filename(name, name.hash_text)
         with open(temp, "wb") as f:
             view = memoryview(data)
             while view:
@@ -339,11 +340,6 @@ class Demo:
                 f"{ms(gone) + ' ms' if gone is not None else 'NEVER'} "
                 f"({per_node(r.segment_gone)})")
         return "\n".join(lines)
-
-
-async def run_demo(seconds: float = 20.0, rate: float = 4.0, out: TextIO | None = None,
-                   base_dir: str | None = None) -> DemoResult:
-    return await Demo(seconds, rate, out, base_dir).run()
 
 
 async def demo_until_signalled(demo: Demo) -> DemoResult:

@@ -173,13 +173,5 @@ class ArchiveIndex:
             for hours in self._pairs.values() for e in hours.values()
         )
 
-    def tombstoned_segment_names(self) -> Iterable[str]:
-        """Relative paths of every tombstone we hold (for purge)."""
-        for (channel, quality), hours in self._pairs.items():
-            for hour, entry in hours.items():
-                for n in entry.names:
-                    if n.endswith(TOMBSTONE_SUFFIX):
-                        yield f"{channel}/{quality}/{hour}/{n}"
-
 
 __all__ = ["ArchiveIndex", "HourEntry", "segment_filename_for"]

@@ -13,9 +13,17 @@ from typing import TextIO
 import trio
 from tqdm import tqdm
 
-from .backfill import Progress, RoundResult
+from .backfill import Backfiller, BackfillSettings
+from .client import ClientFactory
 from .config import Config
-from .node import Node
+from .downloads import Downloads
+from .index import ArchiveIndex
+from .ingest import Ingest
+from .local_files import LocalFiles
+from .metrics import Metrics
+from .peers import Peer, PeerSet
+from .round_stats import Progress, RoundResult
+from .store import Store
 
 
 class BarProgress(Progress):
@@ -85,9 +93,17 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     """One round with every configured peer into `cfg.root`; 0 if nothing failed."""
     out = out or sys.stdout
     err = err or sys.stderr
-    node = Node(cfg)
+    store = Store(cfg.root, cfg.max_segment_bytes)
+    index, metrics = ArchiveIndex(), Metrics()
+    ingest = Ingest(store, index, metrics)
+    peers = PeerSet(Peer.from_url(url) for url in cfg.peers)
+    backfiller = Backfiller(
+        peers, ClientFactory.from_config(cfg), index, ingest,
+        Downloads(ingest, store, index, metrics, cfg.max_concurrency, cfg.max_segment_bytes),
+        metrics, BackfillSettings.from_config(cfg))
     # Temp files are left alone: an agent may be writing into this root right now.
-    await node.rescan(push_new=False)
+    await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
+                     rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
     progress = BarProgress(err)
     started = trio.current_time()
     try:
@@ -98,8 +114,8 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
             from tqdm.contrib.logging import logging_redirect_tqdm
             redirect_logs = logging_redirect_tqdm()
         with redirect_logs:
-            results = await node.backfiller.round_all(node.peer_urls(), progress)
+            results = await backfiller.round_all(peers.peers, progress)
     finally:
         progress.close()
     failed = print_summary(results, trio.current_time() - started, out)
-    return 1 if failed or len(results) < len(node.peer_urls()) else 0
+    return 1 if failed or len(results) < len(peers) else 0

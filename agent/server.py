@@ -14,23 +14,23 @@ import hmac
 import json
 import logging
 import os
-import urllib.parse
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import trio
 
-from protocol import limits
+from protocol import endpoints, limits
 from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
-from protocol.recording import LATER_HEADER, LATER_HEADER_VALUE
 
-from .client import MIN_RATE
-from .store import WriteRejected
-
-if TYPE_CHECKING:
-    from .node import Node
+from .asgi import ClientGone, HttpError, Request, send_response
+from .index import ArchiveIndex
+from .ingest import Ingest
+from .metrics import Metrics
+from .store import Store, WriteRejected
+from .transport import MIN_RATE
 
 log = logging.getLogger(__name__)
 
@@ -40,119 +40,10 @@ UPLOAD_BUFFER = 1024 * 1024  # bytes read per thread hop when serving a segment
 BATCH_SERVES = 16  # batch fetches answered at once (each holds up to 64 open files)
 
 
-ENDPOINTS = frozenset({
-    "v1-segments", "v1-fetch", "v1-offer", "v1-tombstone", "v1-pair-digests",
-    "v1-hour-digests", "v1-listing", "v1-status", "files", "segments", "metrics", "healthz",
-})
-
-
-def endpoint_label(path: str) -> str:
-    """The endpoint a request path names, from a fixed set (bounded metric labels)."""
-    parts = path.split("/")[1:]
-    label = "-".join(parts[:2]) if parts[:1] == ["v1"] else (parts[0] if parts else "")
-    return label if label in ENDPOINTS else "other"
-
-
 def _close_all(opened: list) -> None:
     for o in opened:
         if o is not None:
             o[0].close()
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class ClientGone(Exception):
-    """The peer disconnected before sending the whole body."""
-
-
-def split_raw_path(raw: bytes) -> list[str]:
-    """Split the undecoded path on '/', then decode each part: '%2f' cannot add a level."""
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "bad_path", "path is not ASCII") from None
-    parts = text.split("/")
-    if parts[0] != "":
-        raise HttpError(400, "bad_path", "path must start with '/'")
-    out = []
-    for part in parts[1:]:
-        try:
-            out.append(urllib.parse.unquote(part, errors="strict"))
-        except UnicodeDecodeError:
-            raise HttpError(400, "bad_path", "path is not valid UTF-8") from None
-    return out
-
-
-class Request:
-    __slots__ = ("scope", "receive", "method", "parts", "query", "headers")
-
-    def __init__(self, scope: dict, receive) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.method: str = scope["method"]
-        raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
-        raw = raw.split(b"?", 1)[0]
-        self.parts = split_raw_path(raw)
-        try:
-            self.query = urllib.parse.parse_qs(
-                scope.get("query_string", b"").decode("ascii"), keep_blank_values=True,
-                strict_parsing=False, max_num_fields=16,
-            )
-        except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad_query", "query string is malformed") from None
-        self.headers = {k.lower(): v for k, v in scope.get("headers", [])}
-
-    def header(self, name: bytes) -> bytes | None:
-        return self.headers.get(name)
-
-    async def body(self, limit: int) -> bytes:
-        """The whole body, refusing more than `limit` bytes."""
-        declared = self.content_length()
-        if declared is not None and declared > limit:
-            raise HttpError(413, "too_large", f"body larger than {limit} bytes")
-        buf = bytearray()
-        async for chunk in self.chunks():
-            buf += chunk
-            if len(buf) > limit:
-                raise HttpError(413, "too_large", f"body larger than {limit} bytes")
-        return bytes(buf)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
-
-    async def wait_disconnect(self) -> None:
-        """Return when the client has gone (what is left of the request body is
-        skipped); an answer still being streamed then reaches nobody."""
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-
-    def content_length(self) -> int | None:
-        raw = self.header(b"content-length")
-        if raw is None:
-            return None
-        if not raw.isdigit() or len(raw) > 15:
-            raise HttpError(400, "bad_length", "Content-Length is not a number")
-        return int(raw)
-
-
-async def send_response(
-    send, status: int, body: bytes, content_type: bytes, extra: list | None = None
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
 
 
 def segment_from_path(path: str, not_segment: str) -> SegmentName:
@@ -170,11 +61,38 @@ def json_body(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-class App:
-    """ASGI application of one node."""
+@dataclass(frozen=True)
+class ServerSettings:
+    token: str | None = None  # every /v1 request must carry it, when set
+    protect_reads: bool = False  # the read-only endpoints and /metrics need it too
+    max_segment_bytes: int = limits.MAX_SEGMENT_BYTES
+    request_timeout: float = 10.0
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    @classmethod
+    def from_config(cls, cfg) -> "ServerSettings":
+        return cls(cfg.token, cfg.protect_reads, cfg.max_segment_bytes, cfg.request_timeout)
+
+
+# (offered segment, the sender understands OfferLater) -> the reply; the downloader
+# tracker answers (agent/recording.py)
+AnswerOffer = Callable[[SegmentName, bool], Awaitable[m.OfferReply | m.OfferLater]]
+
+
+class App:
+    """ASGI application of one node: what peers push goes to `ingest` (offers are
+    answered by `answer_offer`); digests, listings and files come from `index` and
+    `store`."""
+
+    def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
+                 settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
+                 answer_offer: AnswerOffer) -> None:
+        self.ingest = ingest
+        self.answer_offer = answer_offer
+        self.index = index
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.status = status
         self.upload_slots = trio.Semaphore(32)
         self.batch_slots = trio.Semaphore(BATCH_SERVES)
 
@@ -190,14 +108,14 @@ class App:
                     return
         if scope["type"] != "http":
             return
-        v1 = scope.get("path", "").startswith("/v1/")
-        self.node.metrics.requests.labels(endpoint_label(scope.get("path", ""))).inc()
+        v1 = endpoints.is_v1(scope.get("path", ""))
+        self.metrics.requests.labels(endpoints.endpoint_label(scope.get("path", ""))).inc()
         send = self._tolerant_send(scope, send)
         try:
             request = Request(scope, receive)
             await self.route(request, send)
         except HttpError as e:
-            self.node.metrics.rejected.labels(e.code).inc()
+            self.metrics.rejected.labels(e.code).inc()
             if e.status >= 500:
                 log.error("%s %s: %s", scope.get("method"), scope.get("path"), e.message)
             else:
@@ -210,7 +128,7 @@ class App:
                     b"application/json",
                 )
         except ClientGone:
-            self.node.metrics.rejected.labels("client_gone").inc()
+            self.metrics.rejected.labels("client_gone").inc()
             log.info("%s %s: peer disconnected mid-request", scope.get("method"), scope.get("path"))
 
     def _tolerant_send(self, scope, send):
@@ -227,7 +145,7 @@ class App:
                 await send(message)
             except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
                 gone = True
-                self.node.metrics.rejected.labels("client_gone").inc()
+                self.metrics.rejected.labels("client_gone").inc()
                 log.info("%s %s: connection closed while answering", scope.get("method"),
                          scope.get("path"))
 
@@ -236,53 +154,51 @@ class App:
     # ---- routing ----
 
     async def route(self, req: Request, send) -> None:
-        parts = req.parts
-        head = parts[0] if parts else ""
-        if head == "healthz" and len(parts) == 1:
+        endpoint, rest = endpoints.split_endpoint(req.parts)
+        if endpoint == endpoints.HEALTHZ and not rest:
             self._method(req, "GET")
             return await send_response(send, 200, b"ok\n", b"text/plain")
-        if head == "metrics" and len(parts) == 1:
+        if endpoint == endpoints.METRICS and not rest:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await send_response(
-                send, 200, self.node.metrics.render(), b"text/plain; version=0.0.4"
+                send, 200, self.metrics.render(), b"text/plain; version=0.0.4"
             )
-        if head == "v1":
+        if endpoints.is_v1(endpoint):
             self._check_token(req)
-            return await self.route_v1(req, parts[1:], send)
-        if head == "files":
+            return await self.route_v1(req, endpoint, rest, send)
+        if endpoint == endpoints.FILES:
             self._method(req, "GET")
             self._check_read_auth(req)
-            return await self.compat_files(req, parts[1:], send)
-        if head == "segments":
+            return await self.compat_files(req, rest, send)
+        if endpoint == endpoints.LEGACY_SEGMENTS:
             self._method(req, "GET")
             self._check_read_auth(req)
-            return await self.serve_segment(req, "/".join(parts[1:]), send)
+            return await self.serve_segment(req, "/".join(rest), send)
         raise HttpError(404, "not_found", "no such endpoint")
 
-    async def route_v1(self, req: Request, parts: list[str], send) -> None:
-        op = parts[0] if parts else ""
-        if op == "segments" and len(parts) >= 2:
-            path = "/".join(parts[1:])
+    async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        if endpoint == endpoints.SEGMENTS and rest:
+            path = "/".join(rest)
             if req.method == "PUT":
                 return await self.receive_segment(req, path, send)
             self._method(req, "GET")
             return await self.serve_segment(req, path, send)
-        if op == "fetch" and len(parts) == 1:
+        if endpoint == endpoints.FETCH and not rest:
             self._method(req, "POST")
             return await self.serve_batch(req, send)
         handlers = {
-            "offer": (m.Offer, lambda offer: self.on_offer(offer, req)),
-            "tombstone": (m.Tombstone, self.on_tombstone),
-            "pair-digests": (m.PairDigestsRequest, self.on_pair_digests),
-            "hour-digests": (m.HourDigestsRequest, self.on_hour_digests),
-            "listing": (m.ListingRequest, self.on_listing),
-            "status": (m.StatusRequest, self.on_status),
+            endpoints.OFFER: (m.Offer, lambda offer: self.on_offer(offer, req)),
+            endpoints.TOMBSTONE: (m.Tombstone, self.on_tombstone),
+            endpoints.PAIR_DIGESTS: (m.PairDigestsRequest, self.on_pair_digests),
+            endpoints.HOUR_DIGESTS: (m.HourDigestsRequest, self.on_hour_digests),
+            endpoints.LISTING: (m.ListingRequest, self.on_listing),
+            endpoints.STATUS: (m.StatusRequest, self.on_status),
         }
-        if len(parts) != 1 or op not in handlers:
+        if rest or endpoint not in handlers:
             raise HttpError(404, "not_found", "no such /v1 endpoint")
         self._method(req, "POST")
-        cls, handler = handlers[op]
+        cls, handler = handlers[endpoint]
         body = await req.body(limits.MAX_REQUEST_BYTES)
         try:
             message = m.decode(body, cls, limits.MAX_REQUEST_BYTES)
@@ -292,15 +208,14 @@ class App:
             reply = await handler(message)
         except OSError as e:  # e.g. no room for a tombstone
             raise HttpError(507, "storage_error", f"could not store: {e.strerror}") from None
-        await send_response(send, 200, m.encode(reply) if isinstance(reply, m.Message)
-                            else reply, MSGPACK)
+        await send_response(send, 200, m.encode(reply), MSGPACK)
 
     def _method(self, req: Request, allowed: str) -> None:
         if req.method != allowed:
             raise HttpError(405, "bad_method", f"{req.method} not allowed here; use {allowed}")
 
     def _check_token(self, req: Request) -> None:
-        token = self.node.config.token
+        token = self.settings.token
         if token is None:
             return
         expected = b"Bearer " + token.encode()
@@ -309,49 +224,45 @@ class App:
             raise HttpError(401, "unauthorized", "missing or wrong bearer token")
 
     def _check_read_auth(self, req: Request) -> None:
-        if self.node.config.protect_reads:
+        if self.settings.protect_reads:
             self._check_token(req)
 
     # ---- /v1 handlers ----
 
-    async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply:
-        accepts_later = req.header(LATER_HEADER.encode()) == LATER_HEADER_VALUE.encode()
-        return self.node.downloader.offer_reply(offer.segment, accepts_later)
+    async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply | m.OfferLater:
+        accepts_later = req.header(endpoints.OFFER_LATER_HEADER.encode()) == b"1"
+        return await self.answer_offer(offer.segment, accepts_later)
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
-        status = await self.node.accept_tombstone(msg.segment, source="push")
+        status = await self.ingest.accept_tombstone(msg.segment, source="push")
         return m.Ack(status)
 
     async def on_pair_digests(self, req: m.PairDigestsRequest) -> m.PairDigests:
-        pairs = self.node.index.pair_digests(req.first_hour, req.last_hour)
+        pairs = self.index.pair_digests(req.first_hour, req.last_hour)
         return m.PairDigests(req.first_hour, req.last_hour, pairs)
 
     async def on_hour_digests(self, req: m.HourDigestsRequest) -> m.HourDigests:
-        hours = self.node.index.hour_digests(req.channel, req.quality, req.first_hour, req.last_hour)
+        hours = self.index.hour_digests(req.channel, req.quality, req.first_hour, req.last_hour)
         return m.HourDigests(req.channel, req.quality, hours)
 
     async def on_listing(self, req: m.ListingRequest) -> m.Listing:
-        names = self.node.index.replicable(req.channel, req.quality, req.hour)
+        names = self.index.replicable(req.channel, req.quality, req.hour)
         return m.Listing(req.channel, req.quality, req.hour, names)
 
-    async def on_status(self, req: m.StatusRequest) -> bytes:
-        import msgpack
-
-        probes = await self.node.probe_peers()
-        return msgpack.packb({"v": limits.PROTOCOL_VERSION, "type": "status",
-                              **self.node.status(probes)}, use_bin_type=True)
+    async def on_status(self, req: m.StatusRequest) -> m.StatusReply:
+        return await self.status()
 
     async def receive_segment(self, req: Request, path: str, send) -> None:
         name = segment_from_path(path, "PUT takes a .ts segment path")
         size = req.content_length()
         if size is None:
             raise HttpError(411, "length_required", "Content-Length is required")
-        if size > self.node.config.max_segment_bytes:
+        if size > self.settings.max_segment_bytes:
             raise HttpError(413, "too_large", f"segment larger than "
-                            f"{self.node.config.max_segment_bytes} bytes")
+                            f"{self.settings.max_segment_bytes} bytes")
         # a sender that drips its body must not hold a slot for ever: bounded wait for a
         # slot, then the body must arrive at MIN_RATE (as the client demands of peers)
-        timeout = self.node.config.request_timeout
+        timeout = self.settings.request_timeout
         with trio.move_on_after(timeout) as waiting:
             await self.upload_slots.acquire()
         if waiting.cancelled_caught:
@@ -359,7 +270,7 @@ class App:
         try:
             with trio.move_on_after(timeout + size / MIN_RATE) as receiving:
                 try:
-                    status = await self.node.accept_segment(name, size, req.chunks(),
+                    status = await self.ingest.accept_segment(name, size, req.chunks(),
                                                             source="push")
                 except WriteRejected as e:
                     if e.reason == "tombstoned":
@@ -381,7 +292,7 @@ class App:
         """(open file, size), or None when the segment is not served (absent,
         tombstoned). An open file keeps its bytes even if the name goes away."""
         try:
-            f = self.node.store.open_segment(name)
+            f = self.store.open_segment(name)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
@@ -412,7 +323,7 @@ class App:
                 log.warning("%s shrank while being served", f.name)
                 return False
             sent += len(chunk)
-            self.node.metrics.bytes.labels("served").inc(len(chunk))
+            self.metrics.bytes.labels("served").inc(len(chunk))
             await send({"type": "http.response.body", "body": chunk,
                         "more_body": sent < size or not last})
         return True
@@ -447,7 +358,7 @@ class App:
             raise HttpError(400, "bad_message", str(e)) from None
         names = [parse_path(path)[0] for path in request.paths]
         # each batch holds up to MAX_FETCH_PATHS open files: a bounded number at a time
-        with trio.move_on_after(self.node.config.request_timeout) as waiting:
+        with trio.move_on_after(self.settings.request_timeout) as waiting:
             await self.batch_slots.acquire()
         if waiting.cancelled_caught:
             raise HttpError(429, "busy", "every batch fetch slot is busy; retry later")
@@ -511,7 +422,7 @@ class App:
             if len(parts) == 2:
                 channel = validate_component(parts[0], "channel")
                 quality = validate_component(parts[1], "quality")
-                body = self.node.index.hours(channel, quality)
+                body = self.index.hours(channel, quality)
             elif len(parts) == 3:
                 channel = validate_component(parts[0], "channel")
                 quality = validate_component(parts[1], "quality")
@@ -519,7 +430,7 @@ class App:
                 flag = req.query.get("tombstones", ["false"])
                 if len(flag) != 1 or flag[0] not in ("true", "false"):
                     raise HttpError(400, "bad_query", "tombstones must be true or false")
-                names = self.node.index.replicable(channel, quality, parts[2])
+                names = self.index.replicable(channel, quality, parts[2])
                 if flag[0] == "false":
                     names = [n for n in names if n.endswith(".ts")]
                 body = names

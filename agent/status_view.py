@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import PeerClient, PeerError
+from protocol.messages import PeerStatus, StatusReply
+
+from .client import ClientFactory
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -41,13 +43,13 @@ def format_uptime(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def _reachable(peer: dict) -> str:
-    value = peer.get("reachable")
+def _reachable(peer: PeerStatus) -> str:
+    value = peer.reachable
     return "unknown" if value is None else ("yes" if value else "NO")
 
 
-def _round_result(peer: dict) -> str:
-    ok = peer.get("round_ok")
+def _round_result(peer: PeerStatus) -> str:
+    ok = peer.round_ok
     if ok is None:
         return "-"
     return "ok" if ok else "FAILED"
@@ -67,42 +69,43 @@ def table(rows: list[list[str]], right: set[int]) -> list[str]:
     return out
 
 
-def render_status(status: dict) -> str:
+def render_status(status: StatusReply) -> str:
     """The table an operator reads: one row per peer, then the errors in full."""
-    now = float(status.get("time") or 0)
+    now = float(status.time)
     lines = [
-        f"node {status.get('node')} at {status.get('url')}, "
-        f"up {format_uptime(now - float(status.get('started_at') or now))}, "
-        f"{status.get('segments')} segments",
+        f"node {status.node} at {status.url}, "
+        f"up {format_uptime(now - float(status.started_at))}, "
+        f"{status.segments} segments",
     ]
-    if "defer_push" in status:  # nodes before downloader-aware push lack these keys
+    if status.defer_push is not None:  # nodes before downloader-aware push lack these
         lines.append(
-            f"downloader-aware push {'on' if status['defer_push'] else 'off'}: "
-            f"{_count(status.get('deferred_offers'))} offers deferred, "
-            f"{_count(status.get('deferral_saved'))} saved by our downloader, "
-            f"{_count(status.get('holes_filled_by_push'))} holes filled by push")
-    peers = status.get("peers") or []
+            f"downloader-aware push {'on' if status.defer_push else 'off'}: "
+            f"{_count(status.deferred_offers)} offers deferred, "
+            f"{_count(status.deferral_saved)} saved by our downloader, "
+            f"{_count(status.holes_filled_by_push)} holes filled by push")
+    peers = status.peers
     if not peers:
         lines.append("no peers configured")
         return "\n".join(lines) + "\n"
-    rows = [["peer", "reachable", "last push", "last round", "result", "queue", "missing"]]
+    rows = [["peer", "url", "kind", "reachable", "last push", "last round", "result", "queue",
+             "missing"]]
     for p in peers:
         rows.append([
-            str(p.get("url")), _reachable(p), format_age(p.get("last_push"), now),
-            format_age(p.get("last_round"), now), _round_result(p),
-            _count(p.get("queue_depth")), _count(p.get("missing")),
+            p.name or p.url, p.url, p.kind or "-", _reachable(p), format_age(p.last_push, now),
+            format_age(p.last_round, now), _round_result(p),
+            _count(p.queue_depth), _count(p.missing),
         ])
     lines.append("")
-    lines.extend(table(rows, right={5, 6}))
+    lines.extend(table(rows, right={7, 8}))
     problems = []
     for p in peers:
-        for key, what in (("reach_error", "unreachable"), ("push_error", "last push failed"),
-                          ("round_error", "last round failed")):
-            if p.get(key):
-                why = str(p[key]).removeprefix(f"{p.get('url')}: ")  # PeerError names the peer
-                problems.append(f"  {p.get('url')}: {what}: {why}")
-        if p.get("push_dropped"):
-            problems.append(f"  {p.get('url')}: {p['push_dropped']} pushes dropped "
+        for error, what in ((p.reach_error, "unreachable"), (p.push_error, "last push failed"),
+                            (p.round_error, "last round failed")):
+            if error:
+                why = error.removeprefix(f"{p.url}: ")  # PeerError names the peer
+                problems.append(f"  {p.name or p.url}: {what}: {why}")
+        if p.push_dropped:
+            problems.append(f"  {p.name or p.url}: {p.push_dropped} pushes dropped "
                             "(queue full; backfill repairs them)")
     if problems:
         lines.append("")
@@ -110,14 +113,8 @@ def render_status(status: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> dict:
+async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> StatusReply:
     """The node's /v1/status reply; PeerError if it cannot be had."""
-    client = PeerClient(url, token, "segsync-status", concurrency=1, timeout=timeout)
-    try:
-        status = await client.status()
-    finally:
-        await client.aclose()
-    peers = status.get("peers", [])
-    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
-        raise PeerError(url, "bad status reply: peers is not a list of maps")
-    return status
+    clients = ClientFactory(token, "segsync-status", timeout=timeout)
+    async with clients.client(url, concurrency=1) as client:
+        return await client.status()

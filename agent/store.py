@@ -455,16 +455,6 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def remove_temp_files(self) -> int:
-        """Start-up clean-up of temp files a crash left behind."""
-        count = 0
-        for channel, quality, hour, _ in self.scan():
-            for n in self.raw_filenames(channel, quality, hour):
-                if is_temp_file(n):
-                    self._remove_temp(self.root / channel / quality / hour / n)
-                    count += 1
-        return count
-
     # ---- segments and tombstones ----
 
     def has_tombstone(self, name: SegmentName) -> bool:
@@ -497,18 +487,6 @@ class Store:
             raise Tombstoned(name.path)
         return SegmentWriter(self, name, expected_size, self.max_segment_bytes, write)
 
-    def write_segment(
-        self, name: SegmentName, chunks: Iterable[bytes], expected_size: int | None = None,
-        write: WriteFn = os.write,
-    ) -> str:
-        """Write a whole segment from chunks; 'stored' or 'have', or raises."""
-        if self.has_segment(name) and not self.has_tombstone(name):
-            return "have"
-        with self.open_writer(name, expected_size, write) as writer:
-            for chunk in chunks:
-                writer.write(chunk)
-            return writer.commit()
-
     def create_tombstone(self, name: SegmentName) -> bool:
         """Create NAME.tombstone (and its hour directory). False if it already existed."""
         path = self.path_of(name, Kind.TOMBSTONE)
@@ -532,10 +510,6 @@ class Store:
         if not name.replicable or self.has_tombstone(name):
             raise FileNotFoundError(name.path)
         return open(self.path_of(name), "rb")
-
-    def read_segment(self, name: SegmentName) -> bytes:
-        with self.open_segment(name) as f:
-            return f.read()
 
     # ---- consumers ----
 

@@ -1,5 +1,5 @@
-"""The operator's sub-commands (status, tombstone, purge, dupes, demo), registered with
-`agent.cli.EXTRA_COMMANDS`. Each handler parses its flags, runs, returns the exit status."""
+"""The operator's sub-commands (status, tombstone, purge, dupes, demo): `register` adds
+them to the `segsync` parser. Each handler runs and returns the exit status."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import trio
 
 from protocol.errors import SegmentNameError
 
-from .cli import EXTRA_COMMANDS
-from .client import PeerError, normalize_peer_url
+from .client import PeerError
+from .peers import normalize_peer_url
 from .config import ConfigError, read_token_file
 from .status_view import DEFAULT_NODE
 
@@ -128,5 +128,3 @@ def register(sub) -> None:
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the agents' log level")
     p.set_defaults(func=cmd_demo)
 
-
-EXTRA_COMMANDS.append(register)

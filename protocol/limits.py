@@ -11,7 +11,8 @@ MAX_SEGMENT_BYTES = 256 * 1024 * 1024
 
 MAX_STRING = 1024
 MAX_BINARY = 64
-MAX_MAP = 16
+# Keys of one map: room for the open status records to grow (PeerStatus has 11).
+MAX_MAP = 32
 # A listing of one hour: 1800 segments of 2 s, several versions each, plus tombstones.
 MAX_ARRAY = 50_000
 # Containers in one decoded message, so garbage cannot explode into objects.
@@ -25,3 +26,5 @@ MAX_PAIRS = 10_000
 MAX_FETCH_PATHS = 64
 # One frame header inside a batch fetch response (a path and a size, msgpack).
 MAX_FRAME_HEADER = 2048
+# Peers one status reply may list (a node has a handful; this bounds a hostile reply).
+MAX_STATUS_PEERS = 1000

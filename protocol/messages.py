@@ -4,12 +4,19 @@ Wire form: a msgpack map `{"v": PROTOCOL_VERSION, "type": TYPE, ...fields}`.
 `decode` takes untrusted bytes and returns a message object or raises
 `ProtocolError`; it never raises anything else and never decodes more than the
 limits allow (see `limits.py`).
+
+Each message is declared once: a frozen dataclass whose fields carry their
+validator (`wire(check)`). One generic `Record.from_obj` checks the field set,
+runs each validator, then the message's cross-field check. Closed messages
+(every request and reply except the status reply) refuse unknown keys; open
+ones (`OPEN = True`) ignore them and give absent optional fields their default,
+so a newer node can add a field without breaking an older reader.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 import msgpack
 
@@ -24,12 +31,17 @@ from .names import (
     validate_component,
 )
 
-OFFER_STATUSES = ("want", "have", "tombstoned", "later")
-MAX_RETRY_AFTER = 3600.0
+OFFER_STATUSES = ("want", "have", "tombstoned")
+MAX_RETRY_AFTER = 3600.0  # seconds an OfferLater may ask the sender to wait, at most
 ACK_STATUSES = ("stored", "have", "tombstoned")
 
+# A validator takes the raw decoded value and the field's name, and returns the value
+# to store (validated, possibly converted) or raises ProtocolError.
+Check = Callable[[Any, str], Any]
+_CHECK = "segsync.check"
 
-# ---- field checkers: each takes the raw decoded value and returns it validated ----
+
+# ---- validators ----
 
 def _str(value: Any, what: str) -> str:
     if not isinstance(value, str):
@@ -43,21 +55,26 @@ def _int(value: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     return value
 
 
+def integer(lo: int = 0, hi: int = 2**63 - 1) -> Check:
+    return lambda value, what: _int(value, what, lo, hi)
+
+
+def _number(value: Any, what: str) -> float:
+    """A wall-clock time or other real number (int or float, never bool)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ProtocolError(f"{what} must be a number")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what} must be true or false")
+    return value
+
+
 def _digest(value: Any, what: str) -> bytes:
     if not isinstance(value, bytes) or len(value) != 32:
         raise ProtocolError(f"{what} must be 32 bytes")
-    return value
-
-
-def _list(value: Any, what: str) -> list:
-    if not isinstance(value, list):
-        raise ProtocolError(f"{what} must be an array")
-    return value
-
-
-def _pair(value: Any, what: str, n: int) -> list:
-    if not isinstance(value, list) or len(value) != n:
-        raise ProtocolError(f"{what} must be an array of {n} items")
     return value
 
 
@@ -76,20 +93,85 @@ def _hour(value: Any, what: str) -> str:
     return value
 
 
-def _path(value: Any, what: str, kind: Kind) -> str:
-    try:
-        _, got = parse_path(value)
-    except SegmentNameError as e:
-        raise ProtocolError(f"{what}: {e}") from None
-    if got is not kind:
-        raise ProtocolError(f"{what} must name a {kind.value}")
-    return value
+def path_of(kind: Kind) -> Check:
+    """A segment or tombstone path (channel/quality/hour/file) naming that kind."""
+
+    def check(value: Any, what: str) -> str:
+        try:
+            _, got = parse_path(value)
+        except SegmentNameError as e:
+            raise ProtocolError(f"{what}: {e}") from None
+        if got is not kind:
+            raise ProtocolError(f"{what} must name a {kind.value}")
+        return value
+
+    return check
 
 
-def _status(value: Any, what: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ProtocolError(f"{what} must be one of {', '.join(allowed)}")
-    return value
+def one_of(allowed: tuple[str, ...]) -> Check:
+    def check(value: Any, what: str) -> str:
+        if value not in allowed:
+            raise ProtocolError(f"{what} must be one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    """None, or what `check` accepts."""
+    return lambda value, what: None if value is None else check(value, what)
+
+
+def array(item: Check | None, item_name: str, max_items: int, too_many: str,
+          min_items: int = 0) -> Check:
+    """An array of at most `max_items` (else the `too_many` error), each checked
+    as `item_name`; decodes to a new list."""
+
+    def check(value: Any, what: str) -> list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{what} must be an array")
+        if not min_items <= len(value) <= max_items:
+            raise ProtocolError(too_many)
+        return list(value) if item is None else [item(v, item_name) for v in value]
+
+    return check
+
+
+def fixed(*items: tuple[Check, str]) -> Check:
+    """An array of exactly these items (each with its checker and name); a tuple."""
+
+    def check(value: Any, what: str) -> tuple:
+        if not isinstance(value, list) or len(value) != len(items):
+            raise ProtocolError(f"{what} must be an array of {len(items)} items")
+        return tuple(c(v, name) for v, (c, name) in zip(value, items))
+
+    return check
+
+
+def records(cls: type["Record"], max_items: int) -> Check:
+    """An array of at most `max_items` maps, each decoded as a `cls` record."""
+
+    def check(value: Any, what: str) -> list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{what} must be an array")
+        if len(value) > max_items:
+            raise ProtocolError(f"{what} holds more than {max_items} entries")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ProtocolError(f"{what}[{i}] must be a map")
+            try:
+                out.append(cls.from_obj(item))
+            except ProtocolError as e:
+                raise ProtocolError(f"{what}[{i}]: {e}") from None
+        return out
+
+    return check
+
+
+def wire(check: Check, default: Any = MISSING) -> Any:
+    """Declare a message field with its validator (and a default if optional)."""
+    return field(default=default, metadata={_CHECK: check})
 
 
 def _hour_range(first: str, last: str) -> None:
@@ -100,46 +182,64 @@ def _hour_range(first: str, last: str) -> None:
         raise ProtocolError(f"hour range longer than {limits.MAX_HOUR_RANGE} hours")
 
 
-# ---- messages ----
+# ---- the generic record ----
 
-class Message:
+_RESERVED = frozenset({"v", "type"})
+
+
+class Record:
+    """Fields declared with `wire(...)`, decoded by one generic `from_obj`."""
+
+    OPEN: ClassVar[bool] = False  # ignore unknown keys instead of refusing them
+
+    def to_obj(self) -> dict:
+        declared = fields(self)  # type: ignore[arg-type]
+        return {f.name: _to_wire(getattr(self, f.name)) for f in declared}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Any:
+        declared = fields(cls)  # type: ignore[arg-type]
+        if not cls.OPEN:
+            extra = set(obj) - {f.name for f in declared} - _RESERVED
+            if extra:
+                raise ProtocolError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
+        missing = [f.name for f in declared
+                   if f.name not in obj and f.default is MISSING]
+        if missing:
+            raise ProtocolError(f"missing fields: {', '.join(missing)}")
+        values = {f.name: f.metadata[_CHECK](obj[f.name], f.name)
+                  for f in declared if f.name in obj}
+        cls.check_across(values)
+        return cls(**values)
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        """Rules between fields, run after each field passed its own validator."""
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_obj()
+    if isinstance(value, list):
+        return [_to_wire(v) for v in value]
+    return value
+
+
+class Message(Record):
     TYPE: ClassVar[str]
 
     def to_obj(self) -> dict:
-        obj = {"v": limits.PROTOCOL_VERSION, "type": self.TYPE}
-        for f in fields(self):  # type: ignore[arg-type]
-            obj[f.name] = getattr(self, f.name)
-        return obj
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "Message":  # pragma: no cover - overridden
-        raise NotImplementedError
+        return {"v": limits.PROTOCOL_VERSION, "type": self.TYPE, **super().to_obj()}
 
 
-def _require(obj: dict, *names: str) -> list:
-    extra = set(obj) - set(names) - {"v", "type"}
-    if extra:
-        raise ProtocolError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
-    missing = [n for n in names if n not in obj]
-    if missing:
-        raise ProtocolError(f"missing fields: {', '.join(missing)}")
-    return [obj[n] for n in names]
-
+# ---- messages ----
 
 @dataclass(frozen=True)
 class _PathAndSize(Message):
     """A segment path and its size in bytes: the shape of offers and fetch frames."""
 
-    path: str
-    size: int
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "_PathAndSize":
-        path, size = _require(obj, "path", "size")
-        return cls(
-            _path(path, "path", Kind.SEGMENT),
-            _int(size, "size", 0, limits.MAX_SEGMENT_BYTES),
-        )
+    path: str = wire(path_of(Kind.SEGMENT))
+    size: int = wire(integer(0, limits.MAX_SEGMENT_BYTES))
 
 
 @dataclass(frozen=True)
@@ -155,34 +255,25 @@ class Offer(_PathAndSize):
 
 @dataclass(frozen=True)
 class OfferReply(Message):
-    """`later` (offer again after `retry_after` seconds) goes only to senders that
-    announce they understand it; every other reply has no `retry_after` on the wire,
-    so an older peer decodes it."""
-
     TYPE: ClassVar[str] = "offer_reply"
-    status: str
-    retry_after: float | None = None
+    status: str = wire(one_of(OFFER_STATUSES))
 
-    def to_obj(self) -> dict:
-        obj = super().to_obj()
-        if self.retry_after is None:
-            del obj["retry_after"]
-        return obj
 
-    @classmethod
-    def from_obj(cls, obj: dict) -> "OfferReply":
-        later = obj.get("status") == "later" or "retry_after" in obj
-        status, *rest = _require(obj, "status", *(["retry_after"] if later else []))
-        status = _status(status, "status", OFFER_STATUSES)
-        if not later:
-            return cls(status)
-        if status != "later":
-            raise ProtocolError("retry_after belongs to a 'later' reply only")
-        (retry,) = rest
-        if isinstance(retry, bool) or not isinstance(retry, (int, float)) \
-                or not 0 < retry <= MAX_RETRY_AFTER:
-            raise ProtocolError(f"retry_after must be a number in (0, {MAX_RETRY_AFTER:g}]")
-        return cls(status, float(retry))
+def _retry_after(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not 0 < value <= MAX_RETRY_AFTER:
+        raise ProtocolError(f"{what} must be a number in (0, {MAX_RETRY_AFTER:g}]")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OfferLater(Message):
+    """The other answer to an offer: 'my own downloader is about to write this
+    segment; offer it again in `retry_after` seconds'. Sent only to a pusher whose
+    offer carries `endpoints.OFFER_LATER_HEADER` (an older pusher gets OfferReply)."""
+
+    TYPE: ClassVar[str] = "offer_later"
+    retry_after: float = wire(_retry_after)
 
 
 @dataclass(frozen=True)
@@ -190,12 +281,7 @@ class Tombstone(Message):
     """'This segment is tombstoned': path of the `.tombstone` file."""
 
     TYPE: ClassVar[str] = "tombstone"
-    path: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "Tombstone":
-        (path,) = _require(obj, "path")
-        return cls(_path(path, "path", Kind.TOMBSTONE))
+    path: str = wire(path_of(Kind.TOMBSTONE))
 
     @property
     def segment(self) -> SegmentName:
@@ -207,28 +293,24 @@ class Ack(Message):
     """Reply to a segment upload or a tombstone."""
 
     TYPE: ClassVar[str] = "ack"
-    status: str
+    status: str = wire(one_of(ACK_STATUSES))
+
+
+class _HourRange:
+    """Mixin: `first_hour` .. `last_hour` must be in order and within MAX_HOUR_RANGE."""
 
     @classmethod
-    def from_obj(cls, obj: dict) -> "Ack":
-        (status,) = _require(obj, "status")
-        return cls(_status(status, "status", ACK_STATUSES))
+    def check_across(cls, values: dict) -> None:
+        _hour_range(values["first_hour"], values["last_hour"])
 
 
 @dataclass(frozen=True)
-class PairDigestsRequest(Message):
+class PairDigestsRequest(_HourRange, Message):
     """Top level of the Merkle comparison: every (channel, quality) over an hour range."""
 
     TYPE: ClassVar[str] = "pair_digests_request"
-    first_hour: str
-    last_hour: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "PairDigestsRequest":
-        first, last = _require(obj, "first_hour", "last_hour")
-        first, last = _hour(first, "first_hour"), _hour(last, "last_hour")
-        _hour_range(first, last)
-        return cls(first, last)
+    first_hour: str = wire(_hour)
+    last_hour: str = wire(_hour)
 
 
 @dataclass(frozen=True)
@@ -236,43 +318,20 @@ class PairDigests(Message):
     """`pairs`: [[channel, quality, digest over its hour digests in range], ...]."""
 
     TYPE: ClassVar[str] = "pair_digests"
-    first_hour: str
-    last_hour: str
-    pairs: list
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "PairDigests":
-        first, last, pairs = _require(obj, "first_hour", "last_hour", "pairs")
-        pairs = _list(pairs, "pairs")
-        if len(pairs) > limits.MAX_PAIRS:
-            raise ProtocolError("too many pairs")
-        out = []
-        for item in pairs:
-            channel, quality, digest = _pair(item, "pair", 3)
-            out.append((
-                _component(channel, "channel"),
-                _component(quality, "quality"),
-                _digest(digest, "pair digest"),
-            ))
-        return cls(_hour(first, "first_hour"), _hour(last, "last_hour"), out)
+    first_hour: str = wire(_hour)
+    last_hour: str = wire(_hour)
+    pairs: list = wire(array(
+        fixed((_component, "channel"), (_component, "quality"), (_digest, "pair digest")),
+        "pair", limits.MAX_PAIRS, "too many pairs"))
 
 
 @dataclass(frozen=True)
-class HourDigestsRequest(Message):
+class HourDigestsRequest(_HourRange, Message):
     TYPE: ClassVar[str] = "hour_digests_request"
-    channel: str
-    quality: str
-    first_hour: str
-    last_hour: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "HourDigestsRequest":
-        channel, quality, first, last = _require(
-            obj, "channel", "quality", "first_hour", "last_hour"
-        )
-        first, last = _hour(first, "first_hour"), _hour(last, "last_hour")
-        _hour_range(first, last)
-        return cls(_component(channel, "channel"), _component(quality, "quality"), first, last)
+    channel: str = wire(_component)
+    quality: str = wire(_component)
+    first_hour: str = wire(_hour)
+    last_hour: str = wire(_hour)
 
 
 @dataclass(frozen=True)
@@ -280,36 +339,18 @@ class HourDigests(Message):
     """`hours`: [[hour, digest], ...] for the non-empty hours in range."""
 
     TYPE: ClassVar[str] = "hour_digests"
-    channel: str
-    quality: str
-    hours: list
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "HourDigests":
-        channel, quality, hours = _require(obj, "channel", "quality", "hours")
-        hours = _list(hours, "hours")
-        if len(hours) > limits.MAX_HOUR_RANGE + 1:
-            raise ProtocolError("too many hours")
-        out = []
-        for item in hours:
-            hour, digest = _pair(item, "hour digest", 2)
-            out.append((_hour(hour, "hour"), _digest(digest, "hour digest")))
-        return cls(_component(channel, "channel"), _component(quality, "quality"), out)
+    channel: str = wire(_component)
+    quality: str = wire(_component)
+    hours: list = wire(array(fixed((_hour, "hour"), (_digest, "hour digest")),
+                             "hour digest", limits.MAX_HOUR_RANGE + 1, "too many hours"))
 
 
 @dataclass(frozen=True)
 class ListingRequest(Message):
     TYPE: ClassVar[str] = "listing_request"
-    channel: str
-    quality: str
-    hour: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "ListingRequest":
-        channel, quality, hour = _require(obj, "channel", "quality", "hour")
-        return cls(
-            _component(channel, "channel"), _component(quality, "quality"), _hour(hour, "hour")
-        )
+    channel: str = wire(_component)
+    quality: str = wire(_component)
+    hour: str = wire(_hour)
 
 
 @dataclass(frozen=True)
@@ -317,26 +358,22 @@ class Listing(Message):
     """The replicable listing of one hour: visible segment and tombstone file names."""
 
     TYPE: ClassVar[str] = "listing"
-    channel: str
-    quality: str
-    hour: str
-    names: list
+    channel: str = wire(_component)
+    quality: str = wire(_component)
+    hour: str = wire(_hour)
+    names: list = wire(array(_str, "name", limits.MAX_ARRAY, "too many names"))
 
     @classmethod
-    def from_obj(cls, obj: dict) -> "Listing":
-        channel, quality, hour, names = _require(obj, "channel", "quality", "hour", "names")
-        channel = _component(channel, "channel")
-        quality = _component(quality, "quality")
-        hour = _hour(hour, "hour")
-        names = _list(names, "names")
-        for name in names:
+    def check_across(cls, values: dict) -> None:
+        """Each name is a replicable file of this very hour."""
+        for name in values["names"]:
             try:
-                parsed, _ = parse_filename(channel, quality, hour, _str(name, "name"))
+                parsed, _ = parse_filename(values["channel"], values["quality"],
+                                           values["hour"], name)
             except SegmentNameError as e:
                 raise ProtocolError(f"listing name: {e}") from None
             if not parsed.replicable:
                 raise ProtocolError(f"listing holds a {parsed.type} name")
-        return cls(channel, quality, hour, list(names))
 
 
 @dataclass(frozen=True)
@@ -344,17 +381,9 @@ class FetchRequest(Message):
     """'Send me these segments, in this order, in one response' (a batch download)."""
 
     TYPE: ClassVar[str] = "fetch_request"
-    paths: list
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "FetchRequest":
-        (paths,) = _require(obj, "paths")
-        paths = _list(paths, "paths")
-        if not 1 <= len(paths) <= limits.MAX_FETCH_PATHS:
-            raise ProtocolError(f"paths must hold 1 to {limits.MAX_FETCH_PATHS} segment paths")
-        for path in paths:
-            _path(path, "path", Kind.SEGMENT)
-        return cls(list(paths))
+    paths: list = wire(array(
+        path_of(Kind.SEGMENT), "path", limits.MAX_FETCH_PATHS,
+        f"paths must hold 1 to {limits.MAX_FETCH_PATHS} segment paths", min_items=1))
 
 
 @dataclass(frozen=True)
@@ -369,23 +398,74 @@ class FetchMissing(Message):
     """Frame header in a batch fetch response: `path` is not served (gone, tombstoned)."""
 
     TYPE: ClassVar[str] = "fetch_missing"
-    path: str
-    reason: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "FetchMissing":
-        path, reason = _require(obj, "path", "reason")
-        return cls(_path(path, "path", Kind.SEGMENT), _str(reason, "reason"))
+    path: str = wire(path_of(Kind.SEGMENT))
+    reason: str = wire(_str)
 
 
 @dataclass(frozen=True)
 class StatusRequest(Message):
     TYPE: ClassVar[str] = "status_request"
 
-    @classmethod
-    def from_obj(cls, obj: dict) -> "StatusRequest":
-        _require(obj)
-        return cls()
+
+@dataclass(frozen=True)
+class PeerStatus(Record):
+    """One peer as the node sees it (a row of `segsync status`). Open: fields a newer
+    node adds are ignored by older readers; every field but `url` may be absent.
+    Times are the node's wall clock (seconds since the epoch); None means never/unknown."""
+
+    OPEN: ClassVar[bool] = True
+    url: str = wire(_str)
+    name: str | None = wire(optional(_str), None)  # the peer's name (metric label)
+    kind: str | None = wire(optional(_str), None)  # what it speaks: "segsync", ...
+    queue_depth: int | None = wire(optional(integer()), None)
+    last_push: float | None = wire(optional(_number), None)
+    push_error: str | None = wire(optional(_str), None)
+    push_dropped: int | None = wire(optional(integer()), None)
+    push_deferred: int | None = wire(optional(integer()), None)  # offers parked for "later"
+    last_round: float | None = wire(optional(_number), None)
+    round_ok: bool | None = wire(optional(_bool), None)
+    round_error: str | None = wire(optional(_str), None)
+    missing: int | None = wire(optional(integer()), None)
+    reachable: bool | None = wire(optional(_bool), None)
+    reach_error: str | None = wire(optional(_str), None)
+
+    def __post_init__(self) -> None:
+        """Errors are cut to MAX_STRING bytes: an error quoting a peer's own error text could
+        be longer, and one over-long string would make the whole reply undecodable."""
+        for name in ("push_error", "round_error", "reach_error"):
+            text = getattr(self, name)
+            if isinstance(text, str):
+                object.__setattr__(self, name, clip(text))
+
+
+def clip(text: str, max_bytes: int = limits.MAX_STRING) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8 (msgpack's string limit counts bytes),
+    ending in '...' when cut."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
+
+@dataclass(frozen=True)
+class StatusReply(Message):
+    """What a node says about itself and its peers (`segsync status`). Open like
+    PeerStatus: unknown keys are ignored, later fields must be optional."""
+
+    TYPE: ClassVar[str] = "status"
+    OPEN: ClassVar[bool] = True
+    node: str = wire(_str)
+    url: str = wire(_str)
+    started_at: float = wire(_number)
+    time: float = wire(_number)  # the node's clock: ages are computed against it
+    segments: int = wire(integer())
+    peers: list = wire(records(PeerStatus, limits.MAX_STATUS_PEERS))
+    # downloader-aware push (absent from older nodes): is it on, offers this node
+    # answered "later", deferred segments its downloader then wrote, holes push filled
+    defer_push: bool | None = wire(optional(_bool), None)
+    deferred_offers: int | None = wire(optional(integer()), None)
+    deferral_saved: int | None = wire(optional(integer()), None)
+    holes_filled_by_push: int | None = wire(optional(integer()), None)
 
 
 @dataclass(frozen=True)
@@ -393,21 +473,16 @@ class Error(Message):
     """Every 4xx/5xx body on /v1: a machine code and a sentence for humans."""
 
     TYPE: ClassVar[str] = "error"
-    code: str
-    message: str
-
-    @classmethod
-    def from_obj(cls, obj: dict) -> "Error":
-        code, message = _require(obj, "code", "message")
-        return cls(_str(code, "code"), _str(message, "message"))
+    code: str = wire(_str)
+    message: str = wire(_str)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Offer, OfferReply, Tombstone, Ack, PairDigestsRequest, PairDigests,
+        Offer, OfferReply, OfferLater, Tombstone, Ack, PairDigestsRequest, PairDigests,
         HourDigestsRequest, HourDigests, ListingRequest, Listing, StatusRequest, Error,
-        FetchRequest, FetchItem, FetchMissing,
+        FetchRequest, FetchItem, FetchMissing, StatusReply,
     )
 }
 

@@ -248,3 +248,19 @@ def tombstone_filename_for(segment_filename: str) -> str:
 
 def segment_filename_for(tombstone_filename: str) -> str:
     return tombstone_filename[: -len(TOMBSTONE_SUFFIX)] + SEGMENT_SUFFIX
+
+
+def make_segment_name(channel: str, quality: str, start: dt.datetime,
+                      duration: str | Decimal, type_: str, hash_: bytes) -> SegmentName:
+    """The name of a segment from its parts, validated like a parsed one (the hour is
+    the UTC hour of `start`)."""
+    start = start.astimezone(dt.timezone.utc)
+    return parse_segment_path(
+        f"{channel}/{quality}/{format_hour(start)}/{start:%M:%S.%f}-{Decimal(duration):f}-"
+        f"{type_}-{encode_hash(hash_)}{SEGMENT_SUFFIX}")
+
+
+def downloader_temp_filename(name: SegmentName, tag: str) -> str:
+    """The name a downloader writes `name` under until it is complete: type `temp` and
+    `tag` (wubloader uses a UUID) where the hash goes."""
+    return f"{name.start:%M:%S.%f}-{name.duration:f}-temp-{tag}{SEGMENT_SUFFIX}"

@@ -20,11 +20,6 @@ from typing import Generic, Iterable, TypeVar
 from .errors import SegmentNameError
 from .names import Kind, SegmentName, parse_filename
 
-# An offer carries this header when its sender understands the "later" reply; an
-# older pusher does not send it and is never answered "later" (it would refuse it).
-LATER_HEADER = "x-segsync-offer-later"
-LATER_HEADER_VALUE = "1"
-
 # downloaders compute start times from playlists with small float differences: two
 # segments this close with the same duration, type and hash are the same segment
 NEAR_DUPLICATE = dt.timedelta(milliseconds=1)

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from agent.config import build_config  # noqa: E402
 from agent.node import Node  # noqa: E402
+from agent.peers import Peer  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -35,6 +36,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def peer_of(node: Node) -> Peer:
+    """`node` as a peer of another, named by its node name."""
+    return Peer.from_url(node.url, node.config.node_name)
 
 
 def node_config(root: Path, **overrides):
@@ -65,13 +71,12 @@ class Cluster:
         self.nodes[i] = node
         return node
 
-    def connect(self) -> None:
-        """Make every running node a peer of every other."""
+    async def connect(self) -> None:
+        """Make every running node a peer of every other (named by its node name)."""
         for node in self.nodes:
-            if node is None:
-                continue
-            node.config.peers = [o.url for o in self.nodes if o is not None and o is not node]
-            node.pusher.set_peers(node.peer_urls())
+            if node is not None:
+                await node.set_peers([peer_of(o) for o in self.nodes
+                                      if o is not None and o is not node])
 
     async def stop_node(self, i: int) -> None:
         self.nodes[i].stop()
@@ -88,7 +93,7 @@ async def running_cluster(base: Path, n: int, connect: bool = True, **overrides)
         for _ in range(n):
             await cluster.start_node(**overrides)
         if connect:
-            cluster.connect()
+            await cluster.connect()
         try:
             yield cluster
         finally:

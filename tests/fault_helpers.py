@@ -1,4 +1,4 @@
-"""Tools for the fault and hostile-input tests (issue 6).
+"""Tools for the fault and hostile-input tests.
 
 - `AgentProcess`: a real `segsync run` in its own process, killable with SIGKILL.
 - `audit_archive`: what a crash may leave behind (bad final names, temp files).
@@ -21,9 +21,10 @@ import h11
 import msgpack
 import trio
 
-from agent.node import file_matches_name
+from agent.local_files import file_matches_name
 from agent.store import is_temp_file
 from helpers import free_port, wait_healthy
+from protocol import endpoints
 from protocol import messages as m
 from protocol.digests import hour_digest, pair_digest
 from protocol.errors import SegmentNameError
@@ -314,7 +315,7 @@ class LyingPeer:
     def reply(self, req: h11.Request, body: bytes) -> tuple[int, bytes]:
         target = req.target.decode()
         by_hour = self._listing()
-        if target == "/v1/pair-digests":
+        if target == endpoints.PAIR_DIGESTS:
             q = m.decode(body, m.PairDigestsRequest)
             pairs: dict[tuple, list] = {}
             for (c, ql, h), names in by_hour.items():
@@ -322,24 +323,24 @@ class LyingPeer:
                     pairs.setdefault((c, ql), []).append((h, hour_digest(names)))
             out = [(c, ql, pair_digest(d)) for (c, ql), d in sorted(pairs.items())]
             return 200, m.encode(m.PairDigests(q.first_hour, q.last_hour, out))
-        if target == "/v1/hour-digests":
+        if target == endpoints.HOUR_DIGESTS:
             q = m.decode(body, m.HourDigestsRequest)
             hours = [(h, hour_digest(names)) for (c, ql, h), names in sorted(by_hour.items())
                      if (c, ql) == (q.channel, q.quality)]
             return 200, m.encode(m.HourDigests(q.channel, q.quality, hours))
-        if target == "/v1/listing":
+        if target == endpoints.LISTING:
             q = m.decode(body, m.ListingRequest)
             names = sorted(by_hour.get((q.channel, q.quality, q.hour), []))
             return 200, m.encode(m.Listing(q.channel, q.quality, q.hour, names))
-        if target == "/v1/offer":
+        if target == endpoints.OFFER:
             return 200, m.encode(m.OfferReply("want"))
-        if target.startswith("/v1/segments/") and req.method == b"GET":
+        if target.startswith(endpoints.segment_url("")) and req.method == b"GET":
             self.downloads += 1
             return 200, os.urandom(5000)
-        if target.startswith("/v1/segments/") and req.method == b"PUT":
+        if target.startswith(endpoints.segment_url("")) and req.method == b"PUT":
             self.uploads += 1
             return 200, m.encode(m.Ack("stored"))
-        if target == "/v1/tombstone":
+        if target == endpoints.TOMBSTONE:
             return 200, m.encode(m.Ack("stored"))
         return 404, m.encode(m.Error("not_found", target))
 
@@ -350,7 +351,7 @@ class LyingPeer:
             if got is None:
                 return
             req, body = got
-            segment = req.target.startswith(b"/v1/segments/")
+            segment = req.target.decode().startswith(endpoints.segment_url(""))
             if self.mode == "flood" and segment:
                 self.downloads += req.method == b"GET"
                 self.uploads += req.method == b"PUT"
@@ -371,7 +372,7 @@ class LyingPeer:
                     await stream.send_all(b"x")
                     await trio.sleep(0.2)
                 return
-            if self.batch and req.target == b"/v1/fetch":
+            if self.batch and req.target.decode() == endpoints.FETCH:
                 return await self._fetch(stream, conn, m.decode(body, m.FetchRequest).paths)
             status, reply = self.reply(req, body)
             await _respond(stream, conn, status, reply)

@@ -12,8 +12,8 @@ from typing import Callable
 
 import httpx
 
-from protocol.hashing import encode_hash, hash_bytes
-from protocol.names import Kind, SegmentName, format_hour, parse_path
+from protocol.hashing import hash_bytes
+from protocol.names import Kind, SegmentName, downloader_temp_filename, make_segment_name
 
 
 def free_port() -> int:
@@ -47,19 +47,14 @@ def make_name(
     data: bytes, start: dt.datetime, channel: str = "desertbus", quality: str = "source",
     duration: str = "2.0", type_: str = "full",
 ) -> SegmentName:
-    hour = format_hour(start)
-    path = (
-        f"{channel}/{quality}/{hour}/{start:%M:%S.%f}-{duration}-{type_}-"
-        f"{encode_hash(hash_bytes(data))}.ts"
-    )
-    return parse_path(path)[0]
+    return make_segment_name(channel, quality, start, duration, type_, hash_bytes(data))
 
 
 def write_segment_file(root: Path, name: SegmentName, data: bytes) -> Path:
     """Write like a downloader does: temp name, then rename into place."""
     path = Path(root) / name.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{name.start:%M:%S.%f}-{name.duration:f}-temp-{name.hash_text}.ts"
+    tmp = path.parent / downloader_temp_filename(name, name.hash_text)
     tmp.write_bytes(data)
     os.rename(tmp, path)
     return path
@@ -105,3 +100,26 @@ def replicable_state(root: Path) -> dict[str, bytes | None]:
         for f in listing.tombstones:
             out[base + f] = None
     return out
+
+
+def peer_label(node, url: str) -> str:
+    """The metric label `node` uses for the peer at `url`: its name."""
+    peer = node.peers.by_url(url)
+    return peer.name if peer else url.split("://", 1)[1]
+
+
+def push_state(node, url: str):
+    """What `node`'s pusher shows of the peer at `url`."""
+    return node.pusher.state(node.peers.by_url(url))
+
+
+def write_segment(store, name: SegmentName, chunks, expected_size: int | None = None,
+                  write=os.write) -> str:
+    """Write a whole segment through the store's writer at once: 'stored' or 'have',
+    or raises what the writer raises."""
+    if store.has_segment(name) and not store.has_tombstone(name):
+        return "have"
+    with store.open_writer(name, expected_size, write) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.commit()

@@ -1,4 +1,4 @@
-"""Three real agents on loopback: push replication and tombstones (issue 3)."""
+"""Three real agents on loopback: push replication and tombstones."""
 
 import os
 import socket
@@ -7,7 +7,7 @@ import httpx
 import trio
 
 from conftest import wait_until
-from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
+from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, push_state
 
 
 def no_temp_files(root):
@@ -25,7 +25,7 @@ async def test_renamed_segment_reaches_every_peer(cluster_factory):
         # no echo: the receivers did not push it back
         await trio.sleep(0.2)
         for node in c.nodes:
-            assert all(p.depth() == 0 for p in node.pusher.peers.values())
+            assert all(node.pusher.state(p).queue_depth == 0 for p in node.peers)
         assert c.nodes[1].metrics.received.labels("segment", "stored")._value.get() == 1
         assert c.nodes[0].metrics.received.labels("segment", "stored")._value.get() == 0
 
@@ -106,9 +106,8 @@ async def test_stopped_or_hanging_peer_does_not_delay_others(cluster_factory):
         async with cluster_factory(3, request_timeout=30.0) as c:
             await c.stop_node(2)
             a = c.nodes[0]
-            a.config.peers = [c.nodes[1].url, c.nodes[2].url,
-                              "http://127.0.0.1:%d" % blackhole.getsockname()[1]]
-            a.pusher.set_peers(a.peer_urls())
+            await a.set_peers([c.nodes[1].url, c.nodes[2].url,
+                               "http://127.0.0.1:%d" % blackhole.getsockname()[1]])
             names = []
             for i in range(20):
                 data = os.urandom(20_000)
@@ -118,7 +117,7 @@ async def test_stopped_or_hanging_peer_does_not_delay_others(cluster_factory):
             # all reach the healthy peer long before the hanging peer's 30 s timeout
             with trio.fail_after(10):
                 await wait_until(lambda: all((c.root(1) / n.path).exists() for n in names))
-            assert a.pusher.peers[c.nodes[2].url].last_error is not None
+            assert push_state(a, c.nodes[2].url).last_error is not None
     finally:
         blackhole.close()
 
@@ -171,12 +170,12 @@ async def test_corrupted_push_rejected(cluster_factory):
 
 
 async def test_offer_replies(cluster_factory):
-    from agent.client import PeerClient
+    from agent.client import ClientFactory
 
     async with cluster_factory(1) as c:
         data = os.urandom(100)
         name = make_name(data, hours_ago(1))
-        client = PeerClient(c.nodes[0].url)
+        client = ClientFactory().client(c.nodes[0].url)
         try:
             assert await client.offer(name, len(data)) == "want"
             write_segment_file(c.root(0), name, data)
@@ -192,12 +191,12 @@ async def test_peers_file_reload(tmp_path, cluster_factory):
         peers_file = tmp_path / "peers"
         peers_file.write_text(f"# peers\n{c.nodes[0].url}\n")
         a = await c.start_node(peers_file=str(peers_file))
-        assert list(a.pusher.peers) == [c.nodes[0].url]
+        assert [p.url for p in a.pusher.pushers] == [c.nodes[0].url]
         peers_file.write_text(f"{c.nodes[0].url}\n{c.nodes[1].url}  # second\n")
-        await wait_until(lambda: len(a.pusher.peers) == 2, timeout=5)
+        await wait_until(lambda: len(a.pusher.pushers) == 2, timeout=5)
         peers_file.write_text("not a url\n")
         await trio.sleep(1.5)
-        assert len(a.pusher.peers) == 2  # kept the last good list
+        assert len(a.pusher.pushers) == 2  # kept the last good list
         data = os.urandom(100)
         name = make_name(data, hours_ago(1))
         write_segment_file(c.root(2), name, data)

@@ -1,4 +1,4 @@
-"""Anti-entropy backfill between real agents on loopback (issue 4).
+"""Anti-entropy backfill between real agents on loopback.
 
 Rounds are driven by hand (`round_all`) except in the tests of the periodic loop, so
 nothing waits for a timer. Push is off (no push peers) wherever a test must prove that
@@ -16,8 +16,9 @@ import sys
 import trio
 
 from agent.backfill import Backfiller, PeerState, utc_now
-from agent.client import PeerClient
+from agent.client import ClientFactory
 from agent.config import build_config
+from agent.peers import Peer
 from agent.oneshot import BarProgress, print_summary, run_oneshot
 from agent.store import Store
 from conftest import wait_until
@@ -25,6 +26,7 @@ from fault_helpers import refusing_peer_url
 from helpers import (
     hours_ago,
     make_name,
+    peer_label,
     replicable_state,
     touch_tombstone,
     write_segment_file,
@@ -45,7 +47,7 @@ def temp_files(root) -> list:
 
 
 def pulled(node, peer: str, outcome: str) -> float:
-    return node.metrics.pulls.labels(peer, "segment", outcome)._value.get()
+    return node.metrics.pulls.labels(peer_label(node, peer), "segment", outcome)._value.get()
 
 
 # ---- convergence ----
@@ -65,7 +67,7 @@ async def test_restarted_node_converges_to_exactly_the_peers_state(cluster_facto
         await wait_until(lambda: replicable_state(c.root(1)) == expected)  # B, by push
 
         cn = await c.start_node(2)
-        c.connect()
+        await c.connect()
         assert replicable_state(c.root(2)) != expected
         rounds = 0
         while replicable_state(c.root(2)) != expected:
@@ -189,7 +191,7 @@ async def test_no_resurrection_and_the_peer_gets_the_tombstone(cluster_factory):
             assert not (c.root(0) / victim.path).exists()
         # nor by push
         size = (c.root(1) / victim.path).stat().st_size
-        client = PeerClient(a.url)
+        client = ClientFactory().client(a.url)
         try:
             assert await client.offer(victim, size) == "tombstoned"
             status, _ = await client.upload(victim, c.root(1) / victim.path)
@@ -215,15 +217,15 @@ async def test_failing_peer_backs_off_on_its_own(cluster_factory):
         a, b = c.nodes
         dead = refusing_peer_url()
         # a first wait of 1-2 s (the default is 0.5-1 s): room for a slow test machine
-        b.backfiller.peers[dead] = PeerState(backoff=Backoff(base=2.0, cap=8.0))
+        b.backfiller.states[dead] = PeerState(backoff=Backoff(base=2.0, cap=8.0))
         first = write_segments(c.root(0), 2, hours_ago(3), 1)
         await indexed(a, first)
         results = {r.peer: r for r in await b.backfiller.round_all([dead, a.url])}
         assert not results[dead].ok and results[dead].error
         assert results[a.url].ok and results[a.url].total("downloaded") == 2
-        state = b.backfiller.peers[dead]
+        state = b.backfiller.states[dead]
         assert state.backoff.failures == 1
-        assert b.backfiller.peers[a.url].backoff.failures == 0
+        assert b.backfiller.states[a.url].backoff.failures == 0
         # the next round, while the dead peer's backoff runs: it is left out, A is not
         more = write_segments(c.root(0), 2, hours_ago(2), 2)
         await indexed(a, more)
@@ -255,32 +257,32 @@ async def test_peer_list_changes_take_effect_at_the_next_round(cluster_factory, 
         # a broken peers file keeps the last good list
         peers_file.write_text("not a url at all\n")
         await trio.sleep(1.5)
-        assert b.peer_urls() == [a.url]
+        assert [p.url for p in b.peers] == [a.url]
         more = write_segments(c.root(0), 2, hours_ago(2), 2)
         await wait_until(lambda: all((c.root(1) / n.path).exists() for n in more), timeout=10)
         # the peer leaves the list: no more rounds with it
         peers_file.write_text("")
-        await wait_until(lambda: a.url not in b.backfiller.peers, timeout=10)
+        await wait_until(lambda: a.url not in b.backfiller.states, timeout=10)
         late = write_segments(c.root(0), 2, hours_ago(1), 3)
         await indexed(a, late)
         await trio.sleep(1.0)
         assert not any((c.root(1) / n.path).exists() for n in late)
-        # --peer (config.peers) works the same way
-        b.config.peers = [a.url]
+        # --peer (the static source) works the same way
+        await b.set_peers([a.url])
         await wait_until(lambda: all((c.root(1) / n.path).exists() for n in late), timeout=10)
 
 
 async def test_periodic_rounds_converge_without_help(cluster_factory):
-    async with cluster_factory(3, connect=False, backfill_interval=0.2) as c:
+    async with cluster_factory(3, connect=False, backfill_interval=0.2, push=False) as c:
         a, b, cn = c.nodes
         dead = refusing_peer_url()
         mine_a = write_segments(c.root(0), 4, hours_ago(3), 1)
         mine_b = write_segments(c.root(1), 3, hours_ago(7), 2)
         touch_tombstone(c.root(1), mine_a[0])  # B tombstones a segment it has never seen
-        # peers for backfill only: no push worker is started for them
-        a.config.peers = [b.url, cn.url]
-        b.config.peers = [a.url, cn.url]
-        cn.config.peers = [dead, a.url, b.url]
+        # push is off: the pull does all the work
+        await a.set_peers([b.url, cn.url])
+        await b.set_peers([a.url, cn.url])
+        await cn.set_peers([dead, a.url, b.url])
 
         def converged() -> bool:
             states = [replicable_state(c.root(i)) for i in range(3)]
@@ -290,16 +292,16 @@ async def test_periodic_rounds_converge_without_help(cluster_factory):
         # C may hold everything (through B) before its first round with A or with the
         # dead peer has ended: wait for both results before judging them
         await wait_until(lambda: all(
-            url in cn.backfiller.peers and cn.backfiller.peers[url].last_result is not None
+            url in cn.backfiller.states and cn.backfiller.states[url].last_result is not None
             for url in (dead, a.url)), timeout=20)
-        assert all(not node.pusher.peers for node in c.nodes)  # it was all pull
+        assert all(not node.pusher.pushers for node in c.nodes)  # it was all pull
         state = replicable_state(c.root(2))
         assert state[mine_a[0].tombstone_path] is None and mine_a[0].path not in state
         assert all(n.path in state for n in mine_b + mine_a[1:])
-        dead_state = cn.backfiller.peers[dead]
+        dead_state = cn.backfiller.states[dead]
         assert dead_state.backoff.failures >= 1
         assert dead_state.last_result is not None and not dead_state.last_result.ok
-        assert cn.backfiller.peers[a.url].last_result.ok
+        assert cn.backfiller.states[a.url].last_result.ok
 
 
 # ---- index upkeep ----
@@ -440,20 +442,21 @@ def test_summary_counts_failures():
     assert "FAILURES: 2" in text and "connection refused" in text and "4 segments" in text
 
 
-def test_backfiller_needs_no_running_node(tmp_path):
-    """The one-shot mode builds a Node without running it: nothing starts by itself."""
+def test_building_a_node_starts_nothing(tmp_path):
+    """Building a Node only wires its parts: no round, no download starts by itself."""
     from agent.node import Node
 
     node = Node(build_config(dict(root=tmp_path, backfill=False)))
     assert isinstance(node.backfiller, Backfiller)
-    assert node.backfiller.peers == {} and node.backfiller.in_flight == {}
+    assert node.backfiller.states == {} and node.downloads.in_flight == {}
 
 
 async def test_backfill_backoff_is_capped_by_the_config(cluster_factory):
     async with cluster_factory(1, backoff_cap=2.5) as c:
-        state = c.nodes[0].backfiller._peer_state("http://127.0.0.1:9")
+        peer = Peer.from_url("http://127.0.0.1:9")
+        state = c.nodes[0].backfiller._state(peer)
         assert state.backoff.cap == 2.5
         delays = [state.backoff.failure(100.0) for _ in range(30)]
         assert max(delays) <= 2.5
         assert state.backoff.wait_time(100.0) <= 2.5
-        assert state is c.nodes[0].backfiller._peer_state("http://127.0.0.1:9")
+        assert state is c.nodes[0].backfiller._state(peer)

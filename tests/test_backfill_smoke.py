@@ -13,7 +13,7 @@ async def test_backfill_round_copies_missing(cluster_factory):
             write_segment_file(c.root(0), name, data)
             names.append(name)
         touch_tombstone(c.root(0), names[0])
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         results = await b.backfiller.round_all([a.url])
         assert results[0].ok, results[0].error
         assert replicable_state(c.root(1)) == replicable_state(c.root(0))

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import trio
 
-from agent.client import PeerClient, PeerError
+from agent.client import ClientFactory, PeerError
 from conftest import wait_until
 from fault_helpers import LyingPeer, audit_archive
 from helpers import (
@@ -52,7 +52,7 @@ async def test_batch_reply_frames_each_segment_in_order(cluster_factory):
         write_segment_file(c.root(0), empty, b"")
         touch_tombstone(c.root(0), names[1])
         absent = make_name(b"never here", hours_ago(3) + dt.timedelta(seconds=40))
-        await node.rescan(push_new=False)
+        await node.local_files.rescan(announce_new=False)
         asked = [names[3], absent, names[0], names[1], empty, names[2]]
         paths = [n.path for n in asked]
         async with httpx.AsyncClient(base_url=node.url) as http:
@@ -75,7 +75,7 @@ async def test_batch_requests_that_are_refused_change_nothing(cluster_factory):
     async with cluster_factory(1) as c:
         node = c.nodes[0]
         (name,) = write_segments(c.root(0), 1, hours_ago(2))
-        await node.rescan(push_new=False)
+        await node.local_files.rescan(announce_new=False)
         before = replicable_state(c.root(0))
         too_many = [make_name(bytes([i]), hours_ago(2) + dt.timedelta(seconds=i)).path
                     for i in range(limits.MAX_FETCH_PATHS + 1)]
@@ -108,7 +108,7 @@ async def test_batch_fetch_needs_the_token(cluster_factory, tmp_path):
     async with cluster_factory(1, token="s3cret") as c:  # noqa: S106 - a test secret
         node = c.nodes[0]
         (name,) = write_segments(c.root(0), 1, hours_ago(2))
-        await node.rescan(push_new=False)
+        await node.local_files.rescan(announce_new=False)
         body = m.encode(m.FetchRequest([name.path]))
         async with httpx.AsyncClient(base_url=node.url) as http:
             assert (await http.post("/v1/fetch", content=body)).status_code == 401
@@ -122,8 +122,8 @@ async def test_client_yields_segments_and_skips_what_a_consumer_leaves(cluster_f
         node = c.nodes[0]
         names = write_segments(c.root(0), 3, hours_ago(2), size=300_000)
         absent = make_name(b"absent", hours_ago(2) + dt.timedelta(seconds=50))
-        await node.rescan(push_new=False)
-        client = PeerClient(node.url)
+        await node.local_files.rescan(announce_new=False)
+        client = ClientFactory().client(node.url)
         try:
             asked = [names[0], absent, names[1], names[2]]
             seen = []
@@ -191,7 +191,7 @@ async def test_backfill_between_real_agents_goes_in_batches(cluster_factory):
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
         names = write_segments(c.root(0), 40, hours_ago(5))
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         (result,) = await b.backfiller.round_all([a.url])
         assert result.total("downloaded") == 40 and result.failures == 0
         assert replicable_state(c.root(1)) == replicable_state(c.root(0))
@@ -221,7 +221,7 @@ async def test_client_refuses_bytes_after_the_last_answer():
 
     async with trio.open_nursery() as nursery:
         url = await nursery.start(_serve, handler)
-        client = PeerClient(url)
+        client = ClientFactory().client(url)
         got = []
         try:
             with pytest.raises(PeerError, match="after the last"):
@@ -241,7 +241,7 @@ async def test_server_stops_reading_files_for_a_client_that_left(cluster_factory
     async with cluster_factory(1) as c:
         node = c.nodes[0]
         names = write_segments(c.root(0), 12, hours_ago(2), size=4 * 2**20)
-        await node.rescan(push_new=False)
+        await node.local_files.rescan(announce_new=False)
         host, port = node.url.removeprefix("http://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))
         if batch:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from conftest import wait_until
+from conftest import peer_of, wait_until
 from fault_helpers import audit_archive, env_int
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
 from protocol.names import parse_path
@@ -33,12 +33,11 @@ async def slow_in_place_write(path, data: bytes, rng: random.Random) -> None:
             await trio.sleep(rng.uniform(0.0, 0.03))
 
 
-def connect_running(c, down: set[int]) -> None:
+async def connect_running(c, down: set[int]) -> None:
     """Every running node a peer of every other (a restarted node has a new port)."""
     up = [n for i, n in enumerate(c.nodes) if i not in down]
     for node in up:
-        node.config.peers = [o.url for o in up if o is not node]
-        node.pusher.set_peers(node.peer_urls())
+        await node.set_peers([peer_of(o) for o in up if o is not node])
 
 
 async def churn(c, rng: random.Random, steps: int) -> dict:
@@ -77,13 +76,13 @@ async def churn(c, rng: random.Random, steps: int) -> dict:
                 j = rng.choice(sorted(down))
                 await c.start_node(j)
                 down.discard(j)
-                connect_running(c, down)
+                await connect_running(c, down)
                 stats["restarts"] += 1
             await trio.sleep(rng.uniform(0.0, 0.05))
     for j in sorted(down):
         await c.start_node(j)
         stats["restarts"] += 1
-    c.connect()
+    await c.connect()
     stats["segments"] = len(written)
     return stats
 

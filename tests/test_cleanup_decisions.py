@@ -7,6 +7,7 @@ import datetime as dt
 from agent.status_view import format_age, format_uptime, render_status
 from helpers import make_name
 from protocol.cleanup import duplicate_groups, purge_decision
+from protocol.messages import PeerStatus, StatusReply
 from protocol.selection import Candidate
 
 T = dt.datetime(2019, 11, 13, 2, 45, 51, 608000, tzinfo=dt.timezone.utc)
@@ -101,30 +102,31 @@ def test_format_age():
 
 def test_render_status_table():
     now = 1_000_000.0
-    status = {
-        "node": "a", "url": "http://a:8200", "started_at": now - 90, "time": now,
-        "segments": 12,
-        "peers": [
-            {"url": "http://b:8200", "reachable": True, "reach_error": None,
-             "last_push": now - 3, "push_error": None, "push_dropped": 0,
-             "last_round": now - 40, "round_ok": True, "round_error": None,
-             "queue_depth": 0, "missing": 2},
-            {"url": "http://c:8200", "reachable": False,
-             "reach_error": "http://c:8200: ConnectError: refused",
-             "last_push": None, "push_error": "http://c:8200: ConnectError: refused",
-             "push_dropped": 7, "last_round": None, "round_ok": False,
-             "round_error": "boom", "queue_depth": 1234, "missing": None},
+    status = StatusReply(
+        node="a", url="http://a:8200", started_at=now - 90, time=now,
+        segments=12,
+        peers=[
+            PeerStatus(url="http://b:8200", name="b", kind="segsync", reachable=True, reach_error=None,
+                       last_push=now - 3, push_error=None, push_dropped=0,
+                       last_round=now - 40, round_ok=True, round_error=None,
+                       queue_depth=0, missing=2),
+            PeerStatus(url="http://c:8200", reachable=False,
+                       reach_error="http://c:8200: ConnectError: refused",
+                       last_push=None, push_error="http://c:8200: ConnectError: refused",
+                       push_dropped=7, last_round=None, round_ok=False,
+                       round_error="boom", queue_depth=1234, missing=None),
         ],
-    }
+    )
     lines = render_status(status).splitlines()
     assert lines[0] == "node a at http://a:8200, up 1m30s, 12 segments"
     table = [line.split("  ") for line in lines[2:5]]
     assert [c.strip() for c in table[0] if c.strip()] == [
-        "peer", "reachable", "last push", "last round", "result", "queue", "missing"]
+        "peer", "url", "kind", "reachable", "last push", "last round", "result", "queue",
+        "missing"]
     assert [c.strip() for c in table[1] if c.strip()] == [
-        "http://b:8200", "yes", "3s ago", "40s ago", "ok", "0", "2"]
-    assert [c.strip() for c in table[2] if c.strip()] == [
-        "http://c:8200", "NO", "never", "never", "FAILED", "1234", "-"]
+        "b", "http://b:8200", "segsync", "yes", "3s ago", "40s ago", "ok", "0", "2"]
+    assert [c.strip() for c in table[2] if c.strip()] == [  # a peer without a name: its URL
+        "http://c:8200", "http://c:8200", "-", "NO", "never", "never", "FAILED", "1234", "-"]
     text = "\n".join(lines[5:])
     assert "http://c:8200: unreachable: ConnectError: refused" in text
     assert "http://c:8200: last push failed: ConnectError: refused" in text
@@ -134,6 +136,6 @@ def test_render_status_table():
 
 
 def test_render_status_without_peers():
-    out = render_status({"node": "a", "url": "u", "started_at": 0, "time": 5,
-                         "segments": 0, "peers": []})
+    out = render_status(StatusReply(node="a", url="u", started_at=0, time=5,
+                                    segments=0, peers=[]))
     assert "no peers configured" in out

@@ -5,7 +5,8 @@ than httpcore's default 64 KiB."""
 import httpcore
 import trio
 
-from agent.client import RESPONSE_READ_BYTES, PeerClient
+from agent.client import ClientFactory
+from agent.transport import RESPONSE_READ_BYTES
 from helpers import hours_ago, make_name
 
 BODY = 1024 * 1024
@@ -34,7 +35,7 @@ async def test_waiting_body_arrives_in_large_reads():
             await stream.send_all(body)
             await stream.receive_some(1)  # until the client closes
 
-    client = PeerClient(f"http://127.0.0.1:{port}")
+    client = ClientFactory().client(f"http://127.0.0.1:{port}")
     sizes = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_one)

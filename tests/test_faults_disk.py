@@ -20,7 +20,7 @@ import trio
 from agent.store import Store
 from conftest import wait_until
 from fault_helpers import AgentProcess, audit_archive
-from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
+from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file, push_state, write_segment
 
 
 class FullDisk:
@@ -99,8 +99,8 @@ async def test_injected_enospc(cluster_factory):
         assert audit.bad == []
         stored = [n for n in names if (c.root(1) / n.path).exists()]
         assert len(stored) < len(names)
-        assert "507" in (a.pusher.peers[b.url].last_error or ""), \
-            a.pusher.peers[b.url].last_error
+        assert "507" in (push_state(a, b.url).last_error or ""), \
+            push_state(a, b.url).last_error
         async with httpx.AsyncClient() as http:  # still serving everything it holds
             assert (await http.get(f"{b.url}/healthz")).status_code == 200
             r = await http.get(f"{b.url}/v1/segments/{old.path}")
@@ -137,12 +137,12 @@ def test_store_write_segment_enospc_leaves_nothing(tmp_path):
     for free in (0, 1, 65_536, 299_999):
         disk = FullDisk(free)
         with pytest.raises(OSError) as e:
-            store.write_segment(name, [data[i:i + 50_000] for i in range(0, len(data), 50_000)],
+            write_segment(store, name, [data[i:i + 50_000] for i in range(0, len(data), 50_000)],
                                 len(data), write=disk.write)
         assert e.value.errno == errno.ENOSPC
         assert audit_archive(tmp_path).temps == []
         assert not store.has_segment(name)
-    assert store.write_segment(name, [data], len(data)) == "stored"
+    assert write_segment(store, name, [data], len(data)) == "stored"
 
 
 # ---- a real small filesystem ----
@@ -214,14 +214,14 @@ def test_refused_write_leaves_no_new_directories(tmp_path):
     data = os.urandom(10_000)
     name = make_name(data, hours_ago(3), channel="brandnew")
     with pytest.raises(Exception):
-        store.write_segment(name, [data[:-1] + b"!"], len(data))
+        write_segment(store, name, [data[:-1] + b"!"], len(data))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OSError):
-        store.write_segment(name, [data], len(data), write=FullDisk(100).write)
+        write_segment(store, name, [data], len(data), write=FullDisk(100).write)
     assert list(tmp_path.iterdir()) == []
     # directories that hold something else stay
     other = make_name(b"other", hours_ago(3), channel="brandnew")
-    assert store.write_segment(other, [b"other"], 5) == "stored"
+    assert write_segment(store, other, [b"other"], 5) == "stored"
     with pytest.raises(Exception):
-        store.write_segment(name, [data[:-1] + b"!"], len(data))
+        write_segment(store, name, [data[:-1] + b"!"], len(data))
     assert sorted(p.name for p in (tmp_path / other.hour_path).iterdir()) == [other.filename]

@@ -24,7 +24,7 @@ from fault_helpers import (
     silent_peer,
     trickle_peer,
 )
-from helpers import hours_ago, make_name, write_segment_file
+from helpers import hours_ago, make_name, write_segment_file, push_state
 
 KINDS = ["refuses", "http500", "garbage", "silent", "trickle", "liar", "slow-liar", "flood",
          "liar-batch", "slow-liar-batch", "flood-batch"]
@@ -60,13 +60,12 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
         async with cluster_factory(3, connect=False, backfill_interval=0.3,
                                    request_timeout=1.5, backoff_cap=1.0) as c:
             a, b, cc = c.nodes
-            a.config.peers = [b.url, broken, cc.url]
-            a.pusher.set_peers(a.peer_urls())
+            await a.set_peers([b.url, broken, cc.url])
             pushed = _segments(c.root(0), 8, 1, 0)
             pulled_b = _segments(c.root(1), 4, 2, 1)
             pulled_c = _segments(c.root(2), 4, 2, 2)
-            await b.rescan(push_new=False)
-            await cc.rescan(push_new=False)
+            await b.local_files.rescan(announce_new=False)
+            await cc.local_files.rescan(announce_new=False)
 
             def converged() -> bool:
                 return (all((c.root(i) / n.path).exists() for n in pushed for i in (1, 2))
@@ -76,7 +75,7 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
             # a second wave, while the broken peer has been failing for a while
             more = _segments(c.root(0), 4, 0.5, 3)
             more_b = _segments(c.root(1), 2, 4, 4)
-            await b.rescan(push_new=False)
+            await b.local_files.rescan(announce_new=False)
             await wait_until(lambda: all((c.root(i) / n.path).exists() for n in more
                                          for i in (1, 2))
                              and all((c.root(0) / n.path).exists() for n in more_b), timeout=30)
@@ -87,12 +86,12 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
                 assert i == 0 or audit.temps == []
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"{a.url}/healthz")).status_code == 200
-            status = a.status()
-            by_url = {p["url"]: p for p in status["peers"]}
+            status = a.status.report()
+            by_url = {p.url: p for p in status.peers}
             if lie not in ("liar", "slow-liar"):
-                await wait_until(lambda: a.pusher.peers[broken].last_error is not None, 10)
+                await wait_until(lambda: push_state(a, broken).last_error is not None, 10)
             if kind == "trickle":  # cut by the whole-exchange deadline, not a read timeout
-                assert "no complete exchange" in a.pusher.peers[broken].last_error
+                assert "no complete exchange" in push_state(a, broken).last_error
             if lie in ("liar", "slow-liar", "flood"):
                 await wait_until(lambda: liar.downloads >= len(fake), timeout=20)
                 assert not any((c.root(0) / n.path).exists() for n in fake)
@@ -102,7 +101,7 @@ async def test_broken_peer_costs_only_itself(cluster_factory, kind):
                 await wait_until(lambda: liar.uploads >= 1, timeout=20)
                 await trio.sleep(0.5)
                 assert liar.flooded < 64 * 2**20, liar.flooded
-            assert by_url[b.url]["push_error"] is None
+            assert by_url[b.url].push_error is None
         # downloads still in flight from the broken peer were cancelled: nothing left over
         for i in range(3):
             assert audit_archive(c.root(i)).temps == []

@@ -19,7 +19,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.logs import setup_logging
-from conftest import wait_until
+from conftest import peer_of, wait_until
 from helpers import (
     free_port,
     hours_ago,
@@ -65,7 +65,7 @@ async def test_counters_move_as_segments_flow(cluster_factory):
         a, b = c.nodes
         s = await scrape(a)
         # every metric the issue asks for is exported, idle peers included
-        assert value(s, "segsync_push_queue_depth", peer=b.url) == 0
+        assert value(s, "segsync_push_queue_depth", peer=b.config.node_name) == 0
         assert s[("segsync_backfill_round_seconds_count", frozenset())] == 0
         assert s[("segsync_indexed_segments", frozenset())] == 0
 
@@ -79,21 +79,21 @@ async def test_counters_move_as_segments_flow(cluster_factory):
             names.append(name)
         for name in names:
             await wait_until(lambda: b.index.has(name, Kind.SEGMENT))
-        sa = await wait_metric(a, "segsync_pushes_total", 3, peer=b.url, kind="segment",
+        sa = await wait_metric(a, "segsync_pushes_total", 3, peer=b.config.node_name, kind="segment",
                                outcome="stored")
         assert value(sa, "segsync_bytes_total", direction="pushed") == sum(sizes)
         assert value(sa, "segsync_push_latency_seconds_count", kind="segment") == 3
         assert value(sa, "segsync_push_latency_seconds_sum", kind="segment") > 0
-        assert value(sa, "segsync_last_push_success_timestamp_seconds", peer=b.url) \
+        assert value(sa, "segsync_last_push_success_timestamp_seconds", peer=b.config.node_name) \
             == pytest.approx(time.time(), abs=60)
-        assert value(sa, "segsync_push_queue_depth", peer=b.url) == 0
+        assert value(sa, "segsync_push_queue_depth", peer=b.config.node_name) == 0
         sb = await scrape(b)
         assert value(sb, "segsync_received_total", kind="segment", outcome="stored") == 3
         assert value(sb, "segsync_bytes_total", direction="received") == sum(sizes)
 
         touch_tombstone(c.root(0), names[0])
         await wait_until(lambda: b.index.has(names[0], Kind.TOMBSTONE))
-        sa = await wait_metric(a, "segsync_pushes_total", 1, peer=b.url, kind="tombstone",
+        sa = await wait_metric(a, "segsync_pushes_total", 1, peer=b.config.node_name, kind="tombstone",
                                outcome="stored")
         assert value(sa, "segsync_push_latency_seconds_count", kind="tombstone") == 1
         sb = await scrape(b)
@@ -101,22 +101,22 @@ async def test_counters_move_as_segments_flow(cluster_factory):
 
         # pull: a loses a segment, a backfill round brings it back
         os.unlink(c.root(0) / names[1].path)
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         # and b serves a file whose bytes do not match its name
         bad = make_name(b"the real bytes", hours_ago(2))
         (c.root(1) / bad.path).parent.mkdir(parents=True, exist_ok=True)
         (c.root(1) / bad.path).write_bytes(b"corrupt bytes")
-        await b.rescan(push_new=False)
+        await b.local_files.rescan(announce_new=False)
         result = await a.backfiller.round_with_peer(b.url)
         assert result.ok, result.error
         sa = await scrape(a)
-        assert value(sa, "segsync_pulls_total", peer=b.url, kind="segment", outcome="stored") == 1
-        assert value(sa, "segsync_pulls_total", peer=b.url, kind="segment",
+        assert value(sa, "segsync_pulls_total", peer=b.config.node_name, kind="segment", outcome="stored") == 1
+        assert value(sa, "segsync_pulls_total", peer=b.config.node_name, kind="segment",
                      outcome="hash_mismatch") == 1
         assert value(sa, "segsync_hash_mismatches_total", source="pull") == 1
         assert value(sa, "segsync_bytes_total", direction="pulled") == sizes[1]
         assert value(sa, "segsync_backfill_round_seconds_count") == 1
-        assert value(sa, "segsync_last_backfill_round_timestamp_seconds", peer=b.url) > 0
+        assert value(sa, "segsync_last_backfill_round_timestamp_seconds", peer=b.config.node_name) > 0
         assert not (c.root(0) / bad.path).exists()
         sb = await scrape(b)
         assert value(sb, "segsync_bytes_total", direction="served") >= sizes[1]
@@ -137,7 +137,7 @@ async def test_counters_move_as_segments_flow(cluster_factory):
             for _, labels in samples:
                 for key, val in labels:
                     if key == "peer":
-                        assert val in (a.url, b.url)
+                        assert val in (a.config.node_name, b.config.node_name)
                         continue
                     assert not re.search(r"\d{4}-\d{2}-\d{2}T\d{2}|\.ts$|\.tombstone$|/", val)
                     assert key in {"peer", "kind", "outcome", "direction", "source", "reason",
@@ -147,14 +147,13 @@ async def test_counters_move_as_segments_flow(cluster_factory):
 async def test_removed_peer_leaves_no_queue_gauge(cluster_factory):
     async with cluster_factory(3) as c:
         a = c.nodes[0]
-        gone = c.nodes[2].url
+        gone = c.nodes[2].config.node_name
         assert value(await scrape(a), "segsync_push_queue_depth", peer=gone) == 0
         assert ("segsync_push_queue_depth", frozenset({("peer", gone)})) in await scrape(a)
-        a.config.peers = [c.nodes[1].url]
-        a.pusher.set_peers(a.peer_urls())
+        await a.set_peers([peer_of(c.nodes[1])])
         s = await scrape(a)
         assert ("segsync_push_queue_depth", frozenset({("peer", gone)})) not in s
-        assert ("segsync_push_queue_depth", frozenset({("peer", c.nodes[1].url)})) in s
+        assert ("segsync_push_queue_depth", frozenset({("peer", c.nodes[1].config.node_name)})) in s
 
 
 # ---- logs ----
@@ -213,14 +212,3 @@ def test_run_with_json_logs_writes_only_json(tmp_path):
     assert any("segsync node j serving" in msg for msg in messages), messages
     assert any("shutting down" in msg for msg in messages), messages
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
-
-
-def test_endpoint_labels_are_a_fixed_set():
-    from agent.server import ENDPOINTS, endpoint_label
-
-    assert endpoint_label("/v1/segments/c/q/2026-01-01T00/x.ts") == "v1-segments"
-    assert endpoint_label("/v1/fetch") == "v1-fetch"
-    assert endpoint_label("/files/c/q") == "files"
-    for odd in ("", "/", "/v1", "/v1/nope", "/x/../../etc", "/" + "a" * 5000, "/v1/fetch%00"):
-        assert endpoint_label(odd) == "other"
-    assert {endpoint_label("/" + e.replace("-", "/", 1)) for e in ENDPOINTS} == ENDPOINTS

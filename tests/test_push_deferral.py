@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 
-from agent.client import PeerClient
+from agent.client import ClientFactory
 from conftest import wait_until
-from helpers import make_name, write_segment_file
+from helpers import make_name, peer_label, push_state, write_segment_file
+from protocol import messages as m
 from protocol.digests import hour_digest
 
 PAIR = ("desertbus", "source")
@@ -56,7 +57,9 @@ def stream(count: int) -> list[tuple[object, bytes]]:
 
 
 def pushes(node, peer, outcome: str) -> float:
-    return node.metrics.pushes.labels(peer.url, "segment", outcome)._value.get()
+    """`node`'s pushes to the node `peer` with that outcome (labelled by peer name)."""
+    return node.metrics.pushes.labels(peer_label(node, peer.url), "segment",
+                                      outcome)._value.get()
 
 
 def received_bytes(node) -> float:
@@ -92,21 +95,19 @@ async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factor
         await wait_until(lambda: b.downloader.state.get(*PAIR).temps)
         finish_download(temp, c.root(1), s1)
         await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
-        assert b.downloader.counts["deferral_saved"] == 1
-        assert b.downloader.counts["deferred_offers"] >= 1
+        assert b.downloader.deferral_saved == 1
+        assert b.downloader.deferred_offers >= 1
+        assert b.metrics.push_deferral_saved._value.get() == 1
         assert received_bytes(b) == 0
         assert b.metrics.received.labels("segment", "stored")._value.get() == 0
         assert copies(c.root(1), s1) == [s1.filename]
         assert (c.root(1) / s1.path).read_bytes() == d1
-        assert len(a.pusher.peers[b.url].reoffers) == 0
-        client = PeerClient(b.url)
-        try:
+        assert push_state(a, b.url).deferred == 0
+        async with ClientFactory().client(b.url) as client:
             status = await client.status()
-        finally:
-            await client.aclose()
-        assert status["defer_push"] is True
-        assert status["deferral_saved"] == 1 and status["deferred_offers"] >= 1
-        assert {p["url"]: p["push_deferred"] for p in status["peers"]}[a.url] == 0
+        assert status.defer_push is True
+        assert status.deferral_saved == 1 and status.deferred_offers >= 1
+        assert {p.url: p.push_deferred for p in status.peers}[a.url] == 0
 
 
 async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
@@ -120,7 +121,7 @@ async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
         await wait_until(lambda: (c.root(1) / s1.path).exists())
         assert (c.root(1) / s1.path).read_bytes() == d1
         assert pushes(a, b, "deferred") == 0
-        await wait_until(lambda: b.downloader.counts["holes_filled_by_push"] == 1)
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
 
 
 async def test_deferred_segment_the_downloader_skips_arrives_by_push(cluster_factory):
@@ -134,8 +135,9 @@ async def test_deferred_segment_the_downloader_skips_arrives_by_push(cluster_fac
         downloader_writes(c.root(1), s2, d2)  # goes past s1 without writing it
         await wait_until(lambda: (c.root(1) / s1.path).exists(), timeout=15)
         assert (c.root(1) / s1.path).read_bytes() == d1
-        await wait_until(lambda: b.downloader.counts["holes_filled_by_push"] == 1)
-        assert b.downloader.counts["deferral_saved"] == 0
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
+        assert b.downloader.deferral_saved == 0
+        assert b.metrics.push_holes_filled._value.get() == 1
 
 
 async def test_deferred_segment_arrives_when_the_downloader_stops(cluster_factory):
@@ -158,16 +160,12 @@ async def test_no_deferral_when_turned_off_or_for_an_older_pusher(cluster_factor
         (s0, d0), (s1, d1) = stream(2)
         downloader_writes(c.root(0), s0, d0)
         await wait_until(lambda: frontier(b) == s0.start)
-        client = PeerClient(b.url)
-        try:
+        async with ClientFactory().client(b.url) as client:
             # an older pusher does not announce "later": it is told "want"
             assert await client.offer(s1, len(d1)) == "want"
-            reply = await client.offer_deferrable(s1, len(d1))
-            assert (reply.status, reply.retry_after) == ("later", 1.0)
+            assert await client.offer_deferrable(s1, len(d1)) == m.OfferLater(1.0)
             b.downloader.enabled = False  # what `defer-push = false` sets
-            assert (await client.offer_deferrable(s1, len(d1))).status == "want"
-        finally:
-            await client.aclose()
+            assert await client.offer_deferrable(s1, len(d1)) == m.OfferReply("want")
         other = await c.start_node(defer_push=False, **DEFER)
         assert other.downloader.enabled is False
 
@@ -179,14 +177,12 @@ async def test_near_duplicate_is_not_wanted(cluster_factory):
         downloader_writes(c.root(0), s0, d0)
         await wait_until(lambda: b.index.segment_count() == 1)
         shifted = make_name(d0, s0.start + dt.timedelta(microseconds=700))
-        client = PeerClient(b.url)
-        try:
-            assert (await client.offer_deferrable(shifted, len(d0))).status == "have"
+        async with ClientFactory().client(b.url) as client:
+            assert await client.offer_deferrable(shifted, len(d0)) == m.OfferReply("have")
             assert await client.offer(shifted, len(d0)) == "have"
             other_bytes = make_name(b"x" * 10, s0.start + dt.timedelta(microseconds=700))
             assert await client.offer(other_bytes, 10) == "want"
-        finally:
-            await client.aclose()
+        assert b.metrics.push_near_duplicates._value.get() == 2
 
 
 async def test_temp_names_never_listed_pushed_or_warned_about(cluster_factory, caplog):
@@ -202,22 +198,19 @@ async def test_temp_names_never_listed_pushed_or_warned_about(cluster_factory, c
             t.write_bytes(d1)
         await wait_until(lambda: a.downloader.state.get(*PAIR) is not None
                          and a.downloader.state.get(*PAIR).temps)
-        await a.rescan(push_new=True)
+        await a.local_files.rescan(announce_new=True)
         hour = s0.hour
-        client = PeerClient(a.url)
-        try:
+        async with ClientFactory().client(a.url) as client:
             listing = await client.listing(*PAIR, hour)
             assert listing.names == [s0.filename]
             digests = await client.hour_digests(*PAIR, hour, hour)
             assert [tuple(h) for h in digests.hours] == [(hour, hour_digest([s0.filename]))]
-        finally:
-            await client.aclose()
         async with httpx.AsyncClient(base_url=a.url) as http:
             files = (await http.get(f"/files/{PAIR[0]}/{PAIR[1]}/{hour}")).json()
             assert files == [s0.filename]
         for node in c.nodes:
-            for peer in node.pusher.peers.values():
-                assert peer.depth() == 0
+            for pusher in node.pusher.pushers.values():
+                assert pusher.depth() == 0
         assert copies(c.root(1), s1) == []  # not pushed
         assert not [r for r in caplog.records if "temp" in r.getMessage()]
 
@@ -234,6 +227,6 @@ async def test_downloader_writing_a_near_duplicate_name_saves_the_deferred_push(
         mine = make_name(d1, s1.start + dt.timedelta(microseconds=300))
         downloader_writes(c.root(1), mine, d1)
         await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
-        assert b.downloader.counts["deferral_saved"] == 1
+        assert b.downloader.deferral_saved == 1
         assert received_bytes(b) == 0
         assert not (c.root(1) / s1.path).exists()

@@ -3,6 +3,7 @@ the deferred-offer queue, and the "later" offer reply on the wire."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -157,7 +158,8 @@ def test_near_duplicate_same_bytes_within_a_millisecond():
 
 
 def test_near_duplicates_of_a_listing():
-    local = [seg(10, b"x").filename, seg(12, b"z").filename, "junk.ts", "00:00.000000-2.0-full-bad.ts"]
+    local = [seg(10, b"x").filename, seg(12, b"z").filename, "junk.ts",
+             "00:00.000000-2.0-full-bad.ts"]
     near = NearDuplicates("desertbus", "source", "2019-11-13T02", local)
     assert seg(10.0004, b"x") in near
     assert seg(12.0004, b"x") not in near
@@ -188,34 +190,38 @@ def test_deferred_queue_releases_in_due_order_and_is_bounded():
 
 # ---- the reply on the wire ----
 
-def test_later_reply_round_trips_and_other_replies_carry_no_retry_after():
-    later = m.decode(m.encode(m.OfferReply("later", 1.5)), m.OfferReply)
-    assert later == m.OfferReply("later", 1.5)
+def test_later_is_a_message_of_its_own_and_offer_reply_is_unchanged():
+    later = m.decode(m.encode(m.OfferLater(1.5)), (m.OfferReply, m.OfferLater))
+    assert later == m.OfferLater(1.5)
     assert m.unpack_bounded(m.encode(m.OfferReply("want")), 1024) == {
         "v": 1, "type": "offer_reply", "status": "want"}  # what an older peer decodes
+    with pytest.raises(ProtocolError):  # what an older pusher would do with it
+        m.decode(m.encode(m.OfferLater(1.5)), m.OfferReply)
 
 
 @pytest.mark.parametrize("obj", [
-    {"status": "later"},
-    {"status": "later", "retry_after": 0},
-    {"status": "later", "retry_after": -1},
-    {"status": "later", "retry_after": 1e9},
-    {"status": "later", "retry_after": True},
-    {"status": "later", "retry_after": "1"},
-    {"status": "want", "retry_after": 1.0},
+    {"type": "offer_later"},
+    {"type": "offer_later", "retry_after": 0},
+    {"type": "offer_later", "retry_after": -1},
+    {"type": "offer_later", "retry_after": 1e9},
+    {"type": "offer_later", "retry_after": True},
+    {"type": "offer_later", "retry_after": "1"},
+    {"type": "offer_reply", "status": "later"},
+    {"type": "offer_reply", "status": "want", "retry_after": 1.0},
 ])
 def test_bad_later_replies_are_refused(obj):
     import msgpack
     with pytest.raises(ProtocolError):
-        m.decode(msgpack.packb({"v": 1, "type": "offer_reply", **obj}), m.OfferReply)
+        m.decode(msgpack.packb({"v": 1, **obj}), (m.OfferReply, m.OfferLater))
 
 
 def test_status_shows_the_deferral_counters():
     from agent.status_view import render_status
 
-    base = {"node": "a", "url": "http://a", "time": 10.0, "started_at": 0.0, "segments": 3}
-    text = render_status({**base, "defer_push": True, "deferred_offers": 12,
-                          "deferral_saved": 10, "holes_filled_by_push": 2})
+    base = m.StatusReply(node="a", url="http://a", started_at=0.0, time=10.0, segments=3,
+                         peers=[])
+    text = render_status(dataclasses.replace(
+        base, defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2))
     assert "downloader-aware push on: 12 offers deferred, 10 saved by our downloader, " \
            "2 holes filled by push" in text
     assert "downloader-aware push" not in render_status(base)  # an older node

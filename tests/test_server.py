@@ -10,7 +10,7 @@ from protocol import messages as m
 
 
 async def _ready(node, name):
-    await node.rescan(push_new=False)
+    await node.local_files.rescan(announce_new=False)
 
 
 async def test_compat_endpoints(cluster_factory):
@@ -95,7 +95,7 @@ async def test_upload_requires_length_and_limit(cluster_factory):
 
 
 async def test_digest_and_listing_endpoints(cluster_factory):
-    from agent.client import PeerClient
+    from agent.client import ClientFactory
     from protocol.digests import hour_range
 
     async with cluster_factory(1) as c:
@@ -103,8 +103,8 @@ async def test_digest_and_listing_endpoints(cluster_factory):
         data = os.urandom(100)
         name = make_name(data, hours_ago(3))
         write_segment_file(c.root(0), name, data)
-        await node.rescan(push_new=False)
-        client = PeerClient(node.url)
+        await node.local_files.rescan(announce_new=False)
+        client = ClientFactory().client(node.url)
         try:
             first, last = hour_range(hours_ago(0), 24)
             pairs = await client.pair_digests(first, last)
@@ -117,3 +117,28 @@ async def test_digest_and_listing_endpoints(cluster_factory):
             assert outside.pairs == []
         finally:
             await client.aclose()
+
+
+async def test_server_routes_every_declared_endpoint(cluster_factory):
+    """protocol/endpoints.py is the one list of paths: the server answers each of them
+    (with a wrong method a 405, never 404 'no such endpoint'), and a status request
+    decodes as the typed StatusReply."""
+    from protocol import endpoints
+
+    name = make_name(b"x", hours_ago(2))
+    request_path = {endpoints.SEGMENTS: endpoints.segment_url(name.path),
+                    endpoints.LEGACY_SEGMENTS: f"{endpoints.LEGACY_SEGMENTS}/{name.path}",
+                    endpoints.FILES: f"{endpoints.FILES}/{name.channel}/{name.quality}"}
+    async with cluster_factory(1) as c:
+        node = c.nodes[0]
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            for endpoint in endpoints.ALL:
+                r = await http.request("DELETE", request_path.get(endpoint, endpoint))
+                assert r.status_code == 405, (endpoint, r.status_code, r.content)
+                assert node.metrics.requests.labels(
+                    endpoints.endpoint_label(endpoint))._value.get() >= 1
+            r = await http.post(endpoints.STATUS, content=m.encode(m.StatusRequest()))
+            status = m.decode(r.content, m.StatusReply, 1 << 20)
+            assert (status.url, status.node, status.peers) == (node.url, node.config.node_name, [])
+            r = await http.post("/v1%2fstatus", content=m.encode(m.StatusRequest()))
+            assert r.status_code == 404

@@ -47,13 +47,13 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         name = put_segment(c.root(0), hours_ago(0))
         for i in (1, 2):
             await wait_until(lambda: c.nodes[i].index.has(name, Kind.SEGMENT))
-        await wait_until(lambda: all(p.last_success for p in a.pusher.peers.values()))
+        await wait_until(lambda: all(a.pusher.state(p).last_success for p in a.peers))
         # node 1 gets a segment node 0 lacks: the next comparison finds it missing
         extra = put_segment(c.root(1), hours_ago(5))
         for node in (a, c.nodes[2]):  # pushed to both
             await wait_until(lambda: node.index.has(extra, Kind.SEGMENT))
         os.unlink(c.root(0) / extra.path)
-        await a.rescan(push_new=False)
+        await a.local_files.rescan(announce_new=False)
         await a.backfiller.round_with_peer(c.nodes[2].url)
         b_url, c_url = c.nodes[1].url, c.nodes[2].url
         await c.stop_node(1)
@@ -62,15 +62,16 @@ async def test_status_table_shows_each_peer(cluster_factory, capsys):
         assert code == 0, err
         assert f"node {a.config.node_name} at {a.url}" in out
         header = next(line for line in out.splitlines() if line.startswith("peer"))
-        assert header.split() == ["peer", "reachable", "last", "push", "last", "round",
-                                  "result", "queue", "missing"]
+        assert header.split() == ["peer", "url", "kind", "reachable", "last", "push", "last",
+                                  "round", "result", "queue", "missing"]
+        b_name, c_name = c.nodes[1].config.node_name, c.nodes[2].config.node_name
         # node 2: up, pushed to seconds ago, one round done and ok, one segment was missing
-        assert re.search(rf"^{re.escape(c_url)}\s+yes\s+\d+s ago\s+\d+s ago\s+ok\s+0\s+1$",
-                         out, re.M), out
+        assert re.search(rf"^{c_name}\s+{re.escape(c_url)}\s+segsync\s+yes\s+\d+s ago\s+"
+                         rf"\d+s ago\s+ok\s+0\s+1$", out, re.M), out
         # node 1: stopped, so unreachable; no round yet
-        assert re.search(rf"^{re.escape(b_url)}\s+NO\s+\d+s ago\s+never\s+-\s+0\s+-$",
-                         out, re.M), out
-        assert f"{b_url}: unreachable:" in out
+        assert re.search(rf"^{b_name}\s+{re.escape(b_url)}\s+segsync\s+NO\s+\d+s ago\s+"
+                         rf"never\s+-\s+0\s+-$", out, re.M), out
+        assert f"{b_name}: unreachable:" in out
 
 
 async def test_status_exit_code_when_node_unreachable(cluster_factory, capsys):
@@ -93,7 +94,7 @@ async def test_status_with_token(cluster_factory, capsys, tmp_path):
         code, out, err = await run_cli(capsys, "status", "--node", url,
                                        "--token-file", str(token_file))
         assert code == 0, err
-        assert re.search(rf"^{re.escape(c.nodes[1].url)}\s+yes\s", out, re.M), out
+        assert re.search(rf"\s{re.escape(c.nodes[1].url)}\s+segsync\s+yes\s", out, re.M), out
 
 
 # ---- tombstone ----
@@ -176,7 +177,7 @@ async def test_purge_deletes_only_what_every_peer_confirms(cluster_factory, caps
             await wait_until(lambda: node.index.has(s3, Kind.SEGMENT))
             if i != 2:
                 await wait_until(lambda: node.index.has(s2, Kind.TOMBSTONE))
-        c.connect()  # now node 0 knows its peers; nothing new gets pushed
+        await c.connect()  # now node 0 knows its peers; nothing new gets pushed
         a = c.nodes[0]
         root = str(c.root(0))
 

@@ -1,0 +1,141 @@
+"""HTTP plumbing to one peer: a gated httpx client, deadlines, bounded reads, and the
+one place where transport failures become `PeerError`.
+
+Every request passes a `trio.Semaphore` before it reaches httpx's pool (httpx can
+leak pool slots when requests are cancelled while queued). httpx's timeouts bound
+each read or write, not a whole exchange, so every exchange also runs under a
+deadline of its own.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager, contextmanager
+from typing import AsyncIterator
+
+import httpcore
+import httpx
+import trio
+
+from protocol import limits
+from protocol import messages as m
+from protocol.errors import ProtocolError
+
+# Every exchange has a deadline: control messages `CALL_DEADLINE_FACTOR * timeout`,
+# transfers `timeout + bytes / MIN_RATE` (a peer dripping one byte per second would
+# otherwise hold a request for ever).
+CALL_DEADLINE_FACTOR = 3
+MIN_RATE = 64 * 1024  # bytes per second
+# httpcore reads a response 64 KiB at a time, and every read climbs the whole
+# trio/httpcore/h11/httpx stack, about 100 us of CPU: during a backfill that stack is
+# most of the client's CPU. Reading up to 1 MiB at once (what the socket holds, so a
+# read never waits for more) cuts the client's CPU by a quarter to a third
+# (bench/backfill_throughput.py). `READ_NUM_BYTES` is a class constant of httpcore's
+# exported HTTP/1.1 connection; tests/test_client_tuning.py fails if a release drops
+# it. Memory stays bounded: one read per connection at a time.
+RESPONSE_READ_BYTES = 1024 * 1024
+
+
+def tune_httpcore() -> None:
+    """Set httpcore's response read size (idempotent; the client factory calls it)."""
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_BYTES
+
+
+class PeerError(Exception):
+    """A peer that could not be reached, or answered something unusable."""
+
+    def __init__(self, peer: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{peer}: {message}")
+        self.peer = peer
+        self.status = status
+
+
+class Transport:
+    """One peer's HTTP connection pool, gated, with deadlines and error translation."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient, concurrency: int,
+                 timeout: float) -> None:
+        self.url = url
+        self.http = http
+        self.gate = trio.Semaphore(concurrency)
+        self.timeout = timeout
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.http.aclose()
+
+    @contextmanager
+    def errors(self):
+        """The one place where httpx's and the decoder's failures become PeerError."""
+        try:
+            yield
+        except httpx.HTTPError as e:
+            raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+        except ProtocolError as e:
+            raise PeerError(self.url, f"bad reply: {e}") from None
+
+    @contextmanager
+    def deadline(self, seconds: float, what: str):
+        """A whole-exchange deadline; running past it is a PeerError."""
+        with trio.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise PeerError(self.url, f"{what}: no complete exchange within {seconds:.0f}s")
+
+    def transfer_deadline(self, nbytes: int) -> float:
+        """Seconds a transfer of `nbytes` may take at the slowest acceptable rate."""
+        return self.timeout + nbytes / MIN_RATE
+
+    async def read_limited(self, response: httpx.Response, limit: int) -> bytes:
+        buf = bytearray()
+        async for chunk in response.aiter_raw():
+            buf += chunk
+            if len(buf) > limit:
+                raise PeerError(self.url, f"reply larger than {limit} bytes")
+        return bytes(buf)
+
+    def error_text(self, status: int, body: bytes) -> str:
+        try:
+            err = m.decode(body, m.Error, limits.MAX_REQUEST_BYTES)
+            return f"HTTP {status} {err.code}: {err.message}"
+        except ProtocolError:
+            return f"HTTP {status}"
+
+    def decode_reply(self, status: int, data: bytes,
+                     expect: type[m.Message] | tuple[type[m.Message], ...],
+                     max_reply: int) -> m.Message:
+        """A 200 reply decoded as `expect`; anything else is a PeerError saying why."""
+        if status != 200:
+            raise PeerError(self.url, self.error_text(status, data), status)
+        try:
+            return m.decode(data, expect, max_reply)
+        except ProtocolError as e:
+            raise PeerError(self.url, f"bad reply: {e}") from None
+
+    async def raise_unless_ok(self, response: httpx.Response, what: str) -> None:
+        """A streamed reply that is not 200: its (bounded) error body, read within the
+        timeout, becomes a PeerError carrying the status."""
+        if response.status_code != 200:
+            with self.deadline(self.timeout, f"error reply for {what}"):
+                data = await self.read_limited(response, limits.MAX_REQUEST_BYTES)
+            raise PeerError(self.url, self.error_text(response.status_code, data),
+                            response.status_code)
+
+    async def exchange(self, method: str, path: str, *, max_reply: int, deadline: float,
+                       content=None, headers: dict | None = None) -> tuple[int, bytes]:
+        """One request whose whole (bounded) reply is read: (status, body)."""
+        async with self.gate:
+            with self.deadline(deadline, path), self.errors():
+                async with self.http.stream(method, path, content=content,
+                                            headers=headers) as response:
+                    data = await self.read_limited(response, max_reply)
+        return response.status_code, data
+
+    @asynccontextmanager
+    async def stream(self, method: str, path: str, *, content=None
+                     ) -> AsyncIterator[httpx.Response]:
+        """A streamed 200 reply (the caller reads it under deadlines of its own)."""
+        async with self.gate:
+            with self.errors():
+                async with self.http.stream(method, path, content=content) as response:
+                    await self.raise_unless_ok(response, path)
+                    yield response
