@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import trio
 
-from . import tools
+from . import coverage_cli, tools
 from .config import Config, ConfigError, build_config, load_toml
 
 log = logging.getLogger("segsync")
@@ -60,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     bf.add_argument("--log-level")
 
     tools.register(sub)
+    coverage_cli.register(sub)
     return parser
 
 

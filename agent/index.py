@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from protocol.coverage import EMPTY, HourSpans, hour_spans
 from protocol.digests import hour_digest, hour_in_range, pair_digest
 from protocol.names import (
     SEGMENT_SUFFIX,
@@ -26,11 +27,12 @@ from protocol.names import (
 class HourEntry:
     """File names (replicable .ts, hidden ones included, and .tombstone) of one hour."""
 
-    __slots__ = ("names", "_digest")
+    __slots__ = ("names", "_digest", "_spans")
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: dict[str, None] = dict.fromkeys(names)  # used as a set
         self._digest: bytes | None = None
+        self._spans: HourSpans | object | None = None  # or a claim_spans token
 
     def replicable(self) -> list[str]:
         names = self.names
@@ -43,6 +45,27 @@ class HourEntry:
         if self._digest is None:
             self._digest = hour_digest(self.replicable())
         return self._digest
+
+    def spans(self) -> HourSpans:
+        """What the hour covers (for coverage maps), cached like the digest."""
+        if not isinstance(self._spans, HourSpans):
+            self._spans = hour_spans(self.names)
+        return self._spans
+
+    def claim_spans(self) -> tuple[object, tuple[str, ...]] | None:
+        """For computing the spans elsewhere (a worker thread): a token and the names
+        now, or None when they are cached. Any change voids the token."""
+        if isinstance(self._spans, HourSpans):
+            return None
+        token = self._spans = object()
+        return token, tuple(self.names)
+
+    def offer_spans(self, token: object, spans: HourSpans) -> None:
+        if self._spans is token:
+            self._spans = spans
+
+    def changed(self) -> None:
+        self._digest = self._spans = None
 
 
 PairKey = tuple[str, str]
@@ -78,7 +101,7 @@ class ArchiveIndex:
         if filename in entry.names:
             return False
         entry.names[filename] = None
-        entry._digest = None
+        entry.changed()
         self.version += 1
         return True
 
@@ -91,7 +114,7 @@ class ArchiveIndex:
         if entry is None or filename not in entry.names:
             return False
         del entry.names[filename]
-        entry._digest = None
+        entry.changed()
         if not entry.names:
             del hours[name.hour]
             if not hours:
@@ -166,6 +189,15 @@ class ArchiveIndex:
             if digests:
                 out.append((channel, quality, pair_digest(digests)))
         return out
+
+    def entries(self, channel: str, quality: str, first: str, last: str) -> list[HourEntry]:
+        """The hours first..last of a pair, as entries (for caching derived data)."""
+        hours = self._pairs.get((channel, quality), {})
+        return [e for hour, e in hours.items() if hour_in_range(hour, first, last)]
+
+    def hour_spans(self, channel: str, quality: str, hour: str) -> HourSpans:
+        entry = self._pairs.get((channel, quality), {}).get(hour)
+        return entry.spans() if entry else EMPTY
 
     def segment_count(self) -> int:
         return sum(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .latency_ring import LatencyRing
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
@@ -68,6 +70,8 @@ class Metrics:
             "segment (start within 1 ms, same duration, type and hash)", registry=r)
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
+        # not exported: the dashboard's sparkline of the last pushes
+        self.recent_push_latencies = LatencyRing()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

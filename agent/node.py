@@ -13,6 +13,7 @@ import trio
 from .backfill import Backfiller, BackfillSettings
 from .client import ClientFactory
 from .config import Config
+from .dashboard import Dashboard
 from .downloads import Downloads
 from .index import ArchiveIndex
 from .ingest import Ingest
@@ -57,9 +58,12 @@ class Node:
         self.status = StatusReport(config.node_name, self.peers, self.clients, self.index,
                                    self.pusher, self.backfiller, url=lambda: self.url,
                                    downloader=self.downloader)
+        self.dashboard = Dashboard(self.index, self.status.probe_and_report,
+                                   self.metrics.recent_push_latencies, self.peers, self.clients,
+                                   config.token, config.protect_reads)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
-                       answer_offer=self.downloader.offer_reply)
+                       answer_offer=self.downloader.offer_reply, dashboard=self.dashboard)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -71,6 +75,7 @@ class Node:
                     nursery.start_soon(self.peers_file.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
+                nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 if self.config.push:

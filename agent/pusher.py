@@ -153,8 +153,9 @@ class PeerPusher:
             metrics.pushes.labels(self.label, item.label, outcome).inc()
             metrics.last_push.labels(self.label).set(self.last_success)
             if outcome not in DEFERRED_OUTCOMES:
-                metrics.push_latency.labels(item.label).observe(
-                    trio.current_time() - item.seen_at)
+                latency = trio.current_time() - item.seen_at
+                metrics.push_latency.labels(item.label).observe(latency)
+                metrics.recent_push_latencies.add(self.last_success, latency)
 
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:

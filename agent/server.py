@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
@@ -31,6 +31,9 @@ from .ingest import Ingest
 from .metrics import Metrics
 from .store import Store, WriteRejected
 from .transport import MIN_RATE
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ class App:
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
-                 answer_offer: AnswerOffer) -> None:
+                 answer_offer: AnswerOffer, dashboard: Dashboard | None = None) -> None:
+        self.dashboard = dashboard  # serves / and /dashboard/... (agent/dashboard.py)
         self.ingest = ingest
         self.answer_offer = answer_offer
         self.index = index
@@ -175,6 +179,8 @@ class App:
             self._method(req, "GET")
             self._check_read_auth(req)
             return await self.serve_segment(req, "/".join(rest), send)
+        if endpoint in (endpoints.PAGE, endpoints.DASHBOARD) and self.dashboard is not None:
+            return await self.dashboard.route(req, endpoint, rest, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:

@@ -27,8 +27,12 @@ METRICS = "/metrics"
 FILES = "/files"  # read-only listing for existing archive tooling: FILES/<channel>/...
 LEGACY_SEGMENTS = "/segments"  # read-only segment bytes: LEGACY_SEGMENTS/<segment path>
 
+DASHBOARD = "/dashboard"  # the browser dashboard's files and JSON: DASHBOARD/<name>
+
 ALL = (OFFER, TOMBSTONE, PAIR_DIGESTS, HOUR_DIGESTS, LISTING, STATUS, FETCH, SEGMENTS,
-       HEALTHZ, METRICS, FILES, LEGACY_SEGMENTS)
+       HEALTHZ, METRICS, FILES, LEGACY_SEGMENTS, DASHBOARD)
+
+PAGE = "/"  # the dashboard's page (not in ALL: its metric label is "other")
 
 
 def segment_url(path: str) -> str:
