@@ -2,7 +2,7 @@
 #   docker build -t segsync .
 #   docker run -v ARCHIVE:/archive -v CONF:/etc/segsync:ro -p 8200:8200 segsync
 # The agent needs a token (it listens on 0.0.0.0) at /run/secrets/segsync_token and
-# reads its peers from /etc/segsync/peers (one URL per line, re-read on change).
+# reads its peers from /etc/segsync/peers ('NAME URL' or 'URL' per line, re-read on change).
 FROM python:3.11-alpine
 
 # where the source lives (OCI label): the project has no public home yet, so the

@@ -6,6 +6,9 @@ the listing of each hour that differs, and the downloads of what is missing (by
 `agent.downloads`, `max_concurrency` at a time for the node; a segment two peers
 offer is fetched once). The decisions (which pairs, which hours, what to fetch) are
 pure functions in `protocol.replication`; this module only carries them out.
+
+A wubloader node has no digests: its rounds compare listings (`agent.legacy`), and
+feed the same downloads.
 """
 
 from __future__ import annotations
@@ -15,23 +18,30 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import trio
 
 from protocol.backoff import Backoff, jittered
 from protocol.digests import hour_range
+from protocol.peerkind import PeerKind
 from protocol.replication import FetchPlan, differing_keys, newest_first, plan_hour
 
 from .client import ClientFactory, PeerError
 from .downloads import Downloads, PeerFetch
 from .index import ArchiveIndex
 from .ingest import Ingest
+from .legacy import LegacyPuller
 from .metrics import Metrics
-from .peers import Peer, PeerSet, follow_peers
+from .peerkind import PeerKinds
+from .peers import Peer, PeerCapabilities, PeerSet, follow_peers
 from .round_stats import PairStats, Progress, RoundResult
 
 log = logging.getLogger(__name__)
+
+# how one unit finds what to fetch: (fetch, pair, hours, now) -> plans
+Compare = Callable[[PeerFetch, tuple[str, str], tuple[str, str], dt.datetime],
+                   Awaitable[list[FetchPlan]]]
 
 __all__ = ["Backfiller", "BackfillSettings", "PairStats", "Progress", "RoundResult"]
 
@@ -75,7 +85,7 @@ class Backfiller:
     def __init__(self, peers: PeerSet, clients: ClientFactory, index: ArchiveIndex,
                  ingest: Ingest, downloads: Downloads, metrics: Metrics,
                  settings: BackfillSettings, clock: Callable[[], dt.datetime] = utc_now,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, kinds: PeerKinds | None = None) -> None:
         self.peers = peers
         self.clients = clients
         self.index = index
@@ -86,12 +96,14 @@ class Backfiller:
         self.clock = clock
         self.rng = rng or random.Random()
         self.states: dict[str, PeerState] = {}  # by peer URL
+        self.kinds = kinds or PeerKinds.probing_with(peers, clients, clock)
+        self.legacy = LegacyPuller(index, self._store_tombstones, settings.recent_window)
 
     def as_peer(self, peer: Peer | str) -> Peer:
         """A peer given by URL is the configured one with that URL, if any."""
         if isinstance(peer, Peer):
             return peer
-        return self.peers.by_url(Peer.from_url(peer).url) or Peer.from_url(peer)
+        return self.peers.peer_for(peer)
 
     def _state(self, peer: Peer) -> PeerState:
         state = self.states.get(peer.url)
@@ -157,26 +169,54 @@ class Backfiller:
         state = self._state(peer)
         result = RoundResult(peer.url, peer.name)
         started = trio.current_time()
-        client = self.clients.client(peer, concurrency=self.settings.max_concurrency + 2)
         try:
-            async with client:
-                now = self.clock()
-                hours = hour_range(now, self.settings.hours)
-                remote = await client.pair_digests(*hours)
-                remote_pairs = {(c, q): d for c, q, d in remote.pairs}
-                local_pairs = {(c, q): d for c, q, d in self.index.pair_digests(*hours)}
-                result.pairs_compared = len(remote_pairs)
-                async with trio.open_nursery() as nursery:
-                    for pair in differing_keys(local_pairs, remote_pairs):
-                        stats = result.pairs[pair] = PairStats()
-                        fetch = PeerFetch(client, self.peers.capabilities(peer), peer,
-                                          stats, progress)
-                        nursery.start_soon(self._pair_unit, fetch, pair, hours, now)
+            if await self.kinds.kind(peer) is PeerKind.WUBLOADER:
+                await self._legacy_round(peer, result, progress)
+            else:
+                await self._segsync_round(peer, result, progress)
         except PeerError as e:
             result.ok = False
             result.error = str(e)
+            if e.status in (404, 405) and self.kinds.known(peer) is PeerKind.SEGSYNC:
+                self.kinds.forget(peer)  # its /v1 is gone: probe it again
         self._finish_round(peer, state, result, trio.current_time() - started)
         return result
+
+    async def _segsync_round(self, peer: Peer, result: RoundResult,
+                             progress: Progress | None) -> None:
+        async with self.clients.client(
+                peer, concurrency=self.settings.max_concurrency + 2) as client:
+            now = self.clock()
+            hours = hour_range(now, self.settings.hours)
+            remote = await client.pair_digests(*hours)
+            remote_pairs = {(c, q): d for c, q, d in remote.pairs}
+            local_pairs = {(c, q): d for c, q, d in self.index.pair_digests(*hours)}
+            result.pairs_compared = len(remote_pairs)
+            async with trio.open_nursery() as nursery:
+                for pair in differing_keys(local_pairs, remote_pairs):
+                    stats = result.pairs[pair] = PairStats()
+                    fetch = PeerFetch(client, self.peers.capabilities(peer), peer,
+                                      stats, progress)
+                    nursery.start_soon(self._pair_unit, fetch, pair, hours, now,
+                                       self.compare_pair)
+
+    async def _legacy_round(self, peer: Peer, result: RoundResult,
+                            progress: Progress | None) -> None:
+        """A wubloader node: every (channel, quality) it holds is a unit, compared by
+        listings; downloads one GET each (it has no batch fetch)."""
+        async with self.clients.wubloader_client(
+                peer, concurrency=self.settings.max_concurrency + 2) as client:
+            now = self.clock()
+            hours = hour_range(now, self.settings.hours)
+            pairs = await self.legacy.pairs(client)
+            result.pairs_compared = len(pairs)
+            async with trio.open_nursery() as nursery:
+                for pair in pairs:
+                    stats = result.pairs[pair] = PairStats()
+                    fetch = PeerFetch(client, PeerCapabilities(batch_fetch=False), peer,
+                                      stats, progress)
+                    nursery.start_soon(self._pair_unit, fetch, pair, hours, now,
+                                       self.legacy.compare_pair)
 
     def _finish_round(self, peer: Peer, state: PeerState, result: RoundResult,
                       duration: float) -> None:
@@ -198,12 +238,12 @@ class Backfiller:
         self._log_round(peer, result)
 
     async def _pair_unit(self, fetch: PeerFetch, pair: tuple[str, str], hours: tuple[str, str],
-                         now: dt.datetime) -> None:
+                         now: dt.datetime, compare: Compare) -> None:
         """Compare one (channel, quality) and fetch what it lacks; its failure is its own."""
         started = trio.current_time()
         stats = fetch.stats
         try:
-            plans = await self.compare_pair(fetch, pair, hours, now)
+            plans = await compare(fetch, pair, hours, now)
             names = [name for plan in plans for name in plan.fetch]
             if fetch.progress is not None and names:
                 fetch.progress.planned(len(names), None)
@@ -251,15 +291,18 @@ class Backfiller:
             fetch.stats.tombstones += 1
 
     def _log_round(self, peer: Peer, r: RoundResult) -> None:
-        """One line per peer and (channel, quality) that differed; in sync is one debug line."""
+        """One line per peer and (channel, quality) that differed; in sync (or nothing
+        to do) is debug."""
         if not r.pairs:
             if r.ok:
                 log.debug("backfill from %s: in sync (%d pairs compared, %.3fs)",
                           peer, r.pairs_compared, r.duration)
             return
         for (channel, quality), s in sorted(r.pairs.items()):
+            # a wubloader node's pairs are all compared each round: most have nothing to do
+            idle = not (s.error or s.missing or s.tombstones or s.failed)
             log.log(
-                logging.WARNING if s.error else logging.INFO,
+                logging.WARNING if s.error else logging.DEBUG if idle else logging.INFO,
                 "backfill from %s %s/%s: hours compared %d, hours listed %d, missing %d, "
                 "downloaded %d, tombstones %d, got elsewhere %d, skipped recent %d temp %d "
                 "tombstoned %d hash-mismatch %d, failed %d, bytes %d, duration %.3fs%s",

@@ -17,9 +17,11 @@ import trio
 from protocol.cleanup import PurgeDecision, duplicate_groups, purge_decision
 from protocol.errors import SegmentNameError
 from protocol.names import Kind, SegmentName, parse_filename, parse_segment_path
+from protocol.peerkind import PeerKind
 from protocol.selection import Candidate
 
 from .client import ClientFactory, PeerClient, PeerError
+from .legacy_client import LegacyClient
 from .status_view import fetch_status
 from .store import Store, fsync_dir
 
@@ -100,7 +102,8 @@ def tombstoned_segments(store: Store) -> list[SegmentName]:
     return out
 
 
-async def ask_peer(client: PeerClient, names: list[SegmentName]) -> dict[str, bool | str]:
+async def ask_peer(client: PeerClient | LegacyClient, names: list[SegmentName]
+                   ) -> dict[str, bool | str]:
     """segment path -> does the peer hold its tombstone (or why we could not tell).
 
     One listing per hour; after the first failure the peer is not asked again.
@@ -128,12 +131,15 @@ async def plan_purge(root: Path, node_url: str, token: str | None, timeout: floa
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
     status = await fetch_status(node_url, token, timeout)
     peers = [p.url for p in status.peers]
+    wubloader = {p.url for p in status.peers if p.kind == PeerKind.WUBLOADER.value}
     answers: dict[str, dict[str, bool | str]] = {}
 
     clients = ClientFactory(token, "segsync-purge", timeout=timeout)
 
     async def one(url: str) -> None:
-        async with clients.client(url, concurrency=1) as client:
+        # a wubloader node is asked its hour listings through its read API
+        make = clients.wubloader_client if url in wubloader else clients.client
+        async with make(url, concurrency=1) as client:
             answers[url] = await ask_peer(client, names)
 
     if names:

@@ -21,13 +21,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:8200)")
     p.add_argument("--peer", action="append", dest="peers", metavar="URL",
                    help="peer base URL; repeat for several")
-    p.add_argument("--peers-file", help="file with one peer URL per line; re-read on change")
+    p.add_argument("--peers-file",
+                   help="node file: 'NAME URL' or 'URL' per line; re-read on change")
+    p.add_argument("--node-database", metavar="CONNINFO",
+                   help="wubloader's nodes database (PostgreSQL connection string), read "
+                        "each backfill round; prefer --node-database-file for a password")
+    p.add_argument("--node-database-file", metavar="FILE",
+                   help="file holding the --node-database connection string")
     p.add_argument("--token-file", help="file holding the shared bearer token")
     p.add_argument("--protect-reads", action="store_true", default=None,
                    help="require the token on /files, /segments and /metrics too")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="allow listening on a non-loopback address without a token")
-    p.add_argument("--node-name", help="this node's name in logs and status")
+    p.add_argument("--node-name", help="this node's name in logs and status; a peer of this "
+                   "name in the node file or database is this node, and skipped")
     p.add_argument("--recent-window", type=float, metavar="SECONDS",
                    help="backfill skips segments younger than this (default 120)")
     p.add_argument("--backfill-interval", type=float, metavar="SECONDS",

@@ -24,6 +24,7 @@ from protocol import messages as m
 from protocol.names import SegmentName
 
 from .batch_reader import fetched_items
+from .legacy_client import LegacyClient
 from .peers import Peer
 from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError, Transport, tune_httpcore
 
@@ -135,27 +136,17 @@ class PeerClient:
         if status != 200:
             raise PeerError(self.url, f"HTTP {status}", status)
 
-    @asynccontextmanager
-    async def download(self, name: SegmentName, max_bytes: int):
+    def download(self, name: SegmentName, max_bytes: int):
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
-        t = self.transport
-        async with t.stream("GET", ep.segment_url(name.path)) as response:
-            declared = response.headers.get("content-length")
-            size = int(declared) if declared and declared.isdigit() else None
-            if size is not None and size > max_bytes:
-                raise PeerError(self.url, f"{name.path}: {size} bytes is over the limit")
-            deadline = trio.current_time() + t.transfer_deadline(
-                size if size is not None else max_bytes)
+        return self.transport.stream_segment(ep.segment_url(name.path), name.path, max_bytes)
 
-            async def chunks() -> AsyncIterator[bytes]:
-                with t.errors():
-                    async for chunk in response.aiter_raw():
-                        if trio.current_time() > deadline:
-                            raise PeerError(self.url, f"{name.path}: sent slower than "
-                                            f"{MIN_RATE} bytes/s")
-                        yield chunk
-
-            yield size, chunks()
+    async def probe(self, hour: str) -> tuple[int, bytes]:
+        """A pair-digests request over one hour, whatever the answer: (status, body).
+        What a peer kind probe asks first (`agent.peerkind`)."""
+        return await self.transport.exchange(
+            "POST", ep.PAIR_DIGESTS, content=m.encode(m.PairDigestsRequest(hour, hour)),
+            max_reply=limits.MAX_REPLY_BYTES, deadline=self.timeout,
+            headers={"content-type": "application/msgpack"})
 
     @asynccontextmanager
     async def fetch(self, names: list[SegmentName], max_bytes: int):
@@ -200,12 +191,24 @@ class ClientFactory:
 
     def client(self, peer: Peer | str, concurrency: int = 8,
                timeout: float | None = None) -> PeerClient:
+        """A client of a segsync peer's `/v1` API."""
+        return PeerClient(self.transport(peer, concurrency, timeout, segsync=True))
+
+    def wubloader_client(self, peer: Peer | str, concurrency: int = 8,
+                         timeout: float | None = None) -> LegacyClient:
+        """A client of a wubloader node's read API (`agent.legacy_client`)."""
+        return LegacyClient(self.transport(peer, concurrency, timeout, segsync=False))
+
+    def transport(self, peer: Peer | str, concurrency: int, timeout: float | None,
+                  segsync: bool) -> Transport:
+        """The gated connection pool of one client. A wubloader node is sent neither the
+        cluster's token nor our node name: it has no use for them."""
         url = peer.url if isinstance(peer, Peer) else Peer.from_url(peer).url
         timeout = self.timeout if timeout is None else timeout
         headers = {"user-agent": "segsync"}
-        if self.token:
+        if self.token and segsync:
             headers["authorization"] = f"Bearer {self.token}"
-        if self.node_name:
+        if self.node_name and segsync:
             headers["x-segsync-node"] = self.node_name
         http = httpx.AsyncClient(
             base_url=url,
@@ -219,4 +222,4 @@ class ClientFactory:
             # no CA bundle to load for it
             verify=self.tls_context() if url.startswith("https:") else False,
         )
-        return PeerClient(Transport(url, http, concurrency, timeout))
+        return Transport(url, http, concurrency, timeout)

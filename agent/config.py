@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.peerkind import PeerKind, parse_peer_kind
+from protocol.peerlist import PeerEntry, PeerListError, parse_node_file
+
 from .peers import normalize_peer_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -29,6 +32,8 @@ class Config:
     listen: str = "127.0.0.1:8200"
     peers: list[str] = field(default_factory=list)
     peers_file: Path | None = None
+    node_database: str | None = field(default=None, repr=False)  # may hold a password
+    node_database_file: Path | None = None
     token: str | None = None
     protect_reads: bool = False
     insecure: bool = False
@@ -48,6 +53,7 @@ class Config:
     rescan_interval: float = 3600.0
     backfill: bool = True
     push: bool = True
+    peer_kinds: dict[str, PeerKind] = field(default_factory=dict)  # URL -> kind (TOML only)
     # downloader-aware push: answer "later" to a segment our own downloader is about to
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
@@ -83,40 +89,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_peers_text(text: str) -> list[str]:
-    """A peers file: one URL per line, '#' comments, blank lines ignored."""
-    peers = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            url = normalize_peer_url(line)
-        except ValueError as e:
-            raise ConfigError(f"line {number}: {e}") from None
-        if url not in peers:
-            peers.append(url)
-    return peers
-
-
-def read_peers_file(path: Path) -> list[str]:
+def read_peers_file(path: Path) -> list[PeerEntry]:
+    """A node file: `NAME URL` or `URL` per line (see `protocol.peerlist`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"peers file {path}: {e}") from None
     try:
-        return parse_peers_text(text)
-    except ConfigError as e:
+        return parse_node_file(text, normalize_peer_url)
+    except PeerListError as e:
         raise ConfigError(f"peers file {path}: {e}") from None
 
 
-def read_token_file(path: Path) -> str:
+def parse_peer_kinds(value: object) -> dict[str, PeerKind]:
+    """The `peer-kinds` table: peer URL -> auto | segsync | wubloader ("legacy" too)."""
+    if not isinstance(value, dict):
+        raise ConfigError('peer-kinds must be a table of URL = "auto|segsync|wubloader"')
+    out = {}
+    for url, kind in value.items():
+        try:
+            out[normalize_peer_url(str(url))] = parse_peer_kind(kind)
+        except ValueError as e:
+            raise ConfigError(f"peer-kinds: {url!r}: {e}") from None
+    return out
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (so it never shows in `ps`), stripped; never empty."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"token file {path}: {e}") from None
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
+        raise ConfigError(f"{what} {path}: {e}") from None
+    if not secret:
+        raise ConfigError(f"{what} {path} is empty")
+    return secret
+
+
+def read_token_file(path: Path) -> str:
+    token = read_secret_file(path, "token file")
     if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in token):
         raise ConfigError(f"token file {path}: token must be printable ASCII without spaces")
     return token
@@ -200,6 +210,25 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(
             f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
         )
+    cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
     if cfg.peers_file is not None:
         read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
+    check_node_database(cfg)
     return cfg
+
+
+def check_node_database(cfg: Config) -> None:
+    """Read `--node-database-file` into `node_database`; refuse a connection string
+    libpq would refuse (the error never shows the password)."""
+    from .node_database import parse_conninfo
+
+    try:
+        if cfg.node_database_file is not None:
+            if cfg.node_database is not None:
+                raise ValueError("give node-database or node-database-file, not both")
+            cfg.node_database = read_secret_file(Path(cfg.node_database_file),
+                                                 "node database file")
+        if cfg.node_database is not None:
+            parse_conninfo(cfg.node_database)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

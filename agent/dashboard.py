@@ -25,6 +25,7 @@ from .client import ClientFactory, PeerError
 from .coverage_maps import PEER_LISTING_CONCURRENCY, local_maps, peer_maps, warm_spans
 from .index import ArchiveIndex
 from .latency_ring import LatencyRing
+from .peerkind import PeerKinds
 from .peers import PeerKind, PeerSet
 from .asgi import HttpError, Request, send_response
 
@@ -75,8 +76,10 @@ class Dashboard:
         latencies: LatencyRing, peers: PeerSet, clients: ClientFactory,
         token: str | None, protect_reads: bool,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        kinds: PeerKinds | None = None,
     ) -> None:
         self.index = index
+        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
         self.status = status
         self.latencies = latencies
         self.peers = peers
@@ -174,8 +177,12 @@ class Dashboard:
         chosen = next((p for p in self.peers if p.name == peer), None)
         if chosen is None:  # never a URL of the caller's choosing
             raise HttpError(400, "bad_query", f"{peer!r} is not the name of a peer of this node")
-        if chosen.kind is not PeerKind.SEGSYNC:
-            raise HttpError(400, "bad_query", f"{peer} is a {chosen.kind.value} peer: "
+        try:
+            kind = await self.kinds.kind(chosen)  # a peer of unknown kind is probed first
+        except PeerError as e:
+            raise HttpError(502, "peer_error", str(e)) from None
+        if kind is not PeerKind.SEGSYNC:
+            raise HttpError(400, "bad_query", f"{peer} is a {kind.value} peer: "
                             "maps of peers need /v1")
         try:
             async with self.clients.client(chosen, concurrency=PEER_LISTING_CONCURRENCY) as client:

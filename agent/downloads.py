@@ -22,6 +22,7 @@ from protocol.replication import fetch_batches
 from .client import PeerClient, PeerError
 from .index import ArchiveIndex
 from .ingest import Ingest
+from .legacy_client import LegacyClient
 from .metrics import Metrics
 from .peers import Peer, PeerCapabilities
 from .round_stats import PairStats, Progress
@@ -34,10 +35,11 @@ FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
 
 
 class PeerFetch:
-    """One unit's view of its peer: the client, what the peer supports, its label."""
+    """One unit's view of its peer: the client (of a segsync peer or a wubloader node),
+    what the peer supports, its label."""
 
-    def __init__(self, client: PeerClient, capabilities: PeerCapabilities, peer: Peer,
-                 stats: PairStats, progress: Progress | None) -> None:
+    def __init__(self, client: PeerClient | LegacyClient, capabilities: PeerCapabilities,
+                 peer: Peer, stats: PairStats, progress: Progress | None) -> None:
         self.client = client
         self.capabilities = capabilities
         self.peer = peer
@@ -125,35 +127,35 @@ class Downloads:
                 return
 
     async def _download_batch(self, peer: PeerFetch, names: list[SegmentName]) -> None:
-        """Fetch `names` in one response; one by one from a peer without batch fetch."""
-        if peer.capabilities.batch_fetch is False:
-            for name in names:
-                await self._download(peer, name)
-            return
-        settled = 0
+        """Fetch `names` in one response; one by one from a peer without batch fetch.
+        Either way the hour directories are fsynced once for the whole batch."""
         stored_dirs: set[Path] = set()
         try:
-            async with peer.client.fetch(names, self.max_segment_bytes) as items:
-                async for name, size, chunks in items:
-                    if chunks is None:  # gone at the peer since its listing
-                        peer.stats.failed += 1
-                        self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
-                    elif await self._store(peer, name, size, chunks, sync_dir=False):
-                        stored_dirs.add(self.store.path_of(name).parent)
-                    settled += 1
-            peer.capabilities.batch_fetch = True
-        except PeerError as e:
-            if settled == 0 and e.status in (404, 405):
-                log.info("backfill: %s has no batch fetch; fetching one by one", peer.peer)
-                peer.capabilities.batch_fetch = False
-                for name in names:
-                    await self._download(peer, name)
+            if peer.capabilities.batch_fetch is False:
+                await self._download_each(peer, names, stored_dirs)
                 return
-            # every segment not settled failed, but as one exchange with the peer: a
-            # single broken response must not count as several failures in a row
-            for name in names[settled:]:
-                self._segment_failed(peer, name, e)
-            self._exchange_failed(peer.stats, e)
+            settled = 0
+            try:
+                async with peer.client.fetch(names, self.max_segment_bytes) as items:
+                    async for name, size, chunks in items:
+                        if chunks is None:  # gone at the peer since its listing
+                            peer.stats.failed += 1
+                            self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
+                        elif await self._store(peer, name, size, chunks, sync_dir=False):
+                            stored_dirs.add(self.store.path_of(name).parent)
+                        settled += 1
+                peer.capabilities.batch_fetch = True
+            except PeerError as e:
+                if settled == 0 and e.status in (404, 405):
+                    log.info("backfill: %s has no batch fetch; fetching one by one", peer.peer)
+                    peer.capabilities.batch_fetch = False
+                    await self._download_each(peer, names, stored_dirs)
+                    return
+                # every segment not settled failed, but as one exchange with the peer: a
+                # single broken response must not count as several failures in a row
+                for name in names[settled:]:
+                    self._segment_failed(peer, name, e)
+                self._exchange_failed(peer.stats, e)
         finally:
             # one directory fsync per hour for the whole batch, not one per segment
             if stored_dirs:
@@ -163,13 +165,22 @@ class Downloads:
                     except OSError as e:  # the files are there; only the renames may not last
                         log.error("backfill: syncing hour directories: %s", e)
 
-    async def _download(self, peer: PeerFetch, name: SegmentName) -> None:
+    async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
+                             stored_dirs: set[Path]) -> None:
+        for name in names:
+            if await self._download(peer, name, sync_dir=False):
+                stored_dirs.add(self.store.path_of(name).parent)
+
+    async def _download(self, peer: PeerFetch, name: SegmentName, sync_dir: bool = True
+                        ) -> bool:
+        """One segment by itself; True if it was stored."""
         try:
             async with peer.client.download(name, self.max_segment_bytes) as (size, chunks):
-                await self._store(peer, name, size, chunks)
+                return await self._store(peer, name, size, chunks, sync_dir=sync_dir)
         except PeerError as e:
             self._segment_failed(peer, name, e)
             self._exchange_failed(peer.stats, e)
+            return False
 
     def _segment_failed(self, peer: PeerFetch, name: SegmentName, e: PeerError) -> None:
         peer.stats.failed += 1

@@ -70,6 +70,9 @@ class Metrics:
             "segment (start within 1 ms, same duration, type and hash)", registry=r)
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
+        self.peer_source_failures = Counter(
+            "segsync_peer_source_failures", "Failed reads of a peer source (file, database); "
+            "the last good list is kept", ["source"], registry=r)
         # not exported: the dashboard's sparkline of the last pushes
         self.recent_push_latencies = LatencyRing()
 

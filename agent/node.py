@@ -19,7 +19,9 @@ from .index import ArchiveIndex
 from .ingest import Ingest
 from .local_files import LocalFiles
 from .metrics import Metrics
-from .peers import Peer, PeerSet
+from .node_database import NodeDatabase, NodeDatabaseSource
+from .peerkind import PeerKinds
+from .peers import Peer, PeerSet, normalize_peer_url
 from .peers_file import PeersFile
 from .pusher import Pusher, PushSettings
 from .recording import DeferralSettings, DownloaderTracker
@@ -39,11 +41,19 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
-        self.peers = PeerSet(Peer.from_url(url) for url in config.peers)
-        self.peers_file = PeersFile(config.peers_file, self.peers) if config.peers_file else None
+        self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
+                             this_node=config.node_name, kinds=config.peer_kinds)
+        self.peers_file = (PeersFile(config.peers_file, self.peers, self.metrics)
+                           if config.peers_file else None)
+        self.node_database = (
+            NodeDatabaseSource(
+                NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout),
+                self.peers, self.metrics, interval=config.backfill_interval)
+            if config.node_database else None)
         self.clients = ClientFactory.from_config(config)
+        self.kinds = PeerKinds.probing_with(self.peers, self.clients)
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
-                             PushSettings.from_config(config))
+                             PushSettings.from_config(config), self.kinds)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -54,13 +64,15 @@ class Node:
                                    config.max_concurrency, config.max_segment_bytes)
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
                                      self.downloads, self.metrics,
-                                     BackfillSettings.from_config(config))
-        self.status = StatusReport(config.node_name, self.peers, self.clients, self.index,
-                                   self.pusher, self.backfiller, url=lambda: self.url,
-                                   downloader=self.downloader)
+                                     BackfillSettings.from_config(config), kinds=self.kinds)
+        self.status = StatusReport(
+            config.node_name, self.peers, self.clients, self.index, self.pusher,
+            self.backfiller, url=lambda: self.url, kinds=self.kinds,
+            sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
+            downloader=self.downloader)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
-                                   config.token, config.protect_reads)
+                                   config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        answer_offer=self.downloader.offer_reply, dashboard=self.dashboard)
@@ -73,6 +85,10 @@ class Node:
                 if self.peers_file is not None:
                     self.peers_file.apply(await trio.to_thread.run_sync(self.peers_file.read))
                     nursery.start_soon(self.peers_file.watch)
+                if self.node_database is not None:
+                    # read before the node reports started: its nodes count at start-up
+                    await self.node_database.refresh()
+                    nursery.start_soon(self.node_database.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
                 nursery.start_soon(self.dashboard.warm)
@@ -115,7 +131,8 @@ class Node:
         self.peers.set_source("static", [p if isinstance(p, Peer) else Peer.from_url(p)
                                          for p in peers])
         with trio.move_on_after(5 if self.config.push and self.url else 0):
-            while set(self.pusher.pushers) != set(self.peers.peers):
+            while set(self.pusher.pushers) != {p for p in self.peers
+                                               if self.pusher.pushed_to(p)}:
                 await trio.sleep(0.001)
 
 

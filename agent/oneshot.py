@@ -96,7 +96,7 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     store = Store(cfg.root, cfg.max_segment_bytes)
     index, metrics = ArchiveIndex(), Metrics()
     ingest = Ingest(store, index, metrics)
-    peers = PeerSet(Peer.from_url(url) for url in cfg.peers)
+    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), cfg.peer_kinds)
     backfiller = Backfiller(
         peers, ClientFactory.from_config(cfg), index, ingest,
         Downloads(ingest, store, index, metrics, cfg.max_concurrency, cfg.max_segment_bytes),

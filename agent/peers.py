@@ -1,31 +1,36 @@
 """Peers as values, and the one peer set that push, backfill, status and metrics follow.
 
 A `Peer` is what the operator configured: a URL, a name (for status and metric
-labels) and a kind. What is learned about a peer at run time (does it serve batch
-fetches?) lives in its `PeerCapabilities`, kept by the `PeerSet` for as long as the
+labels) and a kind (`auto` unless the config's `peer-kinds` says). What is learned
+about a peer at run time (its kind, found by a probe; does it serve batch fetches?)
+lives in its `PeerCapabilities`, kept by the `PeerSet` for as long as the
 peer is configured, so every round and every client share one answer.
 
-The set merges named sources (flags, a peers file, later a database); a source that
-fails keeps its last good list. Consumers follow changes with `follow_peers`: one task
-per peer, started when the peer appears, cancelled when it leaves.
+The set merges named sources (flags, a peers file, wubloader's nodes database); a
+source that fails keeps its last good list. A source may name a peer (status and
+metric labels) and may list this node itself (wubloader's node file and nodes table
+do): an entry named like `--node-name` is left out. Consumers follow changes with
+`follow_peers`: one task per peer, started when the peer appears, cancelled when it
+leaves.
 """
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import logging
 import urllib.parse
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Mapping
 
 import httpx
 import trio
 
+from protocol.peerkind import PeerKind
+
+__all__ = ["Peer", "PeerCapabilities", "PeerKind", "PeerSet", "follow_peers",
+           "normalize_peer_url"]
+
 log = logging.getLogger(__name__)
-
-
-class PeerKind(str, enum.Enum):
-    SEGSYNC = "segsync"  # speaks /v1: push and pull
 
 
 def normalize_peer_url(url: str) -> str:
@@ -53,11 +58,11 @@ def default_peer_name(url: str) -> str:
 class Peer:
     url: str
     name: str
-    kind: PeerKind = PeerKind.SEGSYNC
+    kind: PeerKind = PeerKind.AUTO
 
     @classmethod
     def from_url(cls, url: str, name: str | None = None,
-                 kind: PeerKind = PeerKind.SEGSYNC) -> "Peer":
+                 kind: PeerKind = PeerKind.AUTO) -> "Peer":
         url = normalize_peer_url(url)
         return cls(url, name or default_peer_name(url), kind)
 
@@ -73,26 +78,76 @@ class PeerCapabilities:
     """What a peer turned out to support; None until known."""
 
     batch_fetch: bool | None = None
+    kind: PeerKind | None = None  # what a probe found (SEGSYNC or WUBLOADER)
+    kind_probed_at: float | None = None  # trio clock of that probe
 
 
-def merge_sources(sources: Iterable[list[Peer]]) -> list[Peer]:
-    """Sources in order; a URL listed twice keeps its first entry (flags win)."""
-    seen: set[str] = set()
-    out = []
+def is_named(peer: Peer) -> bool:
+    """Whether a source gave the peer a name (else it is named by its host:port)."""
+    return peer.name != default_peer_name(peer.url)
+
+
+@dataclass
+class MergedPeers:
+    """The peers to work with, and what the merge left out or could not name."""
+
+    peers: list[Peer] = field(default_factory=list)
+    this_node: list[Peer] = field(default_factory=list)  # entries named like this node
+    conflicts: list[str] = field(default_factory=list)  # one sentence each
+
+
+def merge_sources(sources: Iterable[list[Peer]], this_node: str | None = None) -> MergedPeers:
+    """Sources in order (flags, peers file, nodes database): one peer per URL, in
+    first-seen order, with the kind of its first entry and the first name a source
+    gives it. An entry named `this_node` is this node (wubloader's `--localhost` rule):
+    it is left out, with every other entry of its URL; a bare URL is never taken for
+    this node. A name already naming another URL stays with the first; the later URL is
+    kept under its host:port and the conflict reported."""
+    sources = [list(peers) for peers in sources]
+    own_urls = {p.url for peers in sources for p in peers
+                if this_node is not None and p.name == this_node and is_named(p)}
+    merged = MergedPeers()
+    by_url: dict[str, Peer] = {}
+    owner: dict[str, str] = {}  # name -> url
     for peers in sources:
         for peer in peers:
-            if peer.url not in seen:
-                seen.add(peer.url)
-                out.append(peer)
-    return out
+            if peer.url in own_urls:
+                if peer.name == this_node and peer not in merged.this_node:
+                    merged.this_node.append(peer)
+                continue
+            first = by_url.get(peer.url)
+            if first is None:
+                first = by_url[peer.url] = Peer(peer.url, default_peer_name(peer.url), peer.kind)
+            if is_named(first) or not is_named(peer):
+                continue
+            if owner.setdefault(peer.name, peer.url) != peer.url:
+                merged.conflicts.append(
+                    f"name {peer.name!r} names both {owner[peer.name]} and {peer.url}; "
+                    f"{peer.url} is named {first.name}")
+                continue
+            by_url[peer.url] = Peer(peer.url, peer.name, first.kind)
+    merged.peers = list(by_url.values())
+    return merged
+
+
+def apply_kinds(peers: list[Peer], kinds: Mapping[str, PeerKind]) -> list[Peer]:
+    """A peer of kind AUTO whose URL the config's `peer-kinds` names gets that kind,
+    whichever source listed it."""
+    return [dataclasses.replace(p, kind=kinds[p.url])
+            if p.kind is PeerKind.AUTO and p.url in kinds else p for p in peers]
 
 
 class PeerSet:
-    """The configured peers, merged from named sources, with change notification."""
+    """The configured peers, merged from named sources, with change notification.
+    `kinds` (URL -> kind, from the config) applies to peers of every source."""
 
-    def __init__(self, static: Iterable[Peer] = ()) -> None:
+    def __init__(self, static: Iterable[Peer] = (), this_node: str | None = None,
+                 kinds: Mapping[str, PeerKind] | None = None) -> None:
+        self.this_node = this_node  # a source's entry of this name is this node, left out
+        self.kinds = dict(kinds or {})
         self._sources: dict[str, list[Peer]] = {"static": list(static)}
-        self._peers = merge_sources(self._sources.values())
+        self._reported: tuple = ((), ())
+        self._peers = self._merge()
         self._capabilities: dict[str, PeerCapabilities] = {}
         self._changed = trio.Event()
         self.version = 0
@@ -110,10 +165,16 @@ class PeerSet:
     def by_url(self, url: str) -> Peer | None:
         return next((p for p in self._peers if p.url == url), None)
 
+    def peer_for(self, url: str) -> Peer:
+        """The configured peer with this URL, else one named by it, of the kind the
+        config's `peer-kinds` gives it (a one-off round with an unlisted peer)."""
+        url = normalize_peer_url(url)
+        return self.by_url(url) or apply_kinds([Peer.from_url(url)], self.kinds)[0]
+
     def set_source(self, source: str, peers: Iterable[Peer]) -> bool:
         """Replace one source's list; True (and consumers are woken) if the set changed."""
         self._sources[source] = list(peers)
-        merged = merge_sources(self._sources.values())
+        merged = self._merge()
         if merged == self._peers:
             return False
         self._peers = merged
@@ -125,6 +186,19 @@ class PeerSet:
         self._changed.set()
         self._changed = trio.Event()
         return True
+
+    def _merge(self) -> list[Peer]:
+        """The sources merged, with the configured kinds; what the merge left out is
+        logged when it changes."""
+        merged = merge_sources(self._sources.values(), self.this_node)
+        reported = (tuple(merged.this_node), tuple(merged.conflicts))
+        if reported != self._reported:
+            self._reported = reported
+            for peer in merged.this_node:
+                log.info("peer %s is this node (--node-name): not a peer", peer)
+            for conflict in merged.conflicts:
+                log.warning("peer list: %s", conflict)
+        return apply_kinds(merged.peers, self.kinds)
 
     def capabilities(self, peer: Peer) -> PeerCapabilities:
         caps = self._capabilities.get(peer.url)

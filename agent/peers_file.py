@@ -1,17 +1,26 @@
 """`--peers-file`: a source of the peer set, re-read when the file changes.
 
-If the file becomes unreadable or invalid, the peer set keeps the last good list and
-the reason is logged."""
+The file is segsync's list (one URL per line) or wubloader's node file (`NAME URL` or
+`URL` per line; see `protocol.peerlist`); a name names the peer in status and metrics,
+and the line named like this node is left out by the peer set. If the file becomes
+unreadable or invalid, the peer set keeps the last good list, and the reason is logged,
+counted and shown in the status reply."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import trio
 
+from protocol import messages as m
+from protocol.peerlist import SourceHealth
+
 from .config import ConfigError, read_peers_file
+from .metrics import Metrics
 from .peers import Peer, PeerSet
 
 log = logging.getLogger(__name__)
@@ -21,28 +30,39 @@ SOURCE = "file"
 
 
 class PeersFile:
-    def __init__(self, path: Path, peers: PeerSet) -> None:
+    def __init__(self, path: Path, peers: PeerSet, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.peers = peers
+        self.metrics = metrics
+        self.clock = clock
         self.last_good: list[Peer] | None = None
+        self.health = SourceHealth()
 
-    def read(self) -> list[Peer] | None:
-        """The file's peers; None (logged) if it is unreadable or invalid."""
+    def read(self) -> list[Peer] | ConfigError:
+        """The file's peers, or why it cannot be used (blocking: run it in a thread)."""
         try:
-            return [Peer.from_url(url) for url in read_peers_file(self.path)]
+            return [Peer.from_url(e.url, e.name) for e in read_peers_file(self.path)]
         except ConfigError as e:
-            log.error("%s; keeping the last good peer list", e)
-            return None
+            return e
 
-    def apply(self, peers: list[Peer] | None) -> bool:
+    def apply(self, peers: list[Peer] | ConfigError) -> bool:
         """Put what `read` found into the peer set (in the trio thread); False if bad."""
-        if peers is None:
+        if isinstance(peers, ConfigError):
+            self.metrics.peer_source_failures.labels(SOURCE).inc()
+            self.health.failed(str(peers), self.clock())
+            log.error("%s; keeping the last good peer list", peers)
             return False
+        self.health.succeeded(self.clock())
         if peers != self.last_good:
-            log.info("peers file: %s", ", ".join(p.url for p in peers) or "no peers")
+            log.info("peers file: %s", ", ".join(map(str, peers)) or "no peers")
             self.last_good = peers
             self.peers.set_source(SOURCE, peers)
         return True
+
+    def status(self) -> m.PeerSourceStatus:
+        """The file's state for the status reply."""
+        return self.health.report(SOURCE, str(self.path), len(self.last_good or ()))
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:

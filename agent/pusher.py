@@ -4,6 +4,8 @@ One `PeerPusher` per peer, each with its own bounded queues, workers, HTTP clien
 and backoff, so a down, slow or hostile peer costs only its own work. Tombstones
 jump the queue. A full queue drops (and counts): backfill repairs what is dropped.
 `Pusher` follows the `PeerSet`: a pusher per configured peer, for as long as it is.
+A wubloader node is never pushed to: none for a peer configured so, and a peer of
+unknown kind gets nothing until a probe says it is a segsync agent.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import trio
 from protocol import messages as m
 from protocol.backoff import Backoff
 from protocol.names import Kind, SegmentName
+from protocol.peerkind import PeerKind
 
 from .client import ClientFactory, PeerClient, PeerError
 from .metrics import Metrics
+from .peerkind import PeerKinds
 from .peers import Peer, PeerSet, follow_peers
 from .reoffer import ReOffers
 from .store import Store
@@ -71,8 +75,9 @@ class PeerPusher:
     """One peer's queues and workers."""
 
     def __init__(self, peer: Peer, client: PeerClient, store: Store, metrics: Metrics,
-                 settings: PushSettings) -> None:
+                 settings: PushSettings, kinds: PeerKinds | None = None) -> None:
         self.peer = peer
+        self.kinds = kinds  # None: the peer is a segsync agent
         self.label = peer.name  # metric label
         self.client = client
         self.store = store
@@ -138,6 +143,9 @@ class PeerPusher:
             if wait > 0:
                 await trio.sleep(wait)
             try:
+                if not await self._is_segsync():
+                    log.debug("not pushing %s to wubloader node %s", item.name.path, self.peer)
+                    continue
                 outcome = await self._push(item)
             except PeerError as e:
                 self._failed(item, str(e), e.status)
@@ -156,6 +164,11 @@ class PeerPusher:
                 latency = trio.current_time() - item.seen_at
                 metrics.push_latency.labels(item.label).observe(latency)
                 metrics.recent_push_latencies.add(self.last_success, latency)
+
+    async def _is_segsync(self) -> bool:
+        """Whether the peer takes pushes: its kind, probed first if unknown (a
+        PeerError if it cannot be told yet: the item is retried like a failed push)."""
+        return self.kinds is None or await self.kinds.kind(self.peer) is PeerKind.SEGSYNC
 
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:
@@ -201,8 +214,9 @@ class Pusher:
     """A `PeerPusher` for every peer of the set, for as long as the peer is in it."""
 
     def __init__(self, peers: PeerSet, clients: ClientFactory, store: Store, metrics: Metrics,
-                 settings: PushSettings) -> None:
+                 settings: PushSettings, kinds: PeerKinds | None = None) -> None:
         self.peers = peers
+        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
         self.clients = clients
         self.store = store
         self.metrics = metrics
@@ -212,10 +226,16 @@ class Pusher:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await follow_peers(self.peers, self._run_peer, task_status=task_status)
 
+    def pushed_to(self, peer: Peer) -> bool:
+        """Whether `peer` gets a pusher: all but a peer configured as a wubloader node."""
+        return peer.kind is not PeerKind.WUBLOADER
+
     async def _run_peer(self, peer: Peer, at_start: bool) -> None:
+        if not self.pushed_to(peer):
+            return
         client = self.clients.client(peer, concurrency=self.settings.concurrency)
         pusher = self.pushers[peer] = PeerPusher(peer, client, self.store, self.metrics,
-                                                 self.settings)
+                                                 self.settings, self.kinds)
         try:
             await pusher.run()
         finally:
@@ -227,8 +247,9 @@ class Pusher:
                     pass
 
     def push(self, name: SegmentName, kind: Kind, seen_at: float) -> None:
-        for pusher in list(self.pushers.values()):
-            pusher.enqueue(PushItem(name, kind, seen_at))
+        for peer, pusher in list(self.pushers.items()):
+            if self.kinds.known(peer) is not PeerKind.WUBLOADER:  # found one by a probe
+                pusher.enqueue(PushItem(name, kind, seen_at))
 
     def state(self, peer: Peer) -> PushState:
         pusher = self.pushers.get(peer)

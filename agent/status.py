@@ -1,19 +1,22 @@
 """The node's status report (`POST /v1/status`, `segsync status`): its peers as push
-and backfill see them, and whether each answers right now."""
+and backfill see them, whether each answers right now, and the state of the sources
+the peer list is read from (peers file, nodes database)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 
 from protocol import messages as m
+from protocol.peerkind import PeerKind
 
 from .backfill import Backfiller
 from .client import ClientFactory, PeerError
 from .index import ArchiveIndex
+from .peerkind import PeerKinds
 from .peers import Peer, PeerSet
 from .pusher import Pusher
 from .recording import DownloaderTracker
@@ -24,25 +27,37 @@ PROBE_TIMEOUT = 2.0
 class StatusReport:
     def __init__(self, node_name: str, peers: PeerSet, clients: ClientFactory,
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
-                 url: Callable[[], str | None],
+                 url: Callable[[], str | None], kinds: PeerKinds | None = None,
+                 sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  downloader: DownloaderTracker | None = None) -> None:
         self.node_name = node_name
+        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
         self.peers = peers
         self.clients = clients
         self.index = index
         self.pusher = pusher
         self.backfiller = backfiller
         self.url = url
+        self.sources = sources
         self.downloader = downloader  # downloader-aware push counters
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
-        """Ask every peer's /healthz now, in parallel: url -> None (answered) or the error."""
+        """Ask every peer's /healthz (a wubloader node's /files) now, in parallel:
+        url -> None (answered) or the error. A peer whose kind is unknown is probed
+        for it first."""
         out: dict[str, str | None] = {}
 
         async def probe(peer: Peer) -> None:
+            with trio.move_on_after(timeout):
+                try:
+                    await self.kinds.kind(peer)
+                except PeerError:
+                    pass  # the ping below says why
+            make = (self.clients.wubloader_client
+                    if self.kinds.known(peer) is PeerKind.WUBLOADER else self.clients.client)
             try:
-                async with self.clients.client(peer, concurrency=1, timeout=timeout) as client:
+                async with make(peer, concurrency=1, timeout=timeout) as client:
                     await client.ping()
                 out[peer.url] = None
             except PeerError as e:
@@ -63,8 +78,9 @@ class StatusReport:
             if probes is not None and peer.url in probes:
                 reach_error = probes[peer.url]
                 reachable = reach_error is None
+            kind = self.kinds.known(peer)
             peers.append(m.PeerStatus(
-                url=peer.url, name=peer.name, kind=peer.kind.value,
+                url=peer.url, name=peer.name, kind=kind.value if kind else "unknown",
                 queue_depth=push.queue_depth, last_push=push.last_success,
                 push_error=push.last_error, push_dropped=push.dropped,
                 push_deferred=push.deferred,
@@ -77,7 +93,8 @@ class StatusReport:
         return m.StatusReply(
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
-            segments=self.index.segment_count(), peers=peers, **deferral,
+            segments=self.index.segment_count(), peers=peers,
+            peer_sources=[source() for source in self.sources], **deferral,
         )
 
     async def probe_and_report(self) -> m.StatusReply:

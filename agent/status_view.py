@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.messages import PeerStatus, StatusReply
+from protocol.messages import PeerSourceStatus, PeerStatus, StatusReply
 
 from .client import ClientFactory
 
@@ -69,6 +69,23 @@ def table(rows: list[list[str]], right: set[int]) -> list[str]:
     return out
 
 
+SOURCE_NAMES = {"file": "peers file", "database": "nodes database"}
+
+
+def source_line(source: PeerSourceStatus, now: float) -> str:
+    """A peer source (peers file, nodes database): where, how many entries, whether it
+    fails (since when, why: the last good list is kept meanwhile)."""
+    if source.ok is None:
+        state = "not read yet"
+    elif source.ok:
+        state = f"ok, read {format_age(source.last_read, now)}"
+    else:
+        state = (f"FAILING since {format_age(source.failing_since, now)}, keeping the last "
+                 f"good list: {source.error}")
+    return (f"{SOURCE_NAMES.get(source.source, source.source)} {source.where or '-'}: "
+            f"{_count(source.peers)} entries, {state}")
+
+
 def render_status(status: StatusReply) -> str:
     """The table an operator reads: one row per peer, then the errors in full."""
     now = float(status.time)
@@ -76,6 +93,7 @@ def render_status(status: StatusReply) -> str:
         f"node {status.node} at {status.url}, "
         f"up {format_uptime(now - float(status.started_at))}, "
         f"{status.segments} segments",
+        *(source_line(source, now) for source in status.peer_sources or ()),
     ]
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
         lines.append(

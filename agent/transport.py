@@ -139,3 +139,25 @@ class Transport:
                 async with self.http.stream(method, path, content=content) as response:
                     await self.raise_unless_ok(response, path)
                     yield response
+
+    @asynccontextmanager
+    async def stream_segment(self, path: str, what: str, max_bytes: int):
+        """GET one segment's bytes from `path`: yields (declared size or None, chunk
+        iterator), bounded by `max_bytes` and by the slowest acceptable rate."""
+        async with self.stream("GET", path) as response:
+            declared = response.headers.get("content-length")
+            size = int(declared) if declared and declared.isdigit() else None
+            if size is not None and size > max_bytes:
+                raise PeerError(self.url, f"{what}: {size} bytes is over the limit")
+            deadline = trio.current_time() + self.transfer_deadline(
+                size if size is not None else max_bytes)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                with self.errors():
+                    async for chunk in response.aiter_raw():
+                        if trio.current_time() > deadline:
+                            raise PeerError(self.url, f"{what}: sent slower than "
+                                            f"{MIN_RATE} bytes/s")
+                        yield chunk
+
+            yield size, chunks()

@@ -6,6 +6,8 @@ path. Sans-I/O: pure strings and functions.
 
 from __future__ import annotations
 
+import urllib.parse
+
 V1 = "/v1"
 
 # msgpack endpoints between agents (POST a message, get a message back)
@@ -38,6 +40,17 @@ PAGE = "/"  # the dashboard's page (not in ALL: its metric label is "other")
 def segment_url(path: str) -> str:
     """The /v1 URL path of one segment (its `channel/quality/hour/file` path)."""
     return f"{SEGMENTS}/{path}"
+
+
+def legacy_segment_url(path: str) -> str:
+    """Where a wubloader node (and an agent, for archive tooling) serves one segment."""
+    return f"{LEGACY_SEGMENTS}/{path}"
+
+
+def files_url(*parts: str) -> str:
+    """A listing of wubloader's read API: FILES/CHANNEL/QUALITY/HOUR, as far as given;
+    each part percent-encoded (a channel name may hold any character but '/')."""
+    return "/".join([FILES, *(urllib.parse.quote(p, safe="") for p in parts)])
 
 
 def split_endpoint(parts: list[str]) -> tuple[str, list[str]]:

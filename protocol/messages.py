@@ -448,6 +448,29 @@ def clip(text: str, max_bytes: int = limits.MAX_STRING) -> str:
 
 
 @dataclass(frozen=True)
+class PeerSourceStatus(Record):
+    """A source of the node's peer list beyond its flags (`file`: the peers file,
+    `database`: wubloader's nodes table), open like PeerStatus. A source that fails
+    keeps its last good list: `peers` counts that list's entries (this node's own
+    included), `ok` is None before the first read."""
+
+    OPEN: ClassVar[bool] = True
+    source: str = wire(_str)
+    where: str | None = wire(optional(_str), None)  # path, or USER@HOST:PORT/DB (no password)
+    peers: int | None = wire(optional(integer()), None)
+    ok: bool | None = wire(optional(_bool), None)
+    error: str | None = wire(optional(_str), None)  # why the last read failed
+    failing_since: float | None = wire(optional(_number), None)
+    last_read: float | None = wire(optional(_number), None)  # the last good read
+
+    def __post_init__(self) -> None:
+        for name in ("where", "error"):  # cut like PeerStatus's errors
+            text = getattr(self, name)
+            if isinstance(text, str):
+                object.__setattr__(self, name, clip(text))
+
+
+@dataclass(frozen=True)
 class StatusReply(Message):
     """What a node says about itself and its peers (`segsync status`). Open like
     PeerStatus: unknown keys are ignored, later fields must be optional."""
@@ -460,6 +483,8 @@ class StatusReply(Message):
     time: float = wire(_number)  # the node's clock: ages are computed against it
     segments: int = wire(integer())
     peers: list = wire(records(PeerStatus, limits.MAX_STATUS_PEERS))
+    peer_sources: list | None = wire(
+        optional(records(PeerSourceStatus, limits.MAX_PEER_SOURCES)), None)
     # downloader-aware push (absent from older nodes): is it on, offers this node
     # answered "later", deferred segments its downloader then wrote, holes push filled
     defer_push: bool | None = wire(optional(_bool), None)

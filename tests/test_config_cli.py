@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import ConfigError, build_config, load_toml, parse_peers_text
+from agent.config import ConfigError, build_config, load_toml, read_peers_file
+from protocol.peerlist import PeerEntry
 from helpers import free_port, wait_healthy
 
 SEGSYNC = [sys.executable, "-m", "agent.cli"]
@@ -64,11 +65,14 @@ def test_toml_and_flags(tmp_path):
         load_toml(conf)
 
 
-def test_peers_file_parsing():
-    assert parse_peers_text("# c\nhttp://a:1/\n\nhttp://b:2 # x\nhttp://a:1\n") == [
-        "http://a:1", "http://b:2"]
-    with pytest.raises(ConfigError, match="line 2"):
-        parse_peers_text("http://a:1\nnot a url\n")
+def test_peers_file_parsing(tmp_path):
+    """Both formats (more in test_peerlist.py); a bad line names the file and the line."""
+    path = tmp_path / "peers"
+    path.write_text("# c\nhttp://a:1/\n\nb http://b:2 # x\nhttp://a:1\n")
+    assert read_peers_file(path) == [PeerEntry(None, "http://a:1"), PeerEntry("b", "http://b:2")]
+    path.write_text("http://a:1\nnot-a-url\n")
+    with pytest.raises(ConfigError, match=f"peers file {path}: line 2: "):
+        read_peers_file(path)
 
 
 def test_cli_reports_bad_config(tmp_path, capsys):

@@ -35,6 +35,7 @@ from protocol.messages import (
     OfferReply,
     PairDigests,
     PairDigestsRequest,
+    PeerSourceStatus,
     PeerStatus,
     Record,
     StatusReply,
@@ -684,6 +685,7 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
     obj = obj_of(status_examples()[1])
     assert obj["v"] == 1 and obj["type"] == "status"
     assert set(obj) == {"v", "type", "node", "url", "started_at", "time", "segments", "peers",
+                        "peer_sources",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
                         "holes_filled_by_push"}
@@ -805,6 +807,38 @@ def test_endpoint_labels_are_a_fixed_set():
     labels = endpoints.ENDPOINT_LABELS
     assert {label(e) for e in endpoints.ALL} == labels and len(labels) == len(endpoints.ALL)
     assert {label("/" + e.replace("-", "/", 1)) for e in labels} == labels
+
+
+def test_status_reply_peer_sources_round_trip_and_are_optional():
+    sources = [
+        PeerSourceStatus("file", where="/etc/segsync/peers", peers=3, ok=True, last_read=5.0),
+        PeerSourceStatus("database", where="u@db:5432/wubloader", peers=2, ok=False,
+                         error="nodes table at u@db:5432/wubloader: refused",
+                         failing_since=7.5, last_read=5.0),
+    ]
+    reply = StatusReply("a", "http://a:1", 0, 1, 0, [], peer_sources=sources)
+    decoded = decode(encode(reply), StatusReply, BIG)
+    assert decoded == reply and all(type(s) is PeerSourceStatus for s in decoded.peer_sources)
+    obj = obj_of(reply)
+    obj["peer_sources"][0]["added_later"] = 1  # open, like the peers
+    obj["peer_sources"].append({"source": "later-kind"})
+    assert decode(pack(obj), StatusReply, BIG).peer_sources[2] == PeerSourceStatus("later-kind")
+    del obj["peer_sources"]  # a node of an older version
+    assert decode(pack(obj), StatusReply, BIG).peer_sources is None
+    rejects(pack(dict(obj, peer_sources=[{"where": "x"}])), "peer_sources[0]", "missing fields",
+            "source", max_bytes=BIG)
+    rejects(pack(dict(obj, peer_sources=[{"source": "file", "ok": "yes"}])),
+            "ok must be true or false", max_bytes=BIG)
+    too_many = [{"source": "file"}] * (limits.MAX_PEER_SOURCES + 1)
+    rejects(pack(dict(obj, peer_sources=too_many)), "more than", max_bytes=BIG)
+
+
+def test_peer_source_status_texts_are_cut_to_stay_decodable():
+    long = "x" * (limits.MAX_STRING + 10)
+    source = PeerSourceStatus("file", where="/" + long, error=long)
+    assert len(source.where) == len(source.error) == limits.MAX_STRING
+    reply = StatusReply("a", "http://a:1", 0, 1, 0, [], peer_sources=[source])
+    assert decode(encode(reply), StatusReply, BIG) == reply
 
 
 def test_peer_status_errors_are_cut_to_stay_decodable():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
@@ -27,8 +29,53 @@ def test_bad_peer_urls_are_refused_with_the_url_named(bad):
 def test_sources_merge_in_order_and_the_first_entry_of_a_url_wins():
     a, b = Peer.from_url("http://a:1", "a"), Peer.from_url("http://b:1", "b")
     b_again = Peer.from_url("http://b:1", "other-name")
-    assert merge_sources([[a, b], [b_again, a]]) == [a, b]
-    assert merge_sources([[], [b_again]]) == [b_again]
+    assert merge_sources([[a, b], [b_again, a]]).peers == [a, b]
+    assert merge_sources([[], [b_again]]).peers == [b_again]
+
+
+def test_merge_names_a_peer_by_the_first_source_that_names_it():
+    flags = [Peer.from_url("http://a:1"), Peer.from_url("http://b:2")]
+    file = [Peer.from_url("http://b:2", "bee"), Peer.from_url("http://c:3", "cee")]
+    database = [Peer.from_url("http://c:3", "sea"), Peer.from_url("http://d:4", "dee")]
+    merged = merge_sources([flags, file, database], this_node="me")
+    assert [(p.name, p.url) for p in merged.peers] == [
+        ("a:1", "http://a:1"), ("bee", "http://b:2"), ("cee", "http://c:3"),
+        ("dee", "http://d:4")]
+    assert merged.this_node == [] and merged.conflicts == []
+
+
+def test_merge_leaves_this_node_out_by_name_from_any_source():
+    flags = [Peer.from_url("http://me:1")]
+    file = [Peer.from_url("http://me:1", "me"), Peer.from_url("http://b:2", "b")]
+    database = [Peer.from_url("http://me:1", "me"), Peer.from_url("http://c:3", "c")]
+    merged = merge_sources([flags, file, database], this_node="me")
+    assert [p.url for p in merged.peers] == ["http://b:2", "http://c:3"]
+    assert merged.this_node == [Peer.from_url("http://me:1", "me")]
+    # a bare URL is never this node, even when its host:port happens to be the name
+    bare = merge_sources([[Peer.from_url("http://me:1")]], this_node="me:1")
+    assert [p.url for p in bare.peers] == ["http://me:1"] and bare.this_node == []
+
+
+def test_merge_a_name_on_two_urls_stays_with_the_first():
+    file = [Peer.from_url("http://b-old:2", "b")]
+    database = [Peer.from_url("http://b-new:2", "b")]
+    merged = merge_sources([[], file, database], this_node="me")
+    assert [(p.name, p.url) for p in merged.peers] == [
+        ("b", "http://b-old:2"), ("b-new:2", "http://b-new:2")]
+    assert merged.conflicts == [
+        "name 'b' names both http://b-old:2 and http://b-new:2; http://b-new:2 is named b-new:2"]
+
+
+def test_peer_set_leaves_this_node_out_and_logs_it_once(caplog):
+    caplog.set_level(logging.INFO)
+    me, b = Peer.from_url("http://me:1", "me"), Peer.from_url("http://b:2", "b")
+    peers = PeerSet(this_node="me")
+    assert peers.set_source("file", [me, b])
+    assert peers.peers == [b]
+    assert not peers.set_source("file", [me, b])
+    assert not peers.set_source("database", [me])
+    assert [r.getMessage() for r in caplog.records].count(
+        "peer me (http://me:1) is this node (--node-name): not a peer") == 1
 
 
 async def test_a_source_change_wakes_waiters_only_when_the_set_changes():
