@@ -43,6 +43,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="how far back backfill compares (default 336)")
     p.add_argument("--max-concurrency", type=int, metavar="N",
                    help="parallel backfill downloads per node (default 5)")
+    p.add_argument("--scrub-rate", type=float, metavar="MB/S",
+                   help="MB/s the scrub re-hashes segments at (default 10)")
+    p.add_argument("--scrub-interval", type=float, metavar="SECONDS",
+                   help="seconds from the end of a full scrub pass to the next (default 86400)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")
     p.add_argument("--config", help="TOML file with the same keys; flags override it")

@@ -22,10 +22,12 @@ from protocol import endpoints as ep
 from protocol import limits
 from protocol import messages as m
 from protocol.names import SegmentName
+from protocol.scrub import ServedBytesCheck
 
 from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peers import Peer
+from .served import read_checked
 from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError, Transport, tune_httpcore
 
 __all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE"]
@@ -84,16 +86,20 @@ class PeerClient:
         return reply.status  # type: ignore[attr-defined]
 
     async def upload(self, name: SegmentName, file_path: Path) -> tuple[str, int]:
-        """Stream a local segment to the peer. Returns (ack status, bytes sent)."""
+        """Stream a local segment to the peer. Returns (ack status, bytes sent).
+        RottenBytes if the file does not hash to its name: its last chunk is then
+        never sent, so the peer gets no complete copy."""
         t = self.transport
         f = await trio.to_thread.run_sync(open, file_path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size
+            check = ServedBytesCheck(name.path, name.hash, size)
 
             async def body() -> AsyncIterator[bytes]:
                 left = size
                 while left > 0:
-                    chunk = await trio.to_thread.run_sync(f.read, min(READ_CHUNK, left))
+                    chunk = await trio.to_thread.run_sync(
+                        read_checked, f, min(READ_CHUNK, left), check)
                     if not chunk:
                         raise PeerError(self.url, f"{file_path} shrank while sending")
                     left -= len(chunk)

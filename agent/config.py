@@ -54,6 +54,10 @@ class Config:
     backfill: bool = True
     push: bool = True
     peer_kinds: dict[str, PeerKind] = field(default_factory=dict)  # URL -> kind (TOML only)
+    scrub: bool = True
+    scrub_rate: float = 10.0  # MB/s (10^6 bytes) re-hashed by the periodic scrub
+    scrub_interval: float = 86400.0  # seconds from the end of a full pass to the next
+    scrub_start_delay: float = 60.0  # seconds after start-up before the first pass
     # downloader-aware push: answer "later" to a segment our own downloader is about to
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
@@ -193,6 +197,10 @@ def build_config(values: dict[str, Any]) -> Config:
     cfg.backoff_cap = _positive("backoff-cap", cfg.backoff_cap, float)
     cfg.max_segment_bytes = _positive("max-segment-bytes", cfg.max_segment_bytes, int)
     cfg.rescan_interval = _positive("rescan-interval", cfg.rescan_interval, float)
+    cfg.scrub_rate = _positive("scrub-rate", cfg.scrub_rate, float)
+    cfg.scrub_interval = _positive("scrub-interval", cfg.scrub_interval, float, allow_zero=True)
+    cfg.scrub_start_delay = _positive("scrub-start-delay", cfg.scrub_start_delay, float,
+                                      allow_zero=True)
     cfg.recording_idle = _positive("recording-idle", cfg.recording_idle, float)
     if not isinstance(cfg.defer_push, bool):
         raise ConfigError("defer-push must be true or false")

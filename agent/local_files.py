@@ -129,8 +129,8 @@ class LocalFiles:
             self.announced.add(path)
             self.announce(name, kind, seen_at)
             return
-        if path in self.announced:
-            return
+        if path in self.announced and self.index.has(name, kind):
+            return  # a second event of the same file (not one back from quarantine)
         if self.ingest.came_from_peer(path):
             self.index.add(name, kind)
             return

@@ -15,6 +15,7 @@ from .client import ClientFactory
 from .config import Config
 from .dashboard import Dashboard
 from .downloads import Downloads
+from .heal import PeerHealer
 from .index import ArchiveIndex
 from .ingest import Ingest
 from .local_files import LocalFiles
@@ -25,6 +26,7 @@ from .peers import Peer, PeerSet, normalize_peer_url
 from .peers_file import PeersFile
 from .pusher import Pusher, PushSettings
 from .recording import DeferralSettings, DownloaderTracker
+from .scrub import Scrubber, ScrubSettings
 from .server import App, ServerSettings
 from .status import StatusReport
 from .store import Store
@@ -52,8 +54,14 @@ class Node:
             if config.node_database else None)
         self.clients = ClientFactory.from_config(config)
         self.kinds = PeerKinds.probing_with(self.peers, self.clients)
+        self.scrubber = Scrubber(
+            self.store, self.index, self.metrics,
+            PeerHealer(self.peers, self.clients, self.kinds, self.ingest,
+                       config.max_segment_bytes),
+            ScrubSettings.from_config(config))
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
-                             PushSettings.from_config(config), self.kinds)
+                             PushSettings.from_config(config), self.kinds,
+                             report_rot=self.scrubber.suspect)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -69,13 +77,14 @@ class Node:
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
-            downloader=self.downloader)
+            scrub=self.scrubber.status, downloader=self.downloader)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
-                       answer_offer=self.downloader.offer_reply, dashboard=self.dashboard)
+                       answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
+                       report_rot=self.scrubber.suspect)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -96,6 +105,7 @@ class Node:
                 self.url = binds[0]
                 if self.config.push:
                     await nursery.start(self.pusher.run)
+                await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self.local_files.rescan_loop)
                 if self.config.backfill:
                     nursery.start_soon(self.backfiller.run)

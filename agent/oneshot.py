@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
-from typing import TextIO
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, TextIO
 
 import trio
 from tqdm import tqdm
@@ -29,7 +29,8 @@ from .store import Store
 class BarProgress(Progress):
     """Segments (count, rate, ETA) and bytes (amount, rate) on a terminal; silent elsewhere."""
 
-    def __init__(self, stream: TextIO, enabled: bool | None = None) -> None:
+    def __init__(self, stream: TextIO, enabled: bool | None = None,
+                 desc: str = "backfill") -> None:
         if enabled is None:
             isatty = getattr(stream, "isatty", None)
             enabled = bool(isatty and isatty())
@@ -38,7 +39,7 @@ class BarProgress(Progress):
         self.segments_done = 0
         self.bytes_done = 0
         self.started = time.monotonic()
-        self.bar = tqdm(total=0, unit="seg", desc="backfill", file=stream,
+        self.bar = tqdm(total=0, unit="seg", desc=desc, file=stream,
                         dynamic_ncols=True, disable=not enabled)
 
     def planned(self, segments: int, nbytes: int | None) -> None:
@@ -57,6 +58,23 @@ class BarProgress(Progress):
 
     def close(self) -> None:
         self.bar.close()
+
+
+@contextmanager
+def progress_bar(stream: TextIO, desc: str) -> Iterator[BarProgress]:
+    """A bar on `stream` for the duration, log lines going above it instead of through
+    it (on a terminal; silent elsewhere)."""
+    progress = BarProgress(stream, desc=desc)
+    try:
+        redirect_logs = nullcontext()
+        if progress.enabled:
+            # imported only for a terminal: it pulls in asyncio (20 ms of start-up)
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            redirect_logs = logging_redirect_tqdm()
+        with redirect_logs:
+            yield progress
+    finally:
+        progress.close()
 
 
 COLUMNS = [  # (heading, width, RoundResult total)
@@ -96,7 +114,7 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     store = Store(cfg.root, cfg.max_segment_bytes)
     index, metrics = ArchiveIndex(), Metrics()
     ingest = Ingest(store, index, metrics)
-    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), cfg.peer_kinds)
+    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
     backfiller = Backfiller(
         peers, ClientFactory.from_config(cfg), index, ingest,
         Downloads(ingest, store, index, metrics, cfg.max_concurrency, cfg.max_segment_bytes),
@@ -104,18 +122,8 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     # Temp files are left alone: an agent may be writing into this root right now.
     await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
                      rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
-    progress = BarProgress(err)
     started = trio.current_time()
-    try:
-        # log lines go above the bar instead of through it
-        redirect_logs = nullcontext()
-        if progress.enabled:
-            # imported only for a terminal: it pulls in asyncio (20 ms of start-up)
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            redirect_logs = logging_redirect_tqdm()
-        with redirect_logs:
-            results = await backfiller.round_all(peers.peers, progress)
-    finally:
-        progress.close()
+    with progress_bar(err, "backfill") as progress:
+        results = await backfiller.round_all(peers.peers, progress)
     failed = print_summary(results, trio.current_time() - started, out)
     return 1 if failed or len(results) < len(peers) else 0

@@ -14,6 +14,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -21,6 +22,7 @@ from protocol import messages as m
 from protocol.backoff import Backoff
 from protocol.names import Kind, SegmentName
 from protocol.peerkind import PeerKind
+from protocol.scrub import RottenBytes
 
 from .client import ClientFactory, PeerClient, PeerError
 from .metrics import Metrics
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 DEFERRED_OUTCOMES = ("deferred", "left_to_backfill")  # not acknowledged: no latency
+
+ReportRot = Callable[[SegmentName], None]
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,11 @@ class PeerPusher:
     """One peer's queues and workers."""
 
     def __init__(self, peer: Peer, client: PeerClient, store: Store, metrics: Metrics,
-                 settings: PushSettings, kinds: PeerKinds | None = None) -> None:
+                 settings: PushSettings, kinds: PeerKinds | None = None,
+                 report_rot: ReportRot = lambda name: None) -> None:
         self.peer = peer
         self.kinds = kinds  # None: the peer is a segsync agent
+        self.report_rot = report_rot  # a local file whose bytes do not hash to its name
         self.label = peer.name  # metric label
         self.client = client
         self.store = store
@@ -150,6 +156,11 @@ class PeerPusher:
             except PeerError as e:
                 self._failed(item, str(e), e.status)
                 continue
+            except RottenBytes as e:  # never sent whole; the scrub quarantines and heals it
+                log.error("push %s to %s stopped: %s", item.name.path, self.peer, e)
+                self.metrics.pushes.labels(self.label, item.label, "rotten").inc()
+                self.report_rot(item.name)
+                continue
             except OSError as e:  # our own file vanished or is unreadable
                 log.warning("push %s to %s: %s", item.name.path, self.peer, e)
                 self.metrics.pushes.labels(self.label, item.label, "error").inc()
@@ -214,9 +225,11 @@ class Pusher:
     """A `PeerPusher` for every peer of the set, for as long as the peer is in it."""
 
     def __init__(self, peers: PeerSet, clients: ClientFactory, store: Store, metrics: Metrics,
-                 settings: PushSettings, kinds: PeerKinds | None = None) -> None:
+                 settings: PushSettings, kinds: PeerKinds | None = None,
+                 report_rot: ReportRot = lambda name: None) -> None:
         self.peers = peers
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
+        self.report_rot = report_rot
         self.clients = clients
         self.store = store
         self.metrics = metrics
@@ -235,7 +248,7 @@ class Pusher:
             return
         client = self.clients.client(peer, concurrency=self.settings.concurrency)
         pusher = self.pushers[peer] = PeerPusher(peer, client, self.store, self.metrics,
-                                                 self.settings, self.kinds)
+                                                 self.settings, self.kinds, self.report_rot)
         try:
             await pusher.run()
         finally:

@@ -24,11 +24,13 @@ from protocol import messages as m
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
+from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 
 from .asgi import ClientGone, HttpError, Request, send_response
 from .index import ArchiveIndex
 from .ingest import Ingest
 from .metrics import Metrics
+from .served import read_checked
 from .store import Store, WriteRejected
 from .transport import MIN_RATE
 
@@ -84,12 +86,15 @@ AnswerOffer = Callable[[SegmentName, bool], Awaitable[m.OfferReply | m.OfferLate
 class App:
     """ASGI application of one node: what peers push goes to `ingest` (offers are
     answered by `answer_offer`); digests, listings and files come from `index` and
-    `store`."""
+    `store`. A file being served whose bytes do not hash to its name goes to
+    `report_rot` (the scrub)."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
-                 answer_offer: AnswerOffer, dashboard: Dashboard | None = None) -> None:
+                 answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
+                 report_rot: Callable[[SegmentName], None] | None = None) -> None:
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/dashboard.py)
+        self.report_rot = report_rot  # a served file that does not hash to its name
         self.ingest = ingest
         self.answer_offer = answer_offer
         self.index = index
@@ -302,7 +307,12 @@ class App:
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            return f, os.fstat(f.fileno()).st_size
+            size = os.fstat(f.fileno()).st_size
+            if empty_file_is_rotten(name.hash, size):  # no last chunk to hold back
+                trio.from_thread.run_sync(self._rotten, name, "empty file")
+                f.close()
+                return None
+            return f, size
         except BaseException:
             f.close()
             raise
@@ -317,14 +327,26 @@ class App:
             raise
         return opened
 
-    async def _send_file(self, f, size: int, send, last: bool) -> bool:
-        """Stream an open segment as body messages; False if the file came up short
-        (cut under us): then nothing more may be sent, and returning leaves the
-        response unfinished, so hypercorn closes the connection and the receiver
+    def _rotten(self, name: SegmentName, why: str) -> None:
+        log.error("not serving %s: %s; sent to the scrub", name.path, why)
+        if self.report_rot is not None:
+            self.report_rot(name)
+
+    async def _send_file(self, name: SegmentName, f, size: int, send, last: bool) -> bool:
+        """Stream an open segment as body messages, hashed as they go; False if the
+        file came up short (cut under us) or its bytes do not hash to the name (the
+        last chunk is then never sent): nothing more may be sent, and returning leaves
+        the response unfinished, so hypercorn closes the connection and the receiver
         rejects what it got instead of storing it."""
         sent = 0
+        check = ServedBytesCheck(name.path, name.hash, size)
         while sent < size:
-            chunk = await trio.to_thread.run_sync(f.read, min(UPLOAD_BUFFER, size - sent))
+            try:
+                chunk = await trio.to_thread.run_sync(
+                    read_checked, f, min(UPLOAD_BUFFER, size - sent), check)
+            except RottenBytes as e:
+                self._rotten(name, str(e))
+                return False
             if not chunk:
                 log.warning("%s shrank while being served", f.name)
                 return False
@@ -346,7 +368,7 @@ class App:
                 (b"content-type", b"video/mp2t"), (b"content-length", str(size).encode())]})
             if size == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            await self._send_file(f, size, send, last=True)
+            await self._send_file(name, f, size, send, last=True)
 
         try:
             await self._answer_unless_gone(req, send, answer)
@@ -416,7 +438,8 @@ class App:
                 last = i == len(names) - 1
                 await send({"type": "http.response.body", "body": header,
                             "more_body": not last or (o is not None and o[1] > 0)})
-                if o is not None and not await self._send_file(o[0], o[1], send, last):
+                if o is not None and not await self._send_file(
+                        names[i], o[0], o[1], send, last):
                     return
         finally:
             _close_all(opened)

@@ -29,6 +29,7 @@ class StatusReport:
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
                  url: Callable[[], str | None], kinds: PeerKinds | None = None,
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
+                 scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None) -> None:
         self.node_name = node_name
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
@@ -39,6 +40,7 @@ class StatusReport:
         self.backfiller = backfiller
         self.url = url
         self.sources = sources
+        self.scrub = scrub  # the scrub's counts and lost segments
         self.downloader = downloader  # downloader-aware push counters
         self.started_at = time.time()
 
@@ -94,7 +96,8 @@ class StatusReport:
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
-            peer_sources=[source() for source in self.sources], **deferral,
+            peer_sources=[source() for source in self.sources],
+            scrub=self.scrub() if self.scrub is not None else None, **deferral,
         )
 
     async def probe_and_report(self) -> m.StatusReply:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.messages import PeerSourceStatus, PeerStatus, StatusReply
+from protocol.messages import PeerSourceStatus, PeerStatus, ScrubStatus, StatusReply
 
 from .client import ClientFactory
 
@@ -95,6 +95,8 @@ def render_status(status: StatusReply) -> str:
         f"{status.segments} segments",
         *(source_line(source, now) for source in status.peer_sources or ()),
     ]
+    if status.scrub is not None:
+        lines.extend(scrub_lines(status.scrub, now))
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
         lines.append(
             f"downloader-aware push {'on' if status.defer_push else 'off'}: "
@@ -129,6 +131,21 @@ def render_status(status: StatusReply) -> str:
         lines.append("")
         lines.extend(problems)
     return "\n".join(lines) + "\n"
+
+
+def scrub_lines(scrub: ScrubStatus, now: float) -> list[str]:
+    """The scrub's line (and every lost segment) for `segsync status`."""
+    where = (f"pass in progress at {scrub.position}" if scrub.position
+             else "pass in progress" if scrub.pass_started else "idle")
+    lines = [
+        f"scrub: last full pass {format_age(scrub.last_full_pass, now)}, {where}; "
+        f"since start {_count(scrub.checked)} checked, "
+        f"{_count(scrub.rotten)} rotten, {_count(scrub.healed)} healed, "
+        f"{_count(scrub.lost)} lost"
+    ]
+    for path in scrub.lost_paths or []:
+        lines.append(f"  LOST (in quarantine, no peer had a good copy): {path}")
+    return lines
 
 
 async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> StatusReply:

@@ -1,5 +1,6 @@
-"""The operator's sub-commands (status, tombstone, purge, dupes, demo): `register` adds
-them to the `segsync` parser. Each handler runs and returns the exit status."""
+"""The operator's sub-commands (status, tombstone, purge, dupes, demo, and scrub from
+`scrub_cli`): `register` adds them to the `segsync` parser. Each handler runs and
+returns the exit status."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import trio
 
 from protocol.errors import SegmentNameError
 
+from . import scrub_cli
 from .client import PeerError
 from .peers import normalize_peer_url
 from .config import ConfigError, read_token_file
@@ -127,4 +129,6 @@ def register(sub) -> None:
     p.add_argument("--log-level", default="WARNING", type=str.upper,
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the agents' log level")
     p.set_defaults(func=cmd_demo)
+
+    scrub_cli.register(sub)
 

@@ -28,5 +28,7 @@ MAX_FETCH_PATHS = 64
 MAX_FRAME_HEADER = 2048
 # Peers one status reply may list (a node has a handful; this bounds a hostile reply).
 MAX_STATUS_PEERS = 1000
+# Lost segments one status reply names (the count is exact; the list is a sample).
+MAX_STATUS_LOST_PATHS = 50
 # Peer list sources (peers file, nodes database, ...) one status reply may describe.
 MAX_PEER_SOURCES = 16

@@ -169,6 +169,20 @@ def records(cls: type["Record"], max_items: int) -> Check:
     return check
 
 
+def record(cls: type["Record"]) -> Check:
+    """One map, decoded as a `cls` record."""
+
+    def check(value: Any, what: str) -> Any:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{what} must be a map")
+        try:
+            return cls.from_obj(value)
+        except ProtocolError as e:
+            raise ProtocolError(f"{what}: {e}") from None
+
+    return check
+
+
 def wire(check: Check, default: Any = MISSING) -> Any:
     """Declare a message field with its validator (and a default if optional)."""
     return field(default=default, metadata={_CHECK: check})
@@ -471,6 +485,26 @@ class PeerSourceStatus(Record):
 
 
 @dataclass(frozen=True)
+class ScrubStatus(Record):
+    """The scrub as the node sees it (`segsync status`): counts since the agent started,
+    the last full pass (wall clock), where the pass in progress is, and the segments no
+    peer could give back (still in quarantine). Open, like PeerStatus."""
+
+    OPEN: ClassVar[bool] = True
+    checked: int = wire(integer())
+    bytes: int = wire(integer())
+    rotten: int = wire(integer())
+    healed: int = wire(integer())
+    lost: int = wire(integer())
+    lost_paths: list | None = wire(optional(array(
+        path_of(Kind.SEGMENT), "lost_paths item", limits.MAX_STATUS_LOST_PATHS,
+        f"lost_paths holds more than {limits.MAX_STATUS_LOST_PATHS} paths")), None)
+    last_full_pass: float | None = wire(optional(_number), None)
+    pass_started: float | None = wire(optional(_number), None)  # None: no pass running
+    position: str | None = wire(optional(path_of(Kind.SEGMENT)), None)  # last checked
+
+
+@dataclass(frozen=True)
 class StatusReply(Message):
     """What a node says about itself and its peers (`segsync status`). Open like
     PeerStatus: unknown keys are ignored, later fields must be optional."""
@@ -485,6 +519,7 @@ class StatusReply(Message):
     peers: list = wire(records(PeerStatus, limits.MAX_STATUS_PEERS))
     peer_sources: list | None = wire(
         optional(records(PeerSourceStatus, limits.MAX_PEER_SOURCES)), None)
+    scrub: ScrubStatus | None = wire(optional(record(ScrubStatus)), None)
     # downloader-aware push (absent from older nodes): is it on, offers this node
     # answered "later", deferred segments its downloader then wrote, holes push filled
     defer_push: bool | None = wire(optional(_bool), None)

@@ -38,6 +38,7 @@ from protocol.messages import (
     PeerSourceStatus,
     PeerStatus,
     Record,
+    ScrubStatus,
     StatusReply,
     StatusRequest,
     Tombstone,
@@ -111,6 +112,10 @@ def status_examples() -> list[StatusReply]:
                        reachable=False, reach_error="http://c:8200: ConnectError: refused"),
             PeerStatus("http://d:8200"),
         ]),
+        StatusReply("node-c", "http://c:8200", 10, 20, 12, [], scrub=ScrubStatus(
+            checked=10, bytes=2_000_000, rotten=2, healed=1, lost=1,
+            lost_paths=[SEGMENT_PATH], last_full_pass=5.0, pass_started=15.0,
+            position=SEGMENT_PATH)),
         StatusReply("e", "http://e:8200", 10, 20, 3, [
             PeerStatus("http://a:8200", name="a", push_deferred=4)],
             defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2),
@@ -604,7 +609,7 @@ def test_protocol_error_is_value_error():
 
 # ---- messages declared once: the generic decoder ----
 
-RECORD_TYPES = [*MESSAGE_TYPES.values(), PeerStatus]
+RECORD_TYPES = [*MESSAGE_TYPES.values(), PeerStatus, ScrubStatus]
 # Encodings from before messages were declared once: the wire form must not move.
 WIRE = [
     (Offer(SEGMENT_PATH, 1234567), "84a17601a474797065a56f66666572a470617468d963646573657274627573"
@@ -685,10 +690,11 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
     obj = obj_of(status_examples()[1])
     assert obj["v"] == 1 and obj["type"] == "status"
     assert set(obj) == {"v", "type", "node", "url", "started_at", "time", "segments", "peers",
-                        "peer_sources",
+                        "peer_sources", "scrub",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
                         "holes_filled_by_push"}
+    assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
     assert obj["peers"][0] == {
         "url": "http://a:8200", "name": None, "kind": None, "queue_depth": 3, "last_push": 15.5, "push_error": None,
         "push_dropped": 0, "push_deferred": None, "last_round": 12.0, "round_ok": True,
@@ -703,6 +709,20 @@ def test_status_reply_ignores_unknown_keys():
     obj[b"bytes key"] = 1
     obj["peers"][0].update({"deferred": 4, "tls": {"verified": True}, "added_later": "a"})
     assert decode(pack(obj), StatusReply, BIG) == message
+
+
+def test_status_reply_scrub_is_optional_and_open():
+    obj = obj_of(SCRUBBED)
+    del obj["scrub"]
+    assert decode(pack(obj), StatusReply, BIG).scrub is None  # a node without a scrub
+    obj = obj_of(SCRUBBED)
+    obj["scrub"] = {"checked": 1, "bytes": 2, "rotten": 0, "healed": 0, "lost": 0,
+                    "verified_at": 3.0}  # a later field: ignored
+    scrub = decode(pack(obj), StatusReply, BIG).scrub
+    assert scrub == ScrubStatus(1, 2, 0, 0, 0)
+    assert scrub.lost_paths is None and scrub.position is None
+    obj["scrub"] = {"checked": 1}
+    rejects(pack(obj), "scrub: missing fields: bytes, rotten, healed, lost", max_bytes=BIG)
 
 
 def test_status_reply_absent_optional_fields_are_none():
@@ -724,6 +744,13 @@ def test_status_reply_required_fields():
 
 
 STATUS = status_examples()[1]
+SCRUBBED = status_examples()[2]
+
+
+def with_scrub(**changes) -> bytes:
+    obj = obj_of(SCRUBBED)
+    obj["scrub"].update(changes)
+    return pack(obj)
 
 
 def with_peer(**changes) -> bytes:
@@ -757,6 +784,14 @@ def with_peer(**changes) -> bytes:
         (with_peer(round_error=b"boom"), "peers[1]: round_error must be a string"),
         (with_peer(reach_error=[]), "peers[1]: reach_error must be a string"),
         (with_peer(reach_error="x" * (limits.MAX_STRING + 1)), "malformed msgpack"),
+        (with_field(SCRUBBED, scrub=[1]), "scrub must be a map"),
+        (with_scrub(checked=-1), "scrub: checked must be an integer"),
+        (with_scrub(lost="1"), "scrub: lost must be an integer"),
+        (with_scrub(last_full_pass="then"), "scrub: last_full_pass must be a number"),
+        (with_scrub(position="c/q/h/x.ts"), "scrub: position"),
+        (with_scrub(lost_paths=[TOMBSTONE_PATH]), "scrub: lost_paths item must name a segment"),
+        (with_scrub(lost_paths=[SEGMENT_PATH] * (limits.MAX_STATUS_LOST_PATHS + 1)),
+         "scrub: lost_paths holds more than"),
     ],
 )
 def test_status_reply_rejects_bad_fields(data, fragment):
