@@ -53,14 +53,16 @@ class PeerClient:
     async def aclose(self) -> None:
         await self.transport.aclose()
 
-    async def call(self, path: str, message: m.Message, expect: type[m.Message],
-                   max_reply: int = limits.MAX_REPLY_BYTES) -> m.Message:
+    async def call(self, path: str, message: m.Message,
+                   expect: type[m.Message] | tuple[type[m.Message], ...],
+                   max_reply: int = limits.MAX_REPLY_BYTES,
+                   headers: dict[str, str] | None = None) -> m.Message:
         """POST a message, return the decoded reply of the expected type."""
         t = self.transport
         status, data = await t.exchange(
             "POST", path, content=m.encode(message), max_reply=max_reply,
             deadline=self.timeout * CALL_DEADLINE_FACTOR,
-            headers={"content-type": "application/msgpack"})
+            headers={"content-type": "application/msgpack", **(headers or {})})
         return t.decode_reply(status, data, expect, max_reply)
 
     # ---- push ----
@@ -69,6 +71,15 @@ class PeerClient:
         reply = await self.call(ep.OFFER, m.Offer(name.path, size), m.OfferReply,
                                 limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
+
+    async def offer_deferrable(self, name: SegmentName, size: int
+                               ) -> m.OfferReply | m.OfferLater:
+        """An offer that says we understand the OfferLater reply (downloader-aware
+        push): the peer may answer OfferLater instead of want."""
+        reply = await self.call(ep.OFFER, m.Offer(name.path, size),
+                                (m.OfferReply, m.OfferLater), limits.MAX_REQUEST_BYTES,
+                                {ep.OFFER_LATER_HEADER: "1"})
+        return reply  # type: ignore[return-value]
 
     async def send_tombstone(self, name: SegmentName) -> str:
         reply = await self.call(ep.TOMBSTONE, m.Tombstone(name.tombstone_path), m.Ack,

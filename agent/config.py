@@ -58,6 +58,10 @@ class Config:
     scrub_rate: float = 10.0  # MB/s (10^6 bytes) re-hashed by the periodic scrub
     scrub_interval: float = 86400.0  # seconds from the end of a full pass to the next
     scrub_start_delay: float = 60.0  # seconds after start-up before the first pass
+    # downloader-aware push: answer "later" to a segment our own downloader is about to
+    # write; a pair counts as recorded here while its files appeared this recently
+    defer_push: bool = True
+    recording_idle: float = 10.0
     # TLS (agent/tls.py): serve HTTPS with cert+key, trust peers from ca
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -204,6 +208,9 @@ def build_config(values: dict[str, Any]) -> Config:
     cfg.scrub_interval = _positive("scrub-interval", cfg.scrub_interval, float, allow_zero=True)
     cfg.scrub_start_delay = _positive("scrub-start-delay", cfg.scrub_start_delay, float,
                                       allow_zero=True)
+    cfg.recording_idle = _positive("recording-idle", cfg.recording_idle, float)
+    if not isinstance(cfg.defer_push, bool):
+        raise ConfigError("defer-push must be true or false")
     if str(cfg.log_level).upper() not in LOG_LEVELS:
         raise ConfigError(f"log-level must be one of {', '.join(LOG_LEVELS)}")
     cfg.log_level = str(cfg.log_level).upper()

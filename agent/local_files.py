@@ -33,6 +33,8 @@ HASH_CHUNK = 1024 * 1024
 MAX_NEW_DIRECTORY_FILES = 100_000  # a directory moved in: files looked at, at most
 
 Announce = Callable[[SegmentName, Kind, float], None]
+# told of every segment, temp or tombstone name that appears (deleted=False) or goes
+Observe = Callable[[SegmentName, Kind, bool], None]
 
 
 def file_matches_name(path: Path, name: SegmentName) -> bool:
@@ -51,7 +53,8 @@ class LocalFiles:
     """Indexes local final names and announces the new ones (to the pusher)."""
 
     def __init__(self, store: Store, index: ArchiveIndex, ingest: Ingest, metrics: Metrics,
-                 announce: Announce, rescan_interval: float) -> None:
+                 announce: Announce, rescan_interval: float,
+                 observe: Observe | None = None) -> None:
         self.store = store
         self.root = str(store.root)
         self.index = index
@@ -59,6 +62,7 @@ class LocalFiles:
         self.metrics = metrics
         self.announce = announce
         self.rescan_interval = rescan_interval
+        self.observe = observe  # the downloader tracker (downloader-aware push)
         self.announced = RecentSet(100_000)  # paths already announced for push
         self._rescan_wanted = trio.Event()
         self._rescan_reason = "start"
@@ -86,6 +90,8 @@ class LocalFiles:
                 name, kind = parse_path(rel)
             except SegmentNameError:
                 continue  # temp files of ours, dot-files, junk: never replicated
+            if self.observe is not None:
+                self.observe(name, kind, event.deleted)
             if event.deleted:
                 if not await trio.to_thread.run_sync(os.path.exists, event.path):
                     self.index.discard(name, kind)

@@ -55,6 +55,19 @@ class Metrics:
         self.watcher_rescans = Counter(
             "segsync_watcher_rescans", "Full rescans after lost watcher events", ["reason"],
             registry=r)
+        # downloader-aware push, receiving side (agent/recording.py)
+        self.push_deferred = Counter(
+            "segsync_push_deferred", "Offers answered 'later': our downloader was about "
+            "to write the segment", registry=r)
+        self.push_deferral_saved = Counter(
+            "segsync_push_deferral_saved", "Deferred segments our downloader then wrote "
+            "(bytes no peer had to send)", registry=r)
+        self.push_holes_filled = Counter(
+            "segsync_push_holes_filled", "Segments our downloader skipped that a push "
+            "then filled", registry=r)
+        self.push_near_duplicates = Counter(
+            "segsync_push_near_duplicates", "Offers refused as near-duplicates of a local "
+            "segment (start within 1 ms, same duration, type and hash)", registry=r)
         self.indexed_segments = Gauge(
             "segsync_indexed_segments", "Segment files in the in-memory index", registry=r)
         self.peer_source_failures = Counter(

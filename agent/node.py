@@ -25,6 +25,7 @@ from .peerkind import PeerKinds
 from .peers import Peer, PeerSet, normalize_peer_url
 from .peers_file import PeersFile
 from .pusher import Pusher, PushSettings
+from .recording import DeferralSettings, DownloaderTracker
 from .scrub import Scrubber, ScrubSettings
 from .server import App, ServerSettings
 from .status import StatusReport
@@ -65,9 +66,12 @@ class Node:
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
                              report_rot=self.scrubber.suspect)
+        self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
+                                            DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
-                                      rescan_interval=config.rescan_interval)
+                                      rescan_interval=config.rescan_interval,
+                                      observe=self.downloader.file_event)
         self.downloads = Downloads(self.ingest, self.store, self.index, self.metrics,
                                    config.max_concurrency, config.max_segment_bytes)
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
@@ -77,14 +81,15 @@ class Node:
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
-            scrub=self.scrubber.status,
+            scrub=self.scrubber.status, downloader=self.downloader,
             tls=self.tls.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
-                       self.dashboard, report_rot=self.scrubber.suspect)
+                       answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
+                       report_rot=self.scrubber.suspect)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 

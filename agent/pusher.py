@@ -18,6 +18,7 @@ from typing import Callable
 
 import trio
 
+from protocol import messages as m
 from protocol.backoff import Backoff
 from protocol.names import Kind, SegmentName
 from protocol.peerkind import PeerKind
@@ -27,11 +28,13 @@ from .client import ClientFactory, PeerClient, PeerError
 from .metrics import Metrics
 from .peerkind import PeerKinds
 from .peers import Peer, PeerSet, follow_peers
+from .reoffer import ReOffers
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+DEFERRED_OUTCOMES = ("deferred", "left_to_backfill")  # not acknowledged: no latency
 
 ReportRot = Callable[[SegmentName], None]
 
@@ -41,10 +44,12 @@ class PushSettings:
     concurrency: int = 4  # uploads in flight per peer
     queue_size: int = 10_000  # items waiting per peer
     backoff_cap: float = 30.0
+    recent_window: float = 120.0  # a deferred offer older than this is left to backfill
 
     @classmethod
     def from_config(cls, cfg) -> "PushSettings":
-        return cls(cfg.push_concurrency, cfg.push_queue_size, cfg.backoff_cap)
+        return cls(cfg.push_concurrency, cfg.push_queue_size, cfg.backoff_cap,
+                   cfg.recent_window)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class PushState:
     last_success: float | None = None  # wall clock
     last_error: str | None = None
     dropped: int = 0
+    deferred: int = 0  # offers parked until the peer's retry-after
 
 
 class PeerPusher:
@@ -90,13 +96,17 @@ class PeerPusher:
         self.last_success: float | None = None  # wall clock
         self.last_error: str | None = None
         self.dropped = 0
+        self.reoffers: ReOffers[PushItem] = ReOffers(
+            self.enqueue, lambda item: item.name, recent_window=settings.recent_window,
+            max_items=settings.queue_size)
         metrics.queue_depth.labels(self.label).set(0)  # every peer shows up, idle ones too
 
     def depth(self) -> int:
         return len(self.tombstones) + len(self.segments)
 
     def state(self) -> PushState:
-        return PushState(self.depth(), self.last_success, self.last_error, self.dropped)
+        return PushState(self.depth(), self.last_success, self.last_error, self.dropped,
+                         len(self.reoffers))
 
     def enqueue(self, item: PushItem) -> bool:
         queue = self.tombstones if item.kind is Kind.TOMBSTONE else self.segments
@@ -130,6 +140,7 @@ class PeerPusher:
         async with self.client, trio.open_nursery() as nursery:
             for _ in range(self.settings.concurrency):
                 nursery.start_soon(self._worker)
+            nursery.start_soon(self.reoffers.run)
 
     async def _worker(self) -> None:
         while True:
@@ -157,12 +168,13 @@ class PeerPusher:
             self.backoff.success()
             self.last_success = time.time()
             self.last_error = None
-            m = self.metrics
-            m.pushes.labels(self.label, item.label, outcome).inc()
-            m.last_push.labels(self.label).set(self.last_success)
-            latency = trio.current_time() - item.seen_at
-            m.push_latency.labels(item.label).observe(latency)
-            m.recent_push_latencies.add(self.last_success, latency)
+            metrics = self.metrics
+            metrics.pushes.labels(self.label, item.label, outcome).inc()
+            metrics.last_push.labels(self.label).set(self.last_success)
+            if outcome not in DEFERRED_OUTCOMES:
+                latency = trio.current_time() - item.seen_at
+                metrics.push_latency.labels(item.label).observe(latency)
+                metrics.recent_push_latencies.add(self.last_success, latency)
 
     async def _is_segsync(self) -> bool:
         """Whether the peer takes pushes: its kind, probed first if unknown (a
@@ -180,9 +192,11 @@ class PeerPusher:
         size = await trio.to_thread.run_sync(visible_size)
         if size is None:
             return "skipped"  # tombstoned or removed since it was queued
-        status = await self.client.offer(item.name, size)
-        if status != "want":
-            return status
+        reply = await self.client.offer_deferrable(item.name, size)
+        if isinstance(reply, m.OfferLater):  # the peer's own downloader is about to write it
+            return "deferred" if self.reoffers.park(item, reply.retry_after) else "left_to_backfill"
+        if reply.status != "want":
+            return reply.status
         status, sent = await self.client.upload(item.name, path)
         self.metrics.bytes.labels("pushed").inc(sent)
         return status

@@ -78,18 +78,25 @@ class ServerSettings:
         return cls(cfg.token, cfg.protect_reads, cfg.max_segment_bytes, cfg.request_timeout)
 
 
+# (offered segment, the sender understands OfferLater) -> the reply; the downloader
+# tracker answers (agent/recording.py)
+AnswerOffer = Callable[[SegmentName, bool], Awaitable[m.OfferReply | m.OfferLater]]
+
+
 class App:
-    """ASGI application of one node: what peers push goes to `ingest`; digests,
-    listings and files come from `index` and `store`. A file being served whose
-    bytes do not hash to its name goes to `report_rot` (the scrub)."""
+    """ASGI application of one node: what peers push goes to `ingest` (offers are
+    answered by `answer_offer`); digests, listings and files come from `index` and
+    `store`. A file being served whose bytes do not hash to its name goes to
+    `report_rot` (the scrub)."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
-                 dashboard: Dashboard | None = None,
+                 answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
                  report_rot: Callable[[SegmentName], None] | None = None) -> None:
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/dashboard.py)
         self.report_rot = report_rot  # a served file that does not hash to its name
         self.ingest = ingest
+        self.answer_offer = answer_offer
         self.index = index
         self.store = store
         self.metrics = metrics
@@ -192,7 +199,7 @@ class App:
             self._method(req, "POST")
             return await self.serve_batch(req, send)
         handlers = {
-            endpoints.OFFER: (m.Offer, self.on_offer),
+            endpoints.OFFER: (m.Offer, lambda offer: self.on_offer(offer, req)),
             endpoints.TOMBSTONE: (m.Tombstone, self.on_tombstone),
             endpoints.PAIR_DIGESTS: (m.PairDigestsRequest, self.on_pair_digests),
             endpoints.HOUR_DIGESTS: (m.HourDigestsRequest, self.on_hour_digests),
@@ -233,8 +240,9 @@ class App:
 
     # ---- /v1 handlers ----
 
-    async def on_offer(self, offer: m.Offer) -> m.OfferReply:
-        return m.OfferReply(await self.ingest.offer_status(offer.segment))
+    async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply | m.OfferLater:
+        accepts_later = req.header(endpoints.OFFER_LATER_HEADER.encode()) == b"1"
+        return await self.answer_offer(offer.segment, accepts_later)
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
         status = await self.ingest.accept_tombstone(msg.segment, source="push")

@@ -5,6 +5,7 @@ the peer list is read from (peers file, nodes database)."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import trio
@@ -18,6 +19,7 @@ from .index import ArchiveIndex
 from .peerkind import PeerKinds
 from .peers import Peer, PeerSet
 from .pusher import Pusher
+from .recording import DownloaderTracker
 
 PROBE_TIMEOUT = 2.0
 
@@ -28,6 +30,7 @@ class StatusReport:
                  url: Callable[[], str | None], kinds: PeerKinds | None = None,
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
+                 downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
         self.node_name = node_name
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
@@ -39,6 +42,7 @@ class StatusReport:
         self.url = url
         self.sources = sources
         self.scrub = scrub  # the scrub's counts and lost segments
+        self.downloader = downloader  # downloader-aware push counters
         self.tls = tls  # the served certificate as status shows it (agent/tls.py)
         self.started_at = time.time()
 
@@ -83,16 +87,20 @@ class StatusReport:
                 url=peer.url, name=peer.name, kind=kind.value if kind else "unknown",
                 queue_depth=push.queue_depth, last_push=push.last_success,
                 push_error=push.last_error, push_dropped=push.dropped,
+                push_deferred=push.deferred,
                 last_round=pull.last_round, round_ok=pull.round_ok,
                 round_error=pull.round_error, missing=pull.missing,
                 reachable=reachable, reach_error=reach_error,
             ))
+        # its fields are named as the reply's
+        deferral = asdict(self.downloader.counts()) if self.downloader is not None else {}
         return m.StatusReply(
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
+            **deferral,
         )
 
     async def probe_and_report(self) -> m.StatusReply:

@@ -99,6 +99,12 @@ def render_status(status: StatusReply) -> str:
     ]
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
+    if status.defer_push is not None:  # nodes before downloader-aware push lack these
+        lines.append(
+            f"downloader-aware push {'on' if status.defer_push else 'off'}: "
+            f"{_count(status.deferred_offers)} offers deferred, "
+            f"{_count(status.deferral_saved)} saved by our downloader, "
+            f"{_count(status.holes_filled_by_push)} holes filled by push")
     peers = status.peers
     if not peers:
         lines.append("no peers configured")

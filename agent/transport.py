@@ -116,7 +116,8 @@ class Transport:
         except ProtocolError:
             return f"HTTP {status}"
 
-    def decode_reply(self, status: int, data: bytes, expect: type[m.Message],
+    def decode_reply(self, status: int, data: bytes,
+                     expect: type[m.Message] | tuple[type[m.Message], ...],
                      max_reply: int) -> m.Message:
         """A 200 reply decoded as `expect`; anything else is a PeerError saying why."""
         if status != 200:

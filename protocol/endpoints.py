@@ -12,6 +12,9 @@ V1 = "/v1"
 
 # msgpack endpoints between agents (POST a message, get a message back)
 OFFER = "/v1/offer"
+# An offer carrying this header (value "1") comes from a pusher that understands the
+# OfferLater reply; an offer without it (an older pusher) is never answered "later".
+OFFER_LATER_HEADER = "x-segsync-offer-later"
 TOMBSTONE = "/v1/tombstone"
 PAIR_DIGESTS = "/v1/pair-digests"
 HOUR_DIGESTS = "/v1/hour-digests"

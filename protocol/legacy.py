@@ -14,15 +14,12 @@ import json
 from typing import Iterable
 
 from .errors import ProtocolError, SegmentNameError
-from .names import Kind, parse_filename, parse_hour, validate_component
+from .names import parse_hour, validate_component
 from .replication import FetchPlan, plan_hour
 
 MAX_LIST_BYTES = 4 * 1024 * 1024  # one JSON listing (an hour of 2 s segments is ~180 KiB)
 MAX_LIST_ITEMS = 50_000
 MAX_ITEM_CHARS = 1024
-# wubloader's backfiller skips a segment within 1 ms of a local one that is otherwise
-# identical (same duration, type and hash): the same bytes, named by another clock
-NEAR_DUPLICATE_SECONDS = 0.001
 # qualities that are not video segments (wubloader's chat archive): never pulled
 NON_SEGMENT_QUALITIES = frozenset({"chat"})
 
@@ -82,30 +79,8 @@ def plan_legacy_hour(
     now: dt.datetime,
     recent_window: float,
 ) -> tuple[FetchPlan, int]:
-    """`plan_hour` (missing, tombstones, temp, recent window) plus wubloader's
-    near-duplicate rule. Returns the plan and how many near-duplicates it left out."""
+    """`plan_hour` (missing, tombstones, temp, recent window, and wubloader's
+    near-duplicate rule: `protocol.recording.near_duplicate`). Returns the plan and how
+    many near-duplicates it left out."""
     plan = plan_hour(channel, quality, hour, peer_names, local_names, now, recent_window)
-    if not plan.fetch:
-        return plan, 0
-    local = []
-    for filename in local_names:
-        try:
-            name, kind = parse_filename(channel, quality, hour, filename)
-        except SegmentNameError:
-            continue
-        if kind is Kind.SEGMENT:
-            local.append(name)
-    keep = []
-    for name in plan.fetch:
-        if any(near_duplicate(name, other) for other in local):
-            continue
-        keep.append(name)
-    skipped = len(plan.fetch) - len(keep)
-    plan.fetch = keep
-    return plan, skipped
-
-
-def near_duplicate(a, b) -> bool:
-    """Same duration, type and hash, starts within a millisecond (wubloader's rule)."""
-    return (a.hash == b.hash and a.duration == b.duration and a.type == b.type
-            and abs((a.start - b.start).total_seconds()) <= NEAR_DUPLICATE_SECONDS)
+    return plan, plan.skipped_near_duplicate

@@ -32,6 +32,7 @@ from .names import (
 )
 
 OFFER_STATUSES = ("want", "have", "tombstoned")
+MAX_RETRY_AFTER = 3600.0  # seconds an OfferLater may ask the sender to wait, at most
 ACK_STATUSES = ("stored", "have", "tombstoned")
 
 # A validator takes the raw decoded value and the field's name, and returns the value
@@ -272,6 +273,23 @@ class OfferReply(Message):
     status: str = wire(one_of(OFFER_STATUSES))
 
 
+def _retry_after(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not 0 < value <= MAX_RETRY_AFTER:
+        raise ProtocolError(f"{what} must be a number in (0, {MAX_RETRY_AFTER:g}]")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OfferLater(Message):
+    """The other answer to an offer: 'my own downloader is about to write this
+    segment; offer it again in `retry_after` seconds'. Sent only to a pusher whose
+    offer carries `endpoints.OFFER_LATER_HEADER` (an older pusher gets OfferReply)."""
+
+    TYPE: ClassVar[str] = "offer_later"
+    retry_after: float = wire(_retry_after)
+
+
 @dataclass(frozen=True)
 class Tombstone(Message):
     """'This segment is tombstoned': path of the `.tombstone` file."""
@@ -417,6 +435,7 @@ class PeerStatus(Record):
     last_push: float | None = wire(optional(_number), None)
     push_error: str | None = wire(optional(_str), None)
     push_dropped: int | None = wire(optional(integer()), None)
+    push_deferred: int | None = wire(optional(integer()), None)  # offers parked for "later"
     last_round: float | None = wire(optional(_number), None)
     round_ok: bool | None = wire(optional(_bool), None)
     round_error: str | None = wire(optional(_str), None)
@@ -521,6 +540,12 @@ class StatusReply(Message):
     peer_sources: list | None = wire(
         optional(records(PeerSourceStatus, limits.MAX_PEER_SOURCES)), None)
     scrub: ScrubStatus | None = wire(optional(record(ScrubStatus)), None)
+    # downloader-aware push (absent from older nodes): is it on, offers this node
+    # answered "later", deferred segments its downloader then wrote, holes push filled
+    defer_push: bool | None = wire(optional(_bool), None)
+    deferred_offers: int | None = wire(optional(integer()), None)
+    deferral_saved: int | None = wire(optional(integer()), None)
+    holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
 
 
@@ -536,7 +561,7 @@ class Error(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Offer, OfferReply, Tombstone, Ack, PairDigestsRequest, PairDigests,
+        Offer, OfferReply, OfferLater, Tombstone, Ack, PairDigestsRequest, PairDigests,
         HourDigestsRequest, HourDigests, ListingRequest, Listing, StatusRequest, Error,
         FetchRequest, FetchItem, FetchMissing, StatusReply,
     )

@@ -30,6 +30,12 @@ MAX_PATH_LENGTH = 512
 _HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}\Z")
 _TIME = re.compile(r"([0-9]{2}):([0-9]{2})\.([0-9]{6})\Z")
 _DURATION = re.compile(r"(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,9})?\Z")
+# wubloader's downloader names a download in progress `...-temp-<str(uuid4())>.ts`;
+# any case, with or without the dashes, is taken as the same kind of marker
+_TEMP_ID = re.compile(
+    r"(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32})\Z"
+)
 
 
 class Kind(Enum):
@@ -50,13 +56,16 @@ class SegmentName:
     hash: bytes
     # every path and file name derives from the stem: formatted once, on first use
     _stem: str | None = field(default=None, init=False, repr=False, compare=False)
+    # a downloader's temp file has a UUID where the hash goes (then `hash` is b"")
+    temp_id: str | None = None
 
     @property
     def stem(self) -> str:
         """The file name without suffix: `MM:SS.ffffff-DURATION-TYPE-HASH`."""
         if self._stem is None:
+            tail = self.temp_id if self.temp_id is not None else encode_hash(self.hash)
             object.__setattr__(self, "_stem", (
-                f"{self.start:%M:%S.%f}-{self.duration:f}-{self.type}-{encode_hash(self.hash)}"
+                f"{self.start:%M:%S.%f}-{self.duration:f}-{self.type}-{tail}"
             ))
         return self._stem  # type: ignore[return-value]
 
@@ -83,7 +92,7 @@ class SegmentName:
 
     @property
     def hash_text(self) -> str:
-        return encode_hash(self.hash)
+        return self.temp_id if self.temp_id is not None else encode_hash(self.hash)
 
     @property
     def end(self) -> dt.datetime:
@@ -184,13 +193,18 @@ def parse_filename(
         raise SegmentNameError(
             f"type {type_text!r} is not one of {', '.join(SEGMENT_TYPES)}"
         )
-    digest = decode_hash(hash_text)
+    temp_id = None
+    if type_text == "temp" and _TEMP_ID.match(hash_text):
+        digest, temp_id = b"", hash_text
+    else:
+        digest = decode_hash(hash_text)
     start = hour_start + dt.timedelta(minutes=minutes, seconds=seconds, microseconds=micros)
     try:
         start + dt.timedelta(seconds=float(duration))
     except OverflowError:
         raise SegmentNameError(f"segment {filename!r} ends after year 9999") from None
-    return SegmentName(channel, quality, hour, start, duration, type_text, digest), kind
+    return SegmentName(channel, quality, hour, start, duration, type_text, digest,
+                       temp_id=temp_id), kind
 
 
 def parse_path(path: object) -> tuple[SegmentName, Kind]:

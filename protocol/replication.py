@@ -8,6 +8,7 @@ from typing import Iterable, Mapping, Sequence, TypeVar
 
 from .errors import SegmentNameError
 from .names import Kind, SegmentName, parse_filename, tombstone_filename_for
+from .recording import NearDuplicates
 
 T = TypeVar("T")
 
@@ -30,6 +31,7 @@ class FetchPlan:
     skipped_recent: int = 0
     skipped_temp: int = 0
     skipped_tombstoned: int = 0
+    skipped_near_duplicate: int = 0
     invalid: int = 0
 
 
@@ -49,6 +51,7 @@ def plan_hour(
     within `recent_window` seconds of `now` are left for a later round.
     """
     plan = FetchPlan()
+    near: NearDuplicates | None = None  # built on the first name that needs it
     cutoff = now - dt.timedelta(seconds=recent_window)
     for filename in peer_names:
         if filename in local_names:
@@ -68,7 +71,12 @@ def plan_hour(
         elif name.start > cutoff:
             plan.skipped_recent += 1
         else:
-            plan.fetch.append(name)
+            if near is None:
+                near = NearDuplicates(channel, quality, hour, local_names)
+            if name in near:
+                plan.skipped_near_duplicate += 1
+            else:
+                plan.fetch.append(name)
     # newest first: the freshest video is the most likely to be watched
     plan.fetch.sort(key=lambda n: n.start, reverse=True)
     return plan

@@ -108,7 +108,8 @@ async def wait_until_json(http, url, predicate, timeout=10.0):
 
 
 async def test_peer_map_and_difference(cluster_factory):
-    async with cluster_factory(2, connect=False) as c:
+    # push off: a late watcher event of the files written below must not push them
+    async with cluster_factory(2, connect=False, push=False) as c:
         a, b = c.nodes
         start = hour_start(3)
         write_hour(c.root(0), start)
@@ -117,7 +118,7 @@ async def test_peer_map_and_difference(cluster_factory):
         write_hour(c.root(1), start + dt.timedelta(hours=1), channel="other")
         await a.local_files.rescan(announce_new=False)
         await b.local_files.rescan(announce_new=False)
-        # a peer for maps only: nothing new to push, its first round an hour away
+        # a peer for maps only: no push, its first round an hour away
         await a.set_peers([peer_of(b)])
         peer = b.config.node_name
         async with httpx.AsyncClient(base_url=a.url) as http:

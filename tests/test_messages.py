@@ -17,6 +17,7 @@ from protocol.digests import hours_between
 from protocol.errors import ProtocolError
 from protocol.messages import (
     ACK_STATUSES,
+    MAX_RETRY_AFTER,
     MESSAGE_TYPES,
     OFFER_STATUSES,
     Ack,
@@ -30,6 +31,7 @@ from protocol.messages import (
     ListingRequest,
     Message,
     Offer,
+    OfferLater,
     OfferReply,
     PairDigests,
     PairDigestsRequest,
@@ -65,6 +67,8 @@ def examples() -> list[Message]:
         Offer(SEGMENT_PATH, 0),
         Offer(SEGMENT_PATH, limits.MAX_SEGMENT_BYTES),
         *(OfferReply(s) for s in OFFER_STATUSES),
+        OfferLater(1.0),
+        OfferLater(MAX_RETRY_AFTER),
         Tombstone(TOMBSTONE_PATH),
         *(Ack(s) for s in ACK_STATUSES),
         PairDigestsRequest("2019-11-13T00", "2019-11-13T05"),
@@ -113,6 +117,9 @@ def status_examples() -> list[StatusReply]:
             checked=10, bytes=2_000_000, rotten=2, healed=1, lost=1,
             lost_paths=[SEGMENT_PATH], last_full_pass=5.0, pass_started=15.0,
             position=SEGMENT_PATH)),
+        StatusReply("e", "http://e:8200", 10, 20, 3, [
+            PeerStatus("http://a:8200", name="a", push_deferred=4)],
+            defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2),
         StatusReply("c", "https://c:8200", 10, 20, 0, [], tls=TlsStatus(
             "/etc/segsync/tls/node.crt", subject="CN=c", not_after=1_800_000_000.0,
             loaded_at=15.0, problem=None, reload_error="not a usable pair")),
@@ -295,6 +302,15 @@ LISTING = Listing("desertbus", "source", HOUR, [SEGMENT_FILE])
         (with_field(OfferReply("want"), status=b"want"), "status must be one of"),
         (with_field(OfferReply("want"), status="stored"), "status must be one of"),
         (with_field(OfferReply("want"), status=["want"]), "status must be one of"),
+        (with_field(OfferReply("want"), status="later"), "status must be one of"),
+        (with_field(OfferReply("want"), retry_after=1.0), "unexpected fields: retry_after"),
+        (with_field(OfferLater(1.0), retry_after=0), "retry_after must be a number"),
+        (with_field(OfferLater(1.0), retry_after=-1), "retry_after must be a number"),
+        (with_field(OfferLater(1.0), retry_after=MAX_RETRY_AFTER * 2), "retry_after must be"),
+        (with_field(OfferLater(1.0), retry_after=True), "retry_after must be a number"),
+        (with_field(OfferLater(1.0), retry_after="1"), "retry_after must be a number"),
+        (with_field(OfferLater(1.0), retry_after=float("nan")), "retry_after must be"),
+        (with_field(OfferLater(1.0), status="want"), "unexpected fields: status"),
         (with_field(Ack("stored"), status="want"), "status must be one of"),
         (with_field(Ack("stored"), status=1), "status must be one of"),
         (with_field(Error("a", "b"), code=1), "code must be a string"),
@@ -584,6 +600,7 @@ hours = st.datetimes().map(lambda t: f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t
     st.builds(ListingRequest, components, components, hours),
     st.builds(Error, st.text(max_size=100), st.text(max_size=300)),
     st.builds(OfferReply, st.sampled_from(OFFER_STATUSES)),
+    st.builds(OfferLater, st.floats(0.001, MAX_RETRY_AFTER)),
 ))
 def test_random_valid_messages_round_trip(message):
     assert decode(encode(message), max_bytes=BIG) == message
@@ -677,13 +694,16 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
     obj = obj_of(status_examples()[1])
     assert obj["v"] == 1 and obj["type"] == "status"
     assert set(obj) == {"v", "type", "node", "url", "started_at", "time", "segments", "peers",
-                        "peer_sources", "scrub", "tls"}
+                        "peer_sources", "scrub", "tls",
+                        # downloader-aware push (optional: older readers ignore them)
+                        "defer_push", "deferred_offers", "deferral_saved",
+                        "holes_filled_by_push"}
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
     assert obj["tls"] is None  # plain http
     assert obj["peers"][0] == {
         "url": "http://a:8200", "name": None, "kind": None, "queue_depth": 3, "last_push": 15.5, "push_error": None,
-        "push_dropped": 0, "last_round": 12.0, "round_ok": True, "round_error": None,
-        "missing": 0, "reachable": True, "reach_error": None,
+        "push_dropped": 0, "push_deferred": None, "last_round": 12.0, "round_ok": True,
+        "round_error": None, "missing": 0, "reachable": True, "reach_error": None,
     }
 
 
@@ -712,7 +732,7 @@ def test_status_reply_scrub_is_optional_and_open():
 
 def test_status_reply_tls_map():
     """A TLS node's certificate as status shows it: open too, bad values refused."""
-    message = status_examples()[3]
+    message = status_examples()[4]
     obj = obj_of(message)
     assert obj["tls"] == {"cert": "/etc/segsync/tls/node.crt", "subject": "CN=c",
                           "not_after": 1_800_000_000.0, "loaded_at": 15.0, "problem": None,

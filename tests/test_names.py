@@ -542,3 +542,31 @@ def test_parse_path_on_mutated_names_only_raises_segment_name_error(text):
 def test_parse_path_on_non_strings_raises_segment_name_error(value):
     with pytest.raises(SegmentNameError):
         parse_path(value)
+
+
+TEMP_IDS = [
+    "3f2b8c1e-6a4d-4e8b-9c1a-0f1e2d3c4b5a",  # str(uuid.uuid4()), as wubloader writes it
+    "3F2B8C1E-6A4D-4E8B-9C1A-0F1E2D3C4B5A",
+    "3f2b8c1e6a4d4e8b9c1a0f1e2d3c4b5a",
+    EXAMPLE_HASH,  # a temp named with the hash it will have
+]
+
+
+@pytest.mark.parametrize("temp_id", TEMP_IDS)
+def test_downloader_temp_names_parse_as_temp_segments(temp_id):
+    path = with_file(f"45:51.608000-2.002-temp-{temp_id}")
+    name, kind = parse_path(path)
+    assert (name.type, kind, name.replicable) == ("temp", Kind.SEGMENT, False)
+    assert name.format() == path
+    assert name.hash == (b"" if temp_id != EXAMPLE_HASH else name.hash)
+
+
+@pytest.mark.parametrize("bad", [
+    "45:51.608000-2.0-full-3f2b8c1e-6a4d-4e8b-9c1a-0f1e2d3c4b5a",  # a UUID is no hash
+    "45:51.608000-2.0-temp-3f2b8c1e-6a4d-4e8b-9c1a-0f1e2d3c4b5",
+    "45:51.608000-2.0-temp-3f2b8c1e-6a4d-4e8b-9c1a-0f1e2d3c4b5g",
+    "45:51.608000-2.0-temp-",
+])
+def test_near_temp_names_are_still_refused(bad):
+    with pytest.raises(SegmentNameError):
+        parse_path(with_file(bad))

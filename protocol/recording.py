@@ -1,0 +1,225 @@
+"""Downloader-aware push, the pure part: does this node record a (channel, quality)
+itself, and should an offered segment wait for the local downloader?
+
+A node whose own downloader records a pair does not want a segment that downloader is
+about to write (the recent window's reason, applied to push): it answers an offer
+"later". It still wants at once a segment the downloader has already passed (a
+hole), and a node that records nothing wants everything at once. No I/O, no clock:
+callers pass `now` (any monotonic clock, in seconds) to every time-dependent call.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Generic, Iterable, TypeVar
+
+from .errors import SegmentNameError
+from .names import Kind, SegmentName, parse_filename
+
+# downloaders compute start times from playlists with small float differences: two
+# segments this close with the same duration, type and hash are the same segment
+NEAR_DUPLICATE = dt.timedelta(milliseconds=1)
+
+MIN_RETRY_AFTER = 0.25
+MAX_RETRY_AFTER = 5.0
+# a temp file this old is a download that died (a crashed downloader leaves its temp)
+TEMP_TTL = 30.0
+MAX_PAIRS = 1024        # (channel, quality) pairs whose downloader state is kept
+MAX_TEMPS_PER_PAIR = 64  # downloads in progress remembered per pair
+
+
+def near_duplicate(name: SegmentName, local: Iterable[SegmentName]) -> bool:
+    """True when a local segment has the same duration, type and hash and starts
+    within NEAR_DUPLICATE of `name` (an exact match counts too)."""
+    return any(
+        other.hash == name.hash and other.type == name.type
+        and other.duration == name.duration
+        and abs(other.start - name.start) <= NEAR_DUPLICATE
+        for other in local
+    )
+
+
+class NearDuplicates:
+    """The segment file names of one hour, grouped by hash, to ask `near_duplicate`
+    of many offered or listed names without comparing each with every local one."""
+
+    def __init__(self, channel: str, quality: str, hour: str, filenames: Iterable[str]) -> None:
+        self._where = (channel, quality, hour)
+        self._by_hash: dict[str, list[str]] = {}
+        for filename in filenames:
+            if filename.endswith(".ts"):
+                self._by_hash.setdefault(filename[-46:-3], []).append(filename)
+
+    def __contains__(self, name: SegmentName) -> bool:
+        if not name.replicable or (name.channel, name.quality, name.hour) != self._where:
+            return False
+        local = []
+        for filename in self._by_hash.get(name.hash_text, ()):
+            try:
+                other, kind = parse_filename(*self._where, filename)
+            except SegmentNameError:
+                continue
+            if kind is Kind.SEGMENT:
+                local.append(other)
+        return near_duplicate(name, local)
+
+
+def retry_after_for(name: SegmentName) -> float:
+    """How long a deferred sender waits before offering again: half a segment, so a
+    hole is noticed within about one segment of the downloader passing it."""
+    return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, float(name.duration) / 2))
+
+
+def left_to_backfill(name: SegmentName, wall_now: dt.datetime, recent_window: float) -> bool:
+    """A deferred segment older than the recent window is no longer push's business:
+    backfill fetches it if the local downloader never wrote it."""
+    return name.start < wall_now - dt.timedelta(seconds=recent_window)
+
+
+@dataclass
+class PairRecording:
+    """What the local downloader did lately for one (channel, quality)."""
+
+    frontier: dt.datetime | None = None   # latest start the downloader wrote
+    last_seen: float = float("-inf")      # `now` of its latest segment or temp file
+    # starts of downloads in progress (temp files) -> `now` when seen
+    temps: collections.OrderedDict[dt.datetime, float] = field(
+        default_factory=collections.OrderedDict)
+
+
+@dataclass(frozen=True)
+class OfferDecision:
+    status: str                      # "want" or "later"
+    reason: str                      # "idle", "old", "hole", "ahead", "in_progress"
+    retry_after: float | None = None
+
+
+class RecordingState:
+    """Per pair: is the local downloader recording it, and how far has it got.
+
+    Fed with what appears in the archive that no peer sent (segments and temp files);
+    a pair counts as recorded while such a file appeared within `idle_after` seconds.
+    Bounded: MAX_PAIRS pairs (the least recently active forgotten first) and
+    MAX_TEMPS_PER_PAIR temps per pair (the oldest forgotten first).
+    """
+
+    def __init__(self, idle_after: float, temp_ttl: float, recent_window: float) -> None:
+        self.idle_after = idle_after
+        self.temp_ttl = temp_ttl
+        self.recent_window = recent_window
+        self._pairs: collections.OrderedDict[tuple[str, str], PairRecording] = (
+            collections.OrderedDict())
+
+    def _pair(self, name: SegmentName) -> PairRecording:
+        key = (name.channel, name.quality)
+        pair = self._pairs.get(key)
+        if pair is None:
+            pair = self._pairs[key] = PairRecording()
+            while len(self._pairs) > MAX_PAIRS:
+                self._pairs.popitem(last=False)
+        self._pairs.move_to_end(key)
+        return pair
+
+    def get(self, channel: str, quality: str) -> PairRecording | None:
+        return self._pairs.get((channel, quality))
+
+    def segment_written(self, name: SegmentName, now: float) -> None:
+        """The local downloader finished a segment (final name, not from a peer)."""
+        pair = self._pair(name)
+        pair.last_seen = now
+        if pair.frontier is None or name.start > pair.frontier:
+            pair.frontier = name.start
+        _drop_temp(pair, name.start)
+
+    def temp_appeared(self, name: SegmentName, now: float) -> None:
+        pair = self._pair(name)
+        pair.last_seen = now
+        pair.temps[name.start] = now
+        pair.temps.move_to_end(name.start)
+        while len(pair.temps) > MAX_TEMPS_PER_PAIR:
+            pair.temps.popitem(last=False)
+
+    def temp_gone(self, name: SegmentName) -> None:
+        pair = self._pairs.get((name.channel, name.quality))
+        if pair is not None:
+            _drop_temp(pair, name.start)
+
+    def recording(self, channel: str, quality: str, now: float) -> bool:
+        pair = self._pairs.get((channel, quality))
+        return pair is not None and now - pair.last_seen <= self.idle_after
+
+    def decide(self, name: SegmentName, now: float, wall_now: dt.datetime) -> OfferDecision:
+        return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
+                              wall_now, self.idle_after, self.temp_ttl, self.recent_window)
+
+
+def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:
+    for t in [t for t in pair.temps if abs(t - start) <= NEAR_DUPLICATE]:
+        del pair.temps[t]
+
+
+def offer_decision(
+    name: SegmentName, pair: PairRecording | None, now: float, wall_now: dt.datetime,
+    idle_after: float, temp_ttl: float, recent_window: float,
+) -> OfferDecision:
+    """A segment we neither hold nor have tombstoned is offered: now or later?
+
+    - the pair is not recorded here (nothing of ours appeared within `idle_after`):
+      want, as any archive-only node;
+    - it started before our recent window (`wall_now - recent_window`): want, our
+      downloader is no longer expected to fetch it (backfill would fetch it too);
+    - a download of that start is in progress here (a temp file younger than
+      `temp_ttl`): later;
+    - it starts after everything our downloader wrote (its frontier): later;
+    - otherwise our downloader passed it without writing it, a hole: want.
+    """
+    if pair is None or now - pair.last_seen > idle_after:
+        return OfferDecision("want", "idle")
+    if left_to_backfill(name, wall_now, recent_window):
+        return OfferDecision("want", "old")
+    retry = retry_after_for(name)
+    for start, seen in pair.temps.items():
+        if abs(start - name.start) <= NEAR_DUPLICATE and now - seen <= temp_ttl:
+            return OfferDecision("later", "in_progress", retry)
+    if pair.frontier is None or name.start > pair.frontier + NEAR_DUPLICATE:
+        return OfferDecision("later", "ahead", retry)
+    return OfferDecision("want", "hole")
+
+
+T = TypeVar("T")
+
+
+class DeferredQueue(Generic[T]):
+    """Items waiting until a due time (offers a peer asked us to repeat later).
+
+    Bounded: `park` refuses past `max_items` (the caller then leaves the item to
+    backfill). Pure: the caller passes its clock's `now` and sleeps until `next_due`.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._heap: list[tuple[float, int, T]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def park(self, item: T, due: float) -> bool:
+        if len(self._heap) >= self.max_items:
+            return False
+        heapq.heappush(self._heap, (due, next(self._order), item))
+        return True
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[T]:
+        """Every item due at `now`, earliest first."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            out.append(heapq.heappop(self._heap)[2])
+        return out

@@ -1,0 +1,232 @@
+"""Downloader-aware push with real agents and real files (issue 11).
+
+Node 0 pushes; node 1 records the same stream with a synthetic downloader (temp file
+with a UUID, then rename, behind node 0); node 2 (when there is one) only archives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import httpx
+
+from agent.client import ClientFactory
+from conftest import wait_until
+from helpers import make_name, peer_label, push_state, write_segment_file
+from protocol import messages as m
+from protocol.digests import hour_digest
+
+PAIR = ("desertbus", "source")
+DEFER = dict(recent_window=120, recording_idle=10)
+
+
+def temp_path(root: Path, name, temp_id: str | None = None) -> Path:
+    """Where wubloader's downloader writes `name` while it downloads it."""
+    temp_id = temp_id or str(uuid.uuid4())
+    return (Path(root) / name.hour_path /
+            f"{name.start:%M:%S.%f}-{name.duration:f}-temp-{temp_id}.ts")
+
+
+def start_download(root: Path, name, data: bytes) -> Path:
+    path = temp_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def finish_download(temp: Path, root: Path, name) -> None:
+    os.rename(temp, Path(root) / name.path)
+
+
+def downloader_writes(root: Path, name, data: bytes) -> None:
+    finish_download(start_download(root, name, data), root, name)
+
+
+def stream(count: int) -> list[tuple[object, bytes]]:
+    """`count` 2-second segments of a live stream that started 20 s ago."""
+    base = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=20)).replace(microsecond=0)
+    out = []
+    for i in range(count):
+        data = os.urandom(50_000 + i)
+        out.append((make_name(data, base + dt.timedelta(seconds=2 * i)), data))
+    return out
+
+
+def pushes(node, peer, outcome: str) -> float:
+    """`node`'s pushes to the node `peer` with that outcome (labelled by peer name)."""
+    return node.metrics.pushes.labels(peer_label(node, peer.url), "segment",
+                                      outcome)._value.get()
+
+
+def received_bytes(node) -> float:
+    return node.metrics.bytes.labels("received")._value.get()
+
+
+def frontier(node):
+    pair = node.downloader.state.get(*PAIR)
+    return pair.frontier if pair else None
+
+
+def copies(root: Path, name) -> list[str]:
+    """Every file of that start time in its hour directory (versions and temps)."""
+    prefix = f"{name.start:%M:%S.%f}-"
+    return sorted(p.name for p in (Path(root) / name.hour_path).iterdir()
+                  if p.name.startswith(prefix))
+
+
+async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factory):
+    async with cluster_factory(3, **DEFER) as c:
+        a, b, archive = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        downloader_writes(c.root(1), s0, d0)  # node 1 records this pair
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)  # node 0's downloader is ahead
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        # the archive-only node got it at once, without any deferral
+        await wait_until(lambda: (c.root(2) / s1.path).exists())
+        await wait_until(lambda: pushes(a, archive, "stored") == 1)
+        assert pushes(a, archive, "deferred") == 0
+        # node 1's downloader catches up: temp file, then rename
+        temp = start_download(c.root(1), s1, d1)
+        await wait_until(lambda: b.downloader.state.get(*PAIR).temps)
+        finish_download(temp, c.root(1), s1)
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
+        assert b.downloader.deferral_saved == 1
+        assert b.downloader.deferred_offers >= 1
+        assert b.metrics.push_deferral_saved._value.get() == 1
+        assert received_bytes(b) == 0
+        assert b.metrics.received.labels("segment", "stored")._value.get() == 0
+        assert copies(c.root(1), s1) == [s1.filename]
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        assert push_state(a, b.url).deferred == 0
+        async with ClientFactory().client(b.url) as client:
+            status = await client.status()
+        assert status.defer_push is True
+        assert status.deferral_saved == 1 and status.deferred_offers >= 1
+        assert {p.url: p.push_deferred for p in status.peers}[a.url] == 0
+
+
+async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1), (s2, d2) = stream(3)
+        downloader_writes(c.root(1), s0, d0)
+        downloader_writes(c.root(1), s2, d2)  # skipped s1
+        await wait_until(lambda: frontier(b) == s2.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: (c.root(1) / s1.path).exists())
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        assert pushes(a, b, "deferred") == 0
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
+
+
+async def test_deferred_segment_the_downloader_skips_arrives_by_push(cluster_factory):
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1), (s2, d2) = stream(3)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        downloader_writes(c.root(1), s2, d2)  # goes past s1 without writing it
+        await wait_until(lambda: (c.root(1) / s1.path).exists(), timeout=15)
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
+        assert b.downloader.deferral_saved == 0
+        assert b.metrics.push_holes_filled._value.get() == 1
+
+
+async def test_deferred_segment_arrives_when_the_downloader_stops(cluster_factory):
+    async with cluster_factory(2, recent_window=120, recording_idle=1.5) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        # node 1's downloader writes nothing more: once idle, the pair is not waited for
+        await wait_until(lambda: (c.root(1) / s1.path).exists(), timeout=15)
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        await wait_until(lambda: pushes(a, b, "stored") == 1)
+
+
+async def test_no_deferral_when_turned_off_or_for_an_older_pusher(cluster_factory):
+    async with cluster_factory(1, **DEFER) as c:
+        (b,) = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        downloader_writes(c.root(0), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        async with ClientFactory().client(b.url) as client:
+            # an older pusher does not announce "later": it is told "want"
+            assert await client.offer(s1, len(d1)) == "want"
+            assert await client.offer_deferrable(s1, len(d1)) == m.OfferLater(1.0)
+            b.downloader.enabled = False  # what `defer-push = false` sets
+            assert await client.offer_deferrable(s1, len(d1)) == m.OfferReply("want")
+        other = await c.start_node(defer_push=False, **DEFER)
+        assert other.downloader.enabled is False
+
+
+async def test_near_duplicate_is_not_wanted(cluster_factory):
+    async with cluster_factory(1) as c:
+        (b,) = c.nodes
+        (s0, d0), = stream(1)
+        downloader_writes(c.root(0), s0, d0)
+        await wait_until(lambda: b.index.segment_count() == 1)
+        shifted = make_name(d0, s0.start + dt.timedelta(microseconds=700))
+        async with ClientFactory().client(b.url) as client:
+            assert await client.offer_deferrable(shifted, len(d0)) == m.OfferReply("have")
+            assert await client.offer(shifted, len(d0)) == "have"
+            other_bytes = make_name(b"x" * 10, s0.start + dt.timedelta(microseconds=700))
+            assert await client.offer(other_bytes, 10) == "want"
+        assert b.metrics.push_near_duplicates._value.get() == 2
+
+
+async def test_temp_names_never_listed_pushed_or_warned_about(cluster_factory, caplog):
+    caplog.set_level(logging.WARNING)
+    async with cluster_factory(2) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        write_segment_file(c.root(0), s0, d0)
+        await wait_until(lambda: (c.root(1) / s0.path).exists())
+        forms = [str(uuid.uuid4()), str(uuid.uuid4()).upper(), uuid.uuid4().hex, s1.hash_text]
+        temps = [temp_path(c.root(0), s1, f) for f in forms]
+        for t in temps:
+            t.write_bytes(d1)
+        await wait_until(lambda: a.downloader.state.get(*PAIR) is not None
+                         and a.downloader.state.get(*PAIR).temps)
+        await a.local_files.rescan(announce_new=True)
+        hour = s0.hour
+        async with ClientFactory().client(a.url) as client:
+            listing = await client.listing(*PAIR, hour)
+            assert listing.names == [s0.filename]
+            digests = await client.hour_digests(*PAIR, hour, hour)
+            assert [tuple(h) for h in digests.hours] == [(hour, hour_digest([s0.filename]))]
+        async with httpx.AsyncClient(base_url=a.url) as http:
+            files = (await http.get(f"/files/{PAIR[0]}/{PAIR[1]}/{hour}")).json()
+            assert files == [s0.filename]
+        for node in c.nodes:
+            for pusher in node.pusher.pushers.values():
+                assert pusher.depth() == 0
+        assert copies(c.root(1), s1) == []  # not pushed
+        assert not [r for r in caplog.records if "temp" in r.getMessage()]
+
+
+async def test_downloader_writing_a_near_duplicate_name_saves_the_deferred_push(cluster_factory):
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1) = stream(2)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        # node 1's downloader computed the start time 300 us later: same bytes
+        mine = make_name(d1, s1.start + dt.timedelta(microseconds=300))
+        downloader_writes(c.root(1), mine, d1)
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
+        assert b.downloader.deferral_saved == 1
+        assert received_bytes(b) == 0
+        assert not (c.root(1) / s1.path).exists()

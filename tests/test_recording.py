@@ -1,0 +1,272 @@
+"""Pure decisions of downloader-aware push: recording state, frontier, near-duplicates,
+the deferred-offer queue, and the "later" offer reply on the wire."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from protocol import messages as m
+from protocol.errors import ProtocolError
+from protocol.names import parse_path
+from protocol.recording import (
+    MAX_PAIRS,
+    MAX_TEMPS_PER_PAIR,
+    DeferredQueue,
+    NearDuplicates,
+    RecordingState,
+    left_to_backfill,
+    near_duplicate,
+    retry_after_for,
+)
+from protocol.replication import plan_hour
+from tests.helpers import make_name
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2019, 11, 13, 2, 30, 0, tzinfo=UTC)
+UUID = "3f2b8c1e-6a4d-4e8b-9c1a-0f1e2d3c4b5a"
+
+
+def seg(second: float, data: bytes | None = None, **kw):
+    start = T0 + dt.timedelta(seconds=second)
+    return make_name(data if data is not None else f"s{second}".encode(), start, **kw)
+
+
+def temp(second: float):
+    start = T0 + dt.timedelta(seconds=second)
+    return parse_path(f"desertbus/source/2019-11-13T02/{start:%M:%S.%f}-2.0-temp-{UUID}.ts")[0]
+
+
+WALL = T0 + dt.timedelta(seconds=30)  # the wall clock: segments at T0+10.. are recent
+
+
+class State(RecordingState):
+    def decide(self, name, now, wall_now=WALL):
+        return super().decide(name, now, wall_now)
+
+
+def state(idle=10.0, ttl=60.0, window=120.0) -> RecordingState:
+    return State(idle_after=idle, temp_ttl=ttl, recent_window=window)
+
+
+def test_a_pair_nothing_recorded_wants_everything():
+    s = state()
+    d = s.decide(seg(100), now=0.0)
+    assert (d.status, d.reason) == ("want", "idle")
+
+
+def test_ahead_of_the_frontier_is_later_a_passed_hole_is_wanted():
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    ahead = s.decide(seg(12), now=0.5)
+    assert (ahead.status, ahead.reason) == ("later", "ahead")
+    assert ahead.retry_after == retry_after_for(seg(12)) == 1.0
+    s.segment_written(seg(14), now=3.0)  # the downloader went past 12 without it
+    hole = s.decide(seg(12), now=3.1)
+    assert (hole.status, hole.reason) == ("want", "hole")
+    # the frontier itself, a few hundred microseconds off, is not "ahead"
+    assert s.decide(seg(14.0005), now=3.1).status == "want"
+
+
+def test_a_download_in_progress_defers_even_behind_the_frontier():
+    s = state()
+    s.segment_written(seg(14), now=0.0)
+    s.temp_appeared(temp(12), now=0.1)
+    d = s.decide(seg(12), now=0.2)
+    assert (d.status, d.reason) == ("later", "in_progress")
+    s.temp_gone(temp(12))
+    assert s.decide(seg(12), now=0.3).status == "want"
+
+
+def test_a_stale_temp_file_stops_deferring():
+    s = state(idle=10, ttl=5)
+    s.segment_written(seg(14), now=0.0)
+    s.temp_appeared(temp(12), now=0.0)
+    s.segment_written(seg(16), now=6.0)  # still recording, the temp is 6 s old
+    assert s.decide(seg(12), now=6.0).reason == "hole"
+
+
+def test_a_downloader_that_stopped_is_not_waited_for():
+    s = state(idle=10)
+    s.segment_written(seg(10), now=0.0)
+    assert s.decide(seg(12), now=9.0).status == "later"
+    assert s.recording("desertbus", "source", 9.0)
+    d = s.decide(seg(12), now=10.5)
+    assert (d.status, d.reason) == ("want", "idle")
+    assert not s.recording("desertbus", "source", 10.5)
+
+
+def test_a_segment_older_than_the_recent_window_is_wanted_at_once():
+    s = state(window=120)
+    s.segment_written(seg(10), now=0.0)
+    later = T0 + dt.timedelta(seconds=12 + 121)
+    assert s.decide(seg(12), now=0.1, wall_now=later).reason == "old"
+    no_window = state(window=0)
+    no_window.segment_written(seg(10), now=0.0)
+    assert no_window.decide(seg(12), now=0.1).reason == "old"
+
+
+def test_recording_is_per_pair():
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    assert s.decide(seg(12, quality="480p"), now=0.1).status == "want"
+    assert s.decide(seg(12, channel="other"), now=0.1).status == "want"
+
+
+def test_temp_alone_marks_the_pair_recorded():
+    s = state()
+    s.temp_appeared(temp(12), now=0.0)
+    assert s.decide(seg(12), now=0.1).reason == "in_progress"
+    assert s.decide(seg(20), now=0.1).reason == "ahead"  # no frontier yet: all ahead
+
+
+def test_state_is_bounded():
+    s = state()
+    for i in range(MAX_TEMPS_PER_PAIR + 10):
+        s.temp_appeared(temp(i), now=0.0)
+    assert len(s.get("desertbus", "source").temps) == MAX_TEMPS_PER_PAIR
+    for i in range(MAX_PAIRS + 5):
+        s.segment_written(seg(1, channel=f"c{i}"), now=float(i))
+    assert s.get("c0", "source") is None
+    assert s.get(f"c{MAX_PAIRS + 4}", "source") is not None
+
+
+def test_retry_after_is_half_a_segment_within_bounds():
+    assert retry_after_for(seg(0, duration="2.0")) == 1.0
+    assert retry_after_for(seg(0, duration="0.1")) == 0.25
+    assert retry_after_for(seg(0, duration="60")) == 5.0
+
+
+def test_left_to_backfill_once_older_than_the_recent_window():
+    name = seg(0)
+    assert not left_to_backfill(name, T0 + dt.timedelta(seconds=119), 120)
+    assert left_to_backfill(name, T0 + dt.timedelta(seconds=121), 120)
+
+
+# ---- near-duplicates ----
+
+def test_near_duplicate_same_bytes_within_a_millisecond():
+    a = seg(10, b"x")
+    assert near_duplicate(seg(10.0009, b"x"), [a])
+    assert near_duplicate(seg(9.999, b"x"), [a])
+    assert not near_duplicate(seg(10.0011, b"x"), [a])
+    assert not near_duplicate(seg(10.0005, b"y"), [a])  # other bytes
+    assert not near_duplicate(seg(10.0005, b"x", duration="2.002"), [a])
+    assert not near_duplicate(seg(10.0005, b"x", type_="suspect"), [a])
+
+
+def test_near_duplicates_of_a_listing():
+    local = [seg(10, b"x").filename, seg(12, b"z").filename, "junk.ts",
+             "00:00.000000-2.0-full-bad.ts"]
+    near = NearDuplicates("desertbus", "source", "2019-11-13T02", local)
+    assert seg(10.0004, b"x") in near
+    assert seg(12.0004, b"x") not in near
+    assert seg(10.0004, b"x", quality="480p") not in near
+
+
+def test_backfill_does_not_fetch_a_near_duplicate():
+    mine = seg(10, b"x")
+    theirs = seg(10.0003, b"x")
+    other = seg(14, b"w")
+    plan = plan_hour("desertbus", "source", "2019-11-13T02", [theirs.filename, other.filename],
+                     {mine.filename}, T0 + dt.timedelta(hours=1), 0)
+    assert [n.filename for n in plan.fetch] == [other.filename]
+    assert plan.skipped_near_duplicate == 1
+
+
+# ---- the deferred-offer queue ----
+
+def test_deferred_queue_releases_in_due_order_and_is_bounded():
+    q: DeferredQueue[str] = DeferredQueue(max_items=3)
+    assert q.park("b", 2.0) and q.park("a", 1.0) and q.park("c", 2.0)
+    assert not q.park("d", 0.5)  # full: the caller leaves it to backfill
+    assert q.next_due() == 1.0
+    assert q.pop_due(0.9) == []
+    assert q.pop_due(2.0) == ["a", "b", "c"]
+    assert len(q) == 0 and q.next_due() is None
+
+
+# ---- the reply on the wire ----
+
+def test_later_is_a_message_of_its_own_and_offer_reply_is_unchanged():
+    later = m.decode(m.encode(m.OfferLater(1.5)), (m.OfferReply, m.OfferLater))
+    assert later == m.OfferLater(1.5)
+    assert m.unpack_bounded(m.encode(m.OfferReply("want")), 1024) == {
+        "v": 1, "type": "offer_reply", "status": "want"}  # what an older peer decodes
+    with pytest.raises(ProtocolError):  # what an older pusher would do with it
+        m.decode(m.encode(m.OfferLater(1.5)), m.OfferReply)
+
+
+@pytest.mark.parametrize("obj", [
+    {"type": "offer_later"},
+    {"type": "offer_later", "retry_after": 0},
+    {"type": "offer_later", "retry_after": -1},
+    {"type": "offer_later", "retry_after": 1e9},
+    {"type": "offer_later", "retry_after": True},
+    {"type": "offer_later", "retry_after": "1"},
+    {"type": "offer_reply", "status": "later"},
+    {"type": "offer_reply", "status": "want", "retry_after": 1.0},
+])
+def test_bad_later_replies_are_refused(obj):
+    import msgpack
+    with pytest.raises(ProtocolError):
+        m.decode(msgpack.packb({"v": 1, **obj}), (m.OfferReply, m.OfferLater))
+
+
+def test_status_shows_the_deferral_counters():
+    from agent.status_view import render_status
+
+    base = m.StatusReply(node="a", url="http://a", started_at=0.0, time=10.0, segments=3,
+                         peers=[])
+    text = render_status(dataclasses.replace(
+        base, defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2))
+    assert "downloader-aware push on: 12 offers deferred, 10 saved by our downloader, " \
+           "2 holes filled by push" in text
+    assert "downloader-aware push" not in render_status(base)  # an older node
+
+
+def test_defer_push_config_key(tmp_path):
+    from agent.config import ConfigError, build_config, load_toml
+
+    toml = tmp_path / "segsync.toml"
+    toml.write_text("defer-push = false\nrecording-idle = 4\n")
+    cfg = build_config({"root": tmp_path, **load_toml(toml)})
+    assert (cfg.defer_push, cfg.recording_idle) == (False, 4.0)
+    assert build_config({"root": tmp_path}).defer_push is True
+    for bad in ({"defer_push": "no"}, {"recording_idle": 0}):
+        with pytest.raises(ConfigError):
+            build_config({"root": tmp_path, **bad})
+
+
+async def test_reoffers_hand_items_back_when_due_and_refuse_old_ones(autojump_clock):
+    import trio
+
+    from agent.reoffer import ReOffers
+
+    requeued: list[tuple[float, str]] = []
+    wall = [T0 + dt.timedelta(seconds=30)]
+    names = {"a": seg(10), "b": seg(12), "old": seg(-200)}
+    reoffers: ReOffers[str] = ReOffers(
+        lambda item: requeued.append((trio.current_time(), item)), names.__getitem__,
+        recent_window=120, max_items=2, wall_clock=lambda: wall[0])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reoffers.run)
+        start = trio.current_time()
+        assert reoffers.park("a", 2.0)
+        assert reoffers.park("b", 0.5)  # due earlier than the item already waiting
+        assert not reoffers.park("old", 1.0)  # older than the recent window: backfill's
+        assert not reoffers.park("a", 1.0)  # full
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert [(round(t - start, 3), item) for t, item in requeued] == [(0.5, "b"), (2.0, "a")]
+    assert len(reoffers) == 0
+
+
+def test_backfill_skips_a_peers_downloader_temp_files_as_temp_not_invalid():
+    listed = [f"00:10.000000-2.0-temp-{UUID}.ts", f"00:12.000000-2.0-temp-{UUID.upper()}.ts",
+              seg(14, b"w").filename]
+    plan = plan_hour("desertbus", "source", "2019-11-13T02", listed, set(),
+                     T0 + dt.timedelta(hours=1), 0)
+    assert (plan.skipped_temp, plan.invalid, len(plan.fetch)) == (2, 0, 1)
