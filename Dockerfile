@@ -1,8 +1,10 @@
 # segsync agent image: Alpine Python, dependencies in their own layers, non-root.
 #   docker build -t segsync .
 #   docker run -v ARCHIVE:/archive -v CONF:/etc/segsync:ro -p 8200:8200 segsync
-# The agent needs a token (it listens on 0.0.0.0) at /run/secrets/segsync_token and
-# reads its peers from /etc/segsync/peers ('NAME URL' or 'URL' per line, re-read on change).
+# The agent listens on 0.0.0.0, so it needs a token at /run/secrets/segsync_token and
+# TLS: /etc/segsync/tls/node.crt, node.key and the cluster's ca.crt (`segsync tls
+# init`; re-read when renewed). It reads its peers (https:// URLs) from
+# /etc/segsync/peers ('NAME URL' or 'URL' per line, re-read on change).
 FROM python:3.11-alpine
 
 # where the source lives (OCI label): the project has no public home yet, so the
@@ -45,6 +47,6 @@ VOLUME ["/archive"]
 EXPOSE 8200
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8200/healthz', timeout=3)"]
+    CMD ["python", "-c", "import ssl, urllib.request; t = '/etc/segsync/tls/'; c = ssl.create_default_context(cafile=t + 'ca.crt'); c.check_hostname = False; c.load_cert_chain(t + 'node.crt', t + 'node.key'); urllib.request.urlopen('https://127.0.0.1:8200/healthz', timeout=3, context=c)"]
 
-CMD ["segsync", "run", "--root", "/archive", "--listen", "0.0.0.0:8200", "--token-file", "/run/secrets/segsync_token", "--peers-file", "/etc/segsync/peers", "--log-format", "json"]
+CMD ["segsync", "run", "--root", "/archive", "--listen", "0.0.0.0:8200", "--token-file", "/run/secrets/segsync_token", "--tls-cert", "/etc/segsync/tls/node.crt", "--tls-key", "/etc/segsync/tls/node.key", "--tls-ca", "/etc/segsync/tls/ca.crt", "--peers-file", "/etc/segsync/peers", "--log-format", "json"]

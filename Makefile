@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/push_latency.py
 	$(BIN)/python bench/backfill_throughput.py
 	$(BIN)/python bench/anti_entropy_cost.py
+	$(BIN)/python bench/tls_overhead.py
 	$(BIN)/python bench/cluster_bandwidth.py
 	$(BIN)/python bench/scrub.py
 	$(BIN)/python bench/legacy_backfill.py

@@ -24,6 +24,7 @@ from .client import ClientFactory, PeerClient, PeerError
 from .legacy_client import LegacyClient
 from .status_view import fetch_status
 from .store import Store, fsync_dir
+from .tls import ClientTls
 
 
 # ---- tombstone ----
@@ -124,17 +125,17 @@ async def ask_peer(client: PeerClient | LegacyClient, names: list[SegmentName]
     return answers
 
 
-async def plan_purge(root: Path, node_url: str, token: str | None, timeout: float = 10.0
-                     ) -> tuple[list[str], list[PurgeDecision]]:
+async def plan_purge(root: Path, node_url: str, token: str | None, timeout: float = 10.0,
+                     tls: ClientTls | None = None) -> tuple[list[str], list[PurgeDecision]]:
     """(peers, decisions) for every tombstoned segment under `root`."""
     store = Store(root)
     names = await trio.to_thread.run_sync(tombstoned_segments, store)
-    status = await fetch_status(node_url, token, timeout)
+    status = await fetch_status(node_url, token, timeout, tls)
     peers = [p.url for p in status.peers]
     wubloader = {p.url for p in status.peers if p.kind == PeerKind.WUBLOADER.value}
     answers: dict[str, dict[str, bool | str]] = {}
 
-    clients = ClientFactory(token, "segsync-purge", timeout=timeout)
+    clients = ClientFactory(token, "segsync-purge", timeout=timeout, tls=tls)
 
     async def one(url: str) -> None:
         # a wubloader node is asked its hour listings through its read API
@@ -171,9 +172,9 @@ def delete_segment(root: Path, segment_path: str) -> str:
 
 
 async def purge(root: Path, node_url: str, token: str | None, dry_run: bool,
-                out: TextIO) -> int:
+                out: TextIO, tls: ClientTls | None = None) -> int:
     """`segsync purge`: delete what is safe, say what was kept and why."""
-    peers, decisions = await plan_purge(root, node_url, token)
+    peers, decisions = await plan_purge(root, node_url, token, tls=tls)
     print(f"{len(decisions)} tombstoned segments under {root}; "
           f"peers of {node_url}: {', '.join(peers) or 'none'}", file=out)
     deleted = kept = 0

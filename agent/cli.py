@@ -32,9 +32,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protect-reads", action="store_true", default=None,
                    help="require the token on /files, /segments and /metrics too")
     p.add_argument("--insecure", action="store_true", default=None,
-                   help="allow listening on a non-loopback address without a token")
+                   help="allow clear text: a non-loopback listen address without a token "
+                        "or TLS, http:// peers off this machine while holding a token")
     p.add_argument("--node-name", help="this node's name in logs and status; a peer of this "
                    "name in the node file or database is this node, and skipped")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="serve HTTPS with this certificate (chain); re-read when it changes")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="CA certificate(s) trusted for https:// peers (default: system bundle)")
+    p.add_argument("--tls-client-auth", action="store_true", default=None,
+                   help="require peers to present a certificate from --tls-ca")
     p.add_argument("--recent-window", type=float, metavar="SECONDS",
                    help="backfill skips segments younger than this (default 120)")
     p.add_argument("--backfill-interval", type=float, metavar="SECONDS",
@@ -69,6 +77,13 @@ def make_parser() -> argparse.ArgumentParser:
     bf.add_argument("--max-concurrency", type=int, metavar="N")
     bf.add_argument("--recent-window", type=float, metavar="SECONDS")
     bf.add_argument("--log-level")
+    bf.add_argument("--tls-ca", metavar="FILE",
+                    help="CA certificate(s) trusted for https:// peers (default: system bundle)")
+    bf.add_argument("--tls-cert", metavar="FILE",
+                    help="client certificate, for peers that require one")
+    bf.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    bf.add_argument("--insecure", action="store_true", default=None,
+                    help="allow http:// peers off this machine while holding a token")
 
     tools.register(sub)
     coverage_cli.register(sub)

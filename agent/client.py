@@ -1,7 +1,7 @@
 """The typed API of a segsync peer (`/v1`), and the one factory that makes clients.
 
 `ClientFactory` is built once from the configuration (token, node name, timeouts;
-TLS settings will live here too) and makes a `PeerClient` for any peer. A client is
+its TLS side, `agent.tls.ClientTls`) and makes a `PeerClient` for any peer. A client is
 an async context manager: leaving it closes its connections.
 
 The plumbing (gate, deadlines, bounded reads, error translation) is in
@@ -28,6 +28,7 @@ from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peers import Peer
 from .served import read_checked
+from .tls import ClientTls
 from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError, Transport, tune_httpcore
 
 __all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE"]
@@ -176,24 +177,28 @@ class ClientFactory:
     Built once from the configuration."""
 
     def __init__(self, token: str | None = None, node_name: str = "",
-                 timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
+                 timeout: float = 10.0, connect_timeout: float = 2.0,
+                 tls: ClientTls | None = None) -> None:
         tune_httpcore()
         self.token = token
         self.node_name = node_name
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._tls_context = None
+        # trust (a cluster CA, else the default bundle) and, for mutual TLS, the
+        # certificate presented; a node shares it with its reloader (agent/tls.py)
+        self.tls = tls or ClientTls()
 
     @classmethod
-    def from_config(cls, cfg) -> "ClientFactory":
-        return cls(cfg.token, cfg.node_name, timeout=cfg.request_timeout)
+    def from_config(cls, cfg, tls: ClientTls | None = None) -> "ClientFactory":
+        """`tls`: a node's own (kept current by its reloader); else built from the
+        configuration's tls-ca/tls-cert/tls-key."""
+        return cls(cfg.token, cfg.node_name, timeout=cfg.request_timeout,
+                   tls=tls or ClientTls.from_config(cfg))
 
     def tls_context(self):
-        """One verifying TLS context for every client, built on first use: building
-        one (loading the CA bundle) costs ~25 ms of CPU."""
-        if self._tls_context is None:
-            self._tls_context = httpx.create_ssl_context()
-        return self._tls_context
+        """The one verifying TLS context of every client of this factory, built on
+        first use: building one (loading the CA bundle) costs ~25 ms of CPU."""
+        return self.tls.context
 
     def client(self, peer: Peer | str, concurrency: int = 8,
                timeout: float | None = None) -> PeerClient:
@@ -226,6 +231,6 @@ class ClientFactory:
             follow_redirects=False,
             # a plain-http peer never does a TLS handshake (no redirects are followed):
             # no CA bundle to load for it
-            verify=self.tls_context() if url.startswith("https:") else False,
+            verify=self.tls.verify_for(url),
         )
         return Transport(url, http, concurrency, timeout)

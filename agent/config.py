@@ -62,6 +62,12 @@ class Config:
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
     recording_idle: float = 10.0
+    # TLS (agent/tls.py): serve HTTPS with cert+key, trust peers from ca
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_client_auth: bool = False
+    tls_reload_interval: float = 5.0
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -183,8 +189,9 @@ def build_config(values: dict[str, Any]) -> Config:
             raise ConfigError(str(e)) from None
         if url not in normalized:
             normalized.append(url)
-    if values.get("peers_file"):
-        values["peers_file"] = Path(values["peers_file"])
+    for key in ("peers_file", "tls_cert", "tls_key", "tls_ca"):
+        if values.get(key):
+            values[key] = Path(values[key])
     cfg = Config(root=root, peers=normalized, **{k: v for k, v in values.items() if v is not None})
     parse_listen(cfg.listen)
     cfg.recent_window = _positive("recent-window", cfg.recent_window, float, allow_zero=True)
@@ -213,15 +220,16 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(f"root {cfg.root} is not a directory")
     if not os.access(cfg.root, os.W_OK):
         raise ConfigError(f"root {cfg.root} is not writable")
-    host, _ = cfg.listen_host_port
-    if cfg.token is None and not cfg.insecure and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to listen on {host} without --token-file; pass --insecure to allow it"
-        )
+    cfg.tls_reload_interval = _positive("tls-reload-interval", cfg.tls_reload_interval, float)
     cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
+    file_peers = []
     if cfg.peers_file is not None:
-        read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
+        file_peers = read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
     check_node_database(cfg)
+    from .tls import config_problem
+    problem = config_problem(cfg, file_peers)
+    if problem:
+        raise ConfigError(problem)
     return cfg
 
 

@@ -30,6 +30,7 @@ from .scrub import Scrubber, ScrubSettings
 from .server import App, ServerSettings
 from .status import StatusReport
 from .store import Store
+from .tls import NodeTls, peers_problem
 from .watcher import ArchiveWatcher
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,17 @@ class Node:
         self.ingest = Ingest(self.store, self.index, self.metrics)
         self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
                              this_node=config.node_name, kinds=config.peer_kinds)
-        self.peers_file = (PeersFile(config.peers_file, self.peers, self.metrics)
+        self.tls = NodeTls.from_config(config)
+        self.peers_file = (PeersFile(config.peers_file, self.peers, self.metrics,
+                                     rule=self._peers_rule)
                            if config.peers_file else None)
         self.node_database = (
             NodeDatabaseSource(
                 NodeDatabase(config.node_database, normalize_peer_url, config.request_timeout),
-                self.peers, self.metrics, interval=config.backfill_interval)
+                self.peers, self.metrics, interval=config.backfill_interval,
+                rule=self._peers_rule)
             if config.node_database else None)
-        self.clients = ClientFactory.from_config(config)
+        self.clients = ClientFactory.from_config(config, tls=self.tls.client)
         self.kinds = PeerKinds.probing_with(self.peers, self.clients)
         self.scrubber = Scrubber(
             self.store, self.index, self.metrics,
@@ -77,7 +81,8 @@ class Node:
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
-            scrub=self.scrubber.status, downloader=self.downloader)
+            scrub=self.scrubber.status, downloader=self.downloader,
+            tls=self.tls.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
@@ -109,6 +114,8 @@ class Node:
                 nursery.start_soon(self.local_files.rescan_loop)
                 if self.config.backfill:
                     nursery.start_soon(self.backfiller.run)
+                if self.tls.reloader is not None:
+                    nursery.start_soon(self.tls.reloader.run)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")
@@ -133,7 +140,12 @@ class Node:
         hc.keep_alive_timeout = 30.0
         hc.h11_max_incomplete_size = 16 * 1024
         hc.read_timeout = 30
+        self.tls.configure_hypercorn(hc)
         await serve(self.app, hc, task_status=task_status)
+
+    def _peers_rule(self, entries: list) -> str | None:
+        """The clear-text peer rule for a re-read peers file or nodes table (agent/tls.py)."""
+        return peers_problem(entries, self.config)
 
     async def set_peers(self, peers: list[Peer | str]) -> None:
         """Replace the configured (static) peers, as flags would, and return once the

@@ -142,8 +142,11 @@ class NodeDatabaseSource:
     """The nodes table as the peer set's "database" source."""
 
     def __init__(self, reader: NodeDatabase, peers: PeerSet, metrics: Metrics,
-                 interval: float, clock: Callable[[], float] = time.time) -> None:
+                 interval: float, clock: Callable[[], float] = time.time,
+                 rule: Callable[[list[PeerEntry]], str | None] = lambda entries: None
+                 ) -> None:
         self.reader = reader
+        self.rule = rule  # what is wrong with a list of peers (the clear-text rule), or None
         self.peers = peers
         self.metrics = metrics
         self.interval = interval
@@ -158,6 +161,9 @@ class NodeDatabaseSource:
         self.reads += 1
         try:
             entries = await self.reader.read()
+            problem = self.rule(entries)
+            if problem:
+                raise NodeDatabaseError(f"nodes table at {self.reader.where}: {problem}")
         except NodeDatabaseError as e:
             self.metrics.peer_source_failures.labels(SOURCE).inc()
             if self.health.failed(str(e), self.clock()):

@@ -3,7 +3,8 @@
 The file is segsync's list (one URL per line) or wubloader's node file (`NAME URL` or
 `URL` per line; see `protocol.peerlist`); a name names the peer in status and metrics,
 and the line named like this node is left out by the peer set. If the file becomes
-unreadable or invalid, the peer set keeps the last good list, and the reason is logged,
+unreadable or invalid, or names a peer the node's `rule` refuses (the clear-text rule,
+agent/tls.py), the peer set keeps the last good list, and the reason is logged,
 counted and shown in the status reply."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 import trio
 
 from protocol import messages as m
-from protocol.peerlist import SourceHealth
+from protocol.peerlist import PeerEntry, SourceHealth
 
 from .config import ConfigError, read_peers_file
 from .metrics import Metrics
@@ -31,18 +32,25 @@ SOURCE = "file"
 
 class PeersFile:
     def __init__(self, path: Path, peers: PeerSet, metrics: Metrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 rule: Callable[[list[PeerEntry]], str | None] = lambda entries: None
+                 ) -> None:
         self.path = path
         self.peers = peers
         self.metrics = metrics
         self.clock = clock
+        self.rule = rule  # what is wrong with a list of peers, or None
         self.last_good: list[Peer] | None = None
         self.health = SourceHealth()
 
     def read(self) -> list[Peer] | ConfigError:
         """The file's peers, or why it cannot be used (blocking: run it in a thread)."""
         try:
-            return [Peer.from_url(e.url, e.name) for e in read_peers_file(self.path)]
+            entries = read_peers_file(self.path)
+            problem = self.rule(entries)
+            if problem:
+                raise ConfigError(f"peers file {self.path}: {problem}")
+            return [Peer.from_url(e.url, e.name) for e in entries]
         except ConfigError as e:
             return e
 

@@ -71,7 +71,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     values = {"root": args.root, "peers": args.peers or [], "backfill": False, "scrub": False}
-    for key in ("token_file", "log_level"):
+    for key in ("token_file", "log_level", "tls_ca", "tls_cert", "tls_key", "insecure"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     cfg = build_config(values)
@@ -92,4 +92,8 @@ def register(sub) -> None:
     p.add_argument("--rate", type=float, metavar="MB/S",
                    help="limit the re-hashing to this many MB/s (default: full speed)")
     p.add_argument("--log-level")
+    from .tools import add_client_tls_args
+    add_client_tls_args(p)
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="allow http:// peers off this machine while holding a token")
     p.set_defaults(func=cmd_scrub)

@@ -30,7 +30,8 @@ class StatusReport:
                  url: Callable[[], str | None], kinds: PeerKinds | None = None,
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
-                 downloader: DownloaderTracker | None = None) -> None:
+                 downloader: DownloaderTracker | None = None,
+                 tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
         self.node_name = node_name
         self.kinds = kinds or PeerKinds.probing_with(peers, clients)
         self.peers = peers
@@ -42,6 +43,7 @@ class StatusReport:
         self.sources = sources
         self.scrub = scrub  # the scrub's counts and lost segments
         self.downloader = downloader  # downloader-aware push counters
+        self.tls = tls  # the served certificate as status shows it (agent/tls.py)
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
@@ -97,7 +99,8 @@ class StatusReport:
             time=time.time(),  # ages are computed against the node's own clock
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
-            scrub=self.scrub() if self.scrub is not None else None, **deferral,
+            scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
+            **deferral,
         )
 
     async def probe_and_report(self) -> m.StatusReply:

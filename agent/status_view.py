@@ -11,6 +11,7 @@ from typing import Any
 from protocol.messages import PeerSourceStatus, PeerStatus, ScrubStatus, StatusReply
 
 from .client import ClientFactory
+from .tls import ClientTls, status_lines
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -93,6 +94,7 @@ def render_status(status: StatusReply) -> str:
         f"node {status.node} at {status.url}, "
         f"up {format_uptime(now - float(status.started_at))}, "
         f"{status.segments} segments",
+        *status_lines(status.tls),
         *(source_line(source, now) for source in status.peer_sources or ()),
     ]
     if status.scrub is not None:
@@ -148,8 +150,9 @@ def scrub_lines(scrub: ScrubStatus, now: float) -> list[str]:
     return lines
 
 
-async def fetch_status(url: str, token: str | None, timeout: float = 10.0) -> StatusReply:
+async def fetch_status(url: str, token: str | None, timeout: float = 10.0,
+                       tls: ClientTls | None = None) -> StatusReply:
     """The node's /v1/status reply; PeerError if it cannot be had."""
-    clients = ClientFactory(token, "segsync-status", timeout=timeout)
+    clients = ClientFactory(token, "segsync-status", timeout=timeout, tls=tls)
     async with clients.client(url, concurrency=1) as client:
         return await client.status()

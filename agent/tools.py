@@ -23,6 +23,24 @@ def _token(args: argparse.Namespace) -> str | None:
     return read_token_file(Path(args.token_file)) if args.token_file else None
 
 
+def _client_tls(args: argparse.Namespace):
+    from .tls import ClientTls, TlsError
+
+    try:
+        return ClientTls.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsError as e:
+        raise ConfigError(str(e)) from None
+
+
+def add_client_tls_args(p: argparse.ArgumentParser) -> None:
+    """The TLS options of every command that talks to a node."""
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="CA certificate(s) trusted for https:// nodes (default: system bundle)")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="client certificate, for a node that requires one (--tls-client-auth)")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+
+
 def _node_url(args: argparse.Namespace) -> str:
     try:
         return normalize_peer_url(args.node)
@@ -40,9 +58,9 @@ def _root(value: str) -> Path:
 def cmd_status(args: argparse.Namespace) -> int:
     from .status_view import fetch_status, render_status
 
-    url, token = _node_url(args), _token(args)
+    url, token, tls = _node_url(args), _token(args), _client_tls(args)
     try:
-        status = trio.run(fetch_status, url, token, args.timeout)
+        status = trio.run(fetch_status, url, token, args.timeout, tls)
     except PeerError as e:
         print(f"segsync status: cannot reach node {e}", file=sys.stderr)
         return 1
@@ -59,9 +77,9 @@ def cmd_tombstone(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     from .cleanup import purge
 
-    root, url, token = _root(args.root), _node_url(args), _token(args)
+    root, url, token, tls = _root(args.root), _node_url(args), _token(args), _client_tls(args)
     try:
-        return trio.run(purge, root, url, token, args.dry_run, sys.stdout)
+        return trio.run(purge, root, url, token, args.dry_run, sys.stdout, tls)
     except PeerError as e:
         print(f"segsync purge: cannot reach node {e}; nothing deleted", file=sys.stderr)
         return 1
@@ -96,6 +114,7 @@ def register(sub) -> None:
                    help=f"the agent to ask (default {DEFAULT_NODE})")
     p.add_argument("--token-file", help="file holding the shared bearer token")
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    add_client_tls_args(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("tombstone", help="tombstone segments (the running agent propagates it)")
@@ -112,6 +131,7 @@ def register(sub) -> None:
                    help=f"the agent serving this root, for its peer list (default {DEFAULT_NODE})")
     p.add_argument("--token-file", help="file holding the shared bearer token")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    add_client_tls_args(p)
     p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("dupes", help="segments with several versions: which one wins, and why")
@@ -131,4 +151,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     scrub_cli.register(sub)
+    from . import tls_init
+    tls_init.register(sub)
 

@@ -49,6 +49,22 @@ class PeerError(Exception):
         self.status = status
 
 
+def describe_http_error(e: BaseException) -> str:
+    """An httpx error with the causes it wraps: a failed TLS handshake surfaces as a
+    ConnectError with no text, the reason (an untrusted or expired certificate) is in
+    its chain."""
+    texts: list[str] = []
+    cause: BaseException | None = e
+    for _ in range(6):
+        if cause is None:
+            break
+        text = str(cause)
+        if text and text not in texts:
+            texts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(e).__name__}: {'; '.join(texts[:3])}"
+
+
 class Transport:
     """One peer's HTTP connection pool, gated, with deadlines and error translation."""
 
@@ -69,7 +85,7 @@ class Transport:
         try:
             yield
         except httpx.HTTPError as e:
-            raise PeerError(self.url, f"{type(e).__name__}: {e}") from None
+            raise PeerError(self.url, describe_http_error(e)) from None
         except ProtocolError as e:
             raise PeerError(self.url, f"bad reply: {e}") from None
 

@@ -61,11 +61,15 @@ class Agent:
     """One `segsync run` process with its root, URL and log file."""
 
     def __init__(self, name: str, root: Path, port: int, peers: Sequence[str],
-                 log_dir: Path, extra: Sequence[str] = ()) -> None:
+                 log_dir: Path, extra: Sequence[str] = (), scheme: str = "http",
+                 verify=True) -> None:
+        """`scheme` https: the agent serves TLS (its flags in `extra`); `verify` is
+        httpx's for the readiness probe."""
         self.name = name
         self.root = root
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.verify = verify
         self.log_path = log_dir / f"{name}.log"
         self.args = segsync_command("run", "--root", str(root),
                                     "--listen", f"127.0.0.1:{port}", "--node-name", name)
@@ -97,7 +101,7 @@ class Agent:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
                                    f"see {self.log_path}:\n{tail(self.log_path)}")
             try:
-                r = httpx.get(f"{self.url}/healthz", timeout=1.0)
+                r = httpx.get(f"{self.url}/healthz", timeout=1.0, verify=self.verify)
                 if r.status_code == 200:
                     return time.monotonic() - started
             except httpx.HTTPError:

@@ -209,6 +209,27 @@ def timed_wave(agents: list[Agent], roots: list[Path], names: list[str], rate: f
             "agent_cpu_s": dict(zip("abc", (e - b for e, b in zip(cpu_after, cpu_before))))}
 
 
+def segment_wave(agents: list[Agent], roots: list[Path], items: list[dict], rate: float,
+                 timeout: float) -> dict:
+    """timed_wave of Payloads items renamed into place on roots[0], as a downloader
+    does: written under the temp name off the clock, the rename timed."""
+    origin = roots[0]
+
+    def prepare(i: int) -> None:
+        item = items[i]
+        (origin / item["dir"]).mkdir(parents=True, exist_ok=True)
+        with open(origin / item["temp"], "wb") as f:
+            f.write(item["data"])
+
+    def fire(i: int) -> float:
+        t0 = time.monotonic()
+        os.rename(origin / items[i]["temp"], origin / items[i]["final"])
+        return t0
+
+    return timed_wave(agents, roots, [it["final"] for it in items], rate, timeout, prepare,
+                      fire)
+
+
 def run_agents(args, base: Path, payloads: Payloads) -> dict:
     ports = benchlib.free_ports(3)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -225,20 +246,7 @@ def run_agents(args, base: Path, payloads: Payloads) -> dict:
         # a round of backfill runs at start-up; give it a moment to finish (empty archives)
         time.sleep(0.5)
         items = payloads.items[: args.count]
-
-        def prepare(i: int) -> None:
-            item = items[i]
-            (origin / item["dir"]).mkdir(parents=True, exist_ok=True)
-            with open(origin / item["temp"], "wb") as f:
-                f.write(item["data"])
-
-        def fire(i: int) -> float:
-            t0 = time.monotonic()
-            os.rename(origin / items[i]["temp"], origin / items[i]["final"])
-            return t0
-
-        out["segments"] = timed_wave(agents, roots, [it["final"] for it in items], args.rate,
-                                     args.timeout, prepare, fire)
+        out["segments"] = segment_wave(agents, roots, items, args.rate, args.timeout)
         check_copies(roots, items, out["segments"])
 
         titems = items[: args.tombstones]

@@ -505,6 +505,26 @@ class ScrubStatus(Record):
 
 
 @dataclass(frozen=True)
+class TlsStatus(Record):
+    """The certificate a node serves (its status reply's `tls`; absent: plain http).
+    Open like PeerStatus. Times are the node's wall clock."""
+
+    OPEN: ClassVar[bool] = True
+    cert: str = wire(_str)  # the file it was read from
+    subject: str | None = wire(optional(_str), None)
+    not_after: float | None = wire(optional(_number), None)
+    loaded_at: float | None = wire(optional(_number), None)
+    problem: str | None = wire(optional(_str), None)  # not valid now: expired, not yet valid
+    reload_error: str | None = wire(optional(_str), None)  # the last reload failed: why
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "subject", "problem", "reload_error"):
+            text = getattr(self, name)
+            if isinstance(text, str):
+                object.__setattr__(self, name, clip(text))
+
+
+@dataclass(frozen=True)
 class StatusReply(Message):
     """What a node says about itself and its peers (`segsync status`). Open like
     PeerStatus: unknown keys are ignored, later fields must be optional."""
@@ -526,6 +546,7 @@ class StatusReply(Message):
     deferred_offers: int | None = wire(optional(integer()), None)
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
+    tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,10 @@ class AgentProcess:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # an agent with tls_cert/tls_key/tls_ca settings serves https
+        self.url = f"{'https' if 'tls_cert' in settings else 'http'}://127.0.0.1:{self.port}"
+        self.verify = (ssl.create_default_context(cafile=str(settings["tls_ca"]))
+                       if "tls_ca" in settings else True)
         self.peers = list(peers)
         self.token_file = token_file
         self.workdir = Path(workdir)
@@ -86,7 +90,7 @@ class AgentProcess:
         return self
 
     def wait_healthy(self, timeout: float) -> None:
-        wait_healthy(self.url, self.proc, timeout, self.log_tail)
+        wait_healthy(self.url, self.proc, timeout, self.log_tail, self.verify)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

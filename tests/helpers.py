@@ -25,16 +25,17 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 20.0,
-                 log: Callable[[], str] = lambda: "") -> None:
+                 log: Callable[[], str] = lambda: "", verify=True) -> None:
     """Until the agent process at `url` answers /healthz; an AssertionError carrying
-    `log()` if it exits or stays silent for `timeout` seconds."""
+    `log()` if it exits or stays silent for `timeout` seconds. `verify`: httpx's, for
+    an https agent."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"agent on {url} exited with {proc.returncode}; "
                                  f"log:\n{log()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -7,7 +7,7 @@ import datetime as dt
 from agent.status_view import format_age, format_uptime, render_status
 from helpers import make_name
 from protocol.cleanup import duplicate_groups, purge_decision
-from protocol.messages import PeerStatus, StatusReply
+from protocol.messages import PeerStatus, StatusReply, TlsStatus
 from protocol.selection import Candidate
 
 T = dt.datetime(2019, 11, 13, 2, 45, 51, 608000, tzinfo=dt.timezone.utc)
@@ -133,6 +133,18 @@ def test_render_status_table():
     assert "http://c:8200: last round failed: boom" in text
     assert "http://c:8200: 7 pushes dropped" in text
     assert "http://b:8200:" not in text
+
+
+def test_render_status_tls_lines():
+    base = dict(node="a", url="https://a:8200", started_at=0, time=5, segments=0, peers=[])
+    assert "tls" not in render_status(StatusReply(**base))  # plain http, or an older node
+    tls = TlsStatus(cert="/etc/segsync/tls/node.crt", subject="CN=a", not_after=86400.0,
+                    loaded_at=0.0, problem="expired at 1970-01-02 00:00:00 UTC",
+                    reload_error="tls-cert x and tls-key y are not a usable pair")
+    out = render_status(StatusReply(**base, tls=tls))
+    assert "tls: CN=a from /etc/segsync/tls/node.crt, valid until 1970-01-02 00:00 UTC" in out
+    assert "TLS CERTIFICATE EXPIRED AT 1970-01-02 00:00:00 UTC: peers refuse it" in out
+    assert "TLS RELOAD FAILED: tls-cert x and tls-key y are not a usable pair" in out
 
 
 def test_render_status_without_peers():

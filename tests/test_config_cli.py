@@ -33,6 +33,7 @@ def test_defaults(tmp_path):
     ({"log_level": "LOUD"}, "log-level"),
     ({"peers": ["ftp://x"]}, "http"),
     ({"listen": "0.0.0.0:8200"}, "--token-file"),
+    ({"listen": "0.0.0.0:8200"}, "--tls-cert and --tls-key"),
     ({"token_file": "/nonexistent/token"}, "token file"),
 ])
 def test_bad_values_rejected(tmp_path, values, message):
@@ -42,11 +43,80 @@ def test_bad_values_rejected(tmp_path, values, message):
         build_config(values)
 
 
-def test_non_loopback_allowed_with_token_or_insecure(tmp_path):
+def test_non_loopback_allowed_with_token_and_tls_or_insecure(tmp_path):
+    import trustme
+
+    from tls_helpers import issue
+
     token = tmp_path / "t"
     token.write_text("abc")
-    build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "token_file": token})
+    files = issue(trustme.CA(), tmp_path / "tls", "n")
+    build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "token_file": token,
+                  **files.settings()})
     build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "insecure": True})
+    build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "token_file": token,
+                  "insecure": True, "peers": ["http://b.example:8200"]})
+    # each start-up error names exactly what is missing
+    with pytest.raises(ConfigError, match=r"0\.0\.0\.0 without TLS \(--tls-cert and --tls-key\);"):
+        build_config({"root": tmp_path, "listen": "0.0.0.0:8200", "token_file": token})
+    with pytest.raises(ConfigError, match=r"0\.0\.0\.0 without a token \(--token-file\);"):
+        build_config({"root": tmp_path, "listen": "0.0.0.0:8200", **files.settings()})
+    with pytest.raises(ConfigError, match="without a token .* and TLS"):
+        build_config({"root": tmp_path, "listen": "0.0.0.0:8200"})
+
+
+def test_clear_text_peers_refused_while_holding_a_token(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("abc")
+    base = {"root": tmp_path, "token_file": token}
+    with pytest.raises(ConfigError, match="refusing peer http://b.example:8200"):
+        build_config({**base, "peers": ["http://b.example:8200"]})
+    peers_file = tmp_path / "peers"
+    peers_file.write_text("https://b.example:8200\nhttp://10.1.2.3:8200\n")
+    with pytest.raises(ConfigError, match="refusing peer http://10.1.2.3:8200"):
+        build_config({**base, "peers_file": peers_file})
+    # loopback peers, https peers, or no token at all: nothing to leak
+    build_config({**base, "peers": ["http://127.0.0.1:8201", "https://b.example:8200"]})
+    build_config({"root": tmp_path, "peers": ["http://b.example:8200"]})
+    # a node file's line for this node, and a peer pinned as a wubloader node (its
+    # client never carries the token), are not refused
+    peers_file.write_text("a http://10.1.2.1:8200\nold http://10.1.2.3:8000\n"
+                          "https://b.example:8200\n")
+    with pytest.raises(ConfigError, match="refusing peer http://10.1.2.1:8200"):
+        build_config({**base, "peers_file": peers_file,
+                      "peer_kinds": {"http://10.1.2.3:8000": "wubloader"}})
+    with pytest.raises(ConfigError, match="refusing peer http://10.1.2.3:8000"):
+        build_config({**base, "peers_file": peers_file, "node_name": "a"})
+    build_config({**base, "peers_file": peers_file, "node_name": "a",
+                  "peer_kinds": {"http://10.1.2.3:8000": "wubloader"}})
+
+
+def test_tls_files_checked_at_start_up(tmp_path):
+    import trustme
+
+    from tls_helpers import issue
+
+    files = issue(trustme.CA(), tmp_path / "tls", "n")
+    other = issue(trustme.CA(), tmp_path / "tls2", "m")
+    base = {"root": tmp_path}
+    cases = [
+        ({"tls_cert": files.cert}, "--tls-key is missing"),
+        ({"tls_cert": files.cert, "tls_key": other.key}, "not a usable pair"),
+        ({"tls_cert": tmp_path / "nope.crt", "tls_key": files.key}, "nope.crt: No such file"),
+        ({"tls_cert": files.key, "tls_key": files.key}, "not a PEM certificate"),
+        ({"tls_ca": tmp_path / "none.pem"}, "tls-ca .*none.pem"),
+        ({"tls_cert": files.cert, "tls_key": files.key, "tls_client_auth": True},
+         "needs --tls-ca"),
+    ]
+    for values, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            build_config({**base, **values})
+    conf = tmp_path / "segsync.toml"
+    conf.write_text(f'tls-cert = "{files.cert}"\ntls-key = "{files.key}"\n'
+                    f'tls-ca = "{files.ca}"\ntls-client-auth = true\ntls-reload-interval = 2\n')
+    cfg = build_config({**base, **load_toml(conf)})
+    assert (cfg.tls_cert, cfg.tls_key, cfg.tls_ca) == (files.cert, files.key, files.ca)
+    assert cfg.tls_client_auth is True and cfg.tls_reload_interval == 2
 
 
 def test_toml_and_flags(tmp_path):

@@ -77,7 +77,8 @@ def test_dockerfile_structure():
     argv = json.loads(cmds[0])  # exec form: the agent is PID 1 and gets SIGTERM itself
     args = parse_segsync(argv)
     assert args.command == "run"
-    assert args.root == "/archive" and args.token_file  # 0.0.0.0 needs a token
+    assert args.root == "/archive" and args.token_file  # 0.0.0.0 needs a token and TLS
+    assert args.tls_cert and args.tls_key and args.tls_ca and not args.insecure
     assert args.listen.endswith(":8200") and "8200" in " ".join(a for k, a in ins if k == "EXPOSE")
 
 
@@ -121,6 +122,7 @@ def test_systemd_unit():
     example = load_toml(REPO / "deploy" / "segsync.toml")
     assert example["root"] in service["ReadWritePaths"].split()
     assert example["token_file"] and example["peers_file"]
+    assert example["tls_cert"] and example["tls_key"] and example["tls_ca"]
 
 
 def test_compose_three_nodes():
@@ -136,6 +138,7 @@ def test_compose_three_nodes():
         assert args.command == "run" and args.node_name == name
         assert sorted(args.peers) == sorted(f"http://{o}:8200" for o in services if o != name)
         assert args.token_file == "/run/secrets/segsync_token"
+        assert args.insecure  # plain http between containers: said explicitly
         volumes.add(re.search(r"- (archive-\w+):/archive", body).group(1))
         ports.add(re.search(r'"127\.0\.0\.1:(\d+):8200"', body).group(1))
     assert len(volumes) == 3 and len(ports) == 3  # one archive and one host port each

@@ -14,10 +14,12 @@ import threading
 import time
 
 import pytest
+import trustme
 
 from fault_helpers import AgentProcess, audit_archive, env_int
 from agent.store import Store
 from helpers import free_port, hours_ago, make_name, write_segment_file
+from tls_helpers import issue
 
 DEFAULT_CYCLES = env_int("SEGSYNC_CRASH_CYCLES", 12)
 SEED = env_int("SEGSYNC_CRASH_SEED", random.randrange(2**32))
@@ -64,17 +66,24 @@ def wait_converged(receiver: AgentProcess, sender_root, timeout: float = 60.0) -
         time.sleep(0.1)
 
 
-def crash_loop(tmp_path, cycles: int, mode: str) -> dict:
+def tls_settings(ca, tmp_path, name: str) -> dict:
+    """An agent's TLS settings from `ca` (none without one)."""
+    return issue(ca, tmp_path / "tls", name).settings() if ca else {}
+
+
+def crash_loop(tmp_path, cycles: int, mode: str, tls: bool = False) -> dict:
     rng = random.Random(SEED)
-    print(f"crash loop ({mode}): seed {SEED} (replay with SEGSYNC_CRASH_SEED={SEED}), "
-          f"{cycles} cycles")
+    print(f"crash loop ({mode}{', tls' if tls else ''}): seed {SEED} "
+          f"(replay with SEGSYNC_CRASH_SEED={SEED}), {cycles} cycles")
     receiver_port = free_port()
-    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    receiver_url = f"{'https' if tls else 'http'}://127.0.0.1:{receiver_port}"
+    ca = trustme.CA() if tls else None
     sender = AgentProcess(tmp_path / "sender", tmp_path / "run",
                           peers=[receiver_url] if mode == "push" else [],
-                          backfill=False)
+                          backfill=False, **tls_settings(ca, tmp_path, "sender"))
     receiver = AgentProcess(tmp_path / "receiver", tmp_path / "run", peers=[sender.url],
-                            port=receiver_port, max_concurrency=4)
+                            port=receiver_port, max_concurrency=4,
+                            **tls_settings(ca, tmp_path, "receiver"))
     counter = [0]
     done = threading.Event()
     writer = None
@@ -121,13 +130,19 @@ def crash_loop(tmp_path, cycles: int, mode: str) -> dict:
         sender.kill()
 
 
-@pytest.mark.parametrize("cycles", [DEFAULT_CYCLES, pytest.param(200, marks=pytest.mark.slow)])
-def test_kill9_receiver_during_pushes(tmp_path, cycles):
-    stats = crash_loop(tmp_path, cycles, "push")
+# over TLS too: a kill in the middle of a handshake or of an encrypted upload
+CYCLES = [pytest.param(DEFAULT_CYCLES, False, id="http"),
+          pytest.param(max(4, DEFAULT_CYCLES // 2), True, id="tls"),
+          pytest.param(200, False, marks=pytest.mark.slow, id="http-long")]
+
+
+@pytest.mark.parametrize("cycles, tls", CYCLES)
+def test_kill9_receiver_during_pushes(tmp_path, cycles, tls):
+    stats = crash_loop(tmp_path, cycles, "push", tls)
     assert stats["cycles"] == cycles
 
 
-@pytest.mark.parametrize("cycles", [DEFAULT_CYCLES, pytest.param(200, marks=pytest.mark.slow)])
-def test_kill9_receiver_during_backfill(tmp_path, cycles):
-    stats = crash_loop(tmp_path, cycles, "backfill")
+@pytest.mark.parametrize("cycles, tls", CYCLES)
+def test_kill9_receiver_during_backfill(tmp_path, cycles, tls):
+    stats = crash_loop(tmp_path, cycles, "backfill", tls)
     assert stats["cycles"] == cycles

@@ -25,12 +25,14 @@ import urllib.parse
 
 import msgpack
 import pytest
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.local_files import file_matches_name
 from fault_helpers import AgentProcess, env_int, tree_snapshot
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
+from tls_helpers import issue
 from protocol import limits
 from protocol import messages as m
 from protocol.names import Kind, parse_path
@@ -44,7 +46,8 @@ COUNTS: dict[str, int] = {}
 # ---- the world under attack ----
 
 class World:
-    def __init__(self, base, workdir, locked: bool) -> None:
+    def __init__(self, base, workdir, locked: bool, tls=None) -> None:
+        """`tls`: tls_helpers.NodeFiles to serve https with (the wire is then TLS)."""
         self.base = base
         self.root = base / "archive"
         self.root.mkdir(parents=True)
@@ -65,9 +68,11 @@ class World:
             token_file = workdir / "token"
             token_file.write_text(TOKEN + "\n")
         self.agent = AgentProcess(self.root, workdir, token_file=token_file,
-                                  protect_reads=locked, backfill=False)
+                                  protect_reads=locked, backfill=False,
+                                  **(tls.settings() if tls else {}))
+        self.tls_context = tls.client_context() if tls else None
         self.agent.start()
-        self.host, port = self.agent.url.removeprefix("http://").split(":")
+        self.host, port = self.agent.url.split("://")[1].split(":")
         self.port = int(port)
         self.snapshot = tree_snapshot(base)
 
@@ -86,6 +91,10 @@ def worlds(tmp_path_factory):
         for locked in (False, True):
             base = tmp_path_factory.mktemp("locked" if locked else "open")
             made[locked] = World(base, tmp_path_factory.mktemp("run"), locked)
+        # a locked agent serving https: the same attacks inside TLS
+        files = issue(trustme.CA(), tmp_path_factory.mktemp("tls"), "hostile")
+        made["tls"] = World(tmp_path_factory.mktemp("tls-world"),
+                            tmp_path_factory.mktemp("run"), True, files)
         yield made
     finally:
         for w in made.values():
@@ -260,6 +269,9 @@ def hostile_request(draw, world: World) -> tuple[bytes, str]:
 
 def exchange(world: World, raw: bytes, mode: str) -> bytes:
     s = socket.create_connection((world.host, world.port), timeout=10)
+    if world.tls_context is not None:
+        assert mode == "exact", "a TLS stream cannot half-close: framed requests only"
+        s = world.tls_context.wrap_socket(s, server_hostname=world.host)
     try:
         try:
             s.sendall(raw)
@@ -385,12 +397,16 @@ def fuzz_settings(n: int):
 @pytest.mark.parametrize("locked", [False, True], ids=["open", "locked"])
 @pytest.mark.parametrize("examples", [EXAMPLES, pytest.param(15000, marks=pytest.mark.slow)])
 def test_hostile_requests(worlds, locked, examples):
-    world = worlds[locked]
+    fuzz(worlds[locked], hostile_request, examples)
 
+
+def fuzz(world: World, requests, examples: int) -> None:
+    """`examples` requests drawn from `requests(world)`, each checked; the agent lives
+    and logged no traceback."""
     @fuzz_settings(examples)
     @given(st.data())
     def run(data):
-        raw, mode = data.draw(hostile_request(world))
+        raw, mode = data.draw(requests(world))
         check_one(world, raw, mode)
 
     run()
@@ -411,7 +427,12 @@ TRAVERSALS = [
 ]
 
 
-@pytest.mark.parametrize("locked", [False, True], ids=["open", "locked"])
+def test_framed_hostile_requests_over_tls(worlds):
+    """Bad messages, names, traversals and tokens inside TLS: the same guarantees."""
+    fuzz(worlds["tls"], framed_request, max(50, EXAMPLES // 4))
+
+
+@pytest.mark.parametrize("locked", [False, True, "tls"], ids=["open", "locked", "locked-tls"])
 def test_traversal_corpus(worlds, locked):
     """The classic traversals, each with and without the token, GET and PUT."""
     world = worlds[locked]

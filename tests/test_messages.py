@@ -41,6 +41,7 @@ from protocol.messages import (
     ScrubStatus,
     StatusReply,
     StatusRequest,
+    TlsStatus,
     Tombstone,
     clip,
     decode,
@@ -119,6 +120,9 @@ def status_examples() -> list[StatusReply]:
         StatusReply("e", "http://e:8200", 10, 20, 3, [
             PeerStatus("http://a:8200", name="a", push_deferred=4)],
             defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2),
+        StatusReply("c", "https://c:8200", 10, 20, 0, [], tls=TlsStatus(
+            "/etc/segsync/tls/node.crt", subject="CN=c", not_after=1_800_000_000.0,
+            loaded_at=15.0, problem=None, reload_error="not a usable pair")),
     ]
 
 
@@ -690,11 +694,12 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
     obj = obj_of(status_examples()[1])
     assert obj["v"] == 1 and obj["type"] == "status"
     assert set(obj) == {"v", "type", "node", "url", "started_at", "time", "segments", "peers",
-                        "peer_sources", "scrub",
+                        "peer_sources", "scrub", "tls",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
                         "holes_filled_by_push"}
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
+    assert obj["tls"] is None  # plain http
     assert obj["peers"][0] == {
         "url": "http://a:8200", "name": None, "kind": None, "queue_depth": 3, "last_push": 15.5, "push_error": None,
         "push_dropped": 0, "push_deferred": None, "last_round": 12.0, "round_ok": True,
@@ -723,6 +728,25 @@ def test_status_reply_scrub_is_optional_and_open():
     assert scrub.lost_paths is None and scrub.position is None
     obj["scrub"] = {"checked": 1}
     rejects(pack(obj), "scrub: missing fields: bytes, rotten, healed, lost", max_bytes=BIG)
+
+
+def test_status_reply_tls_map():
+    """A TLS node's certificate as status shows it: open too, bad values refused."""
+    message = status_examples()[4]
+    obj = obj_of(message)
+    assert obj["tls"] == {"cert": "/etc/segsync/tls/node.crt", "subject": "CN=c",
+                          "not_after": 1_800_000_000.0, "loaded_at": 15.0, "problem": None,
+                          "reload_error": "not a usable pair"}
+    obj["tls"]["added_later"] = 1
+    assert decode(pack(obj), StatusReply, BIG) == message
+    del obj["tls"]  # an older node
+    assert decode(pack(obj), StatusReply, BIG).tls is None
+    rejects(pack(dict(obj, tls="on")), "tls must be a map", max_bytes=BIG)
+    rejects(pack(dict(obj, tls={"subject": "CN=c"})), "tls: missing fields: cert", max_bytes=BIG)
+    rejects(pack(dict(obj, tls={"cert": "x", "not_after": "soon"})),
+            "not_after must be a number", max_bytes=BIG)
+    long = TlsStatus("x", reload_error="e" * (limits.MAX_STRING + 10))
+    assert len(long.reload_error.encode()) == limits.MAX_STRING
 
 
 def test_status_reply_absent_optional_fields_are_none():
