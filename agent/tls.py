@@ -290,24 +290,31 @@ class CertReloader:
     def validity(self) -> str | None:
         return validity_problem(self.pair.not_before, self.pair.not_after, self.clock())
 
-    def check(self) -> bool:
-        """One look at the files (blocking: run it in a thread). True if a new pair
-        was loaded."""
+    def prepare(self) -> KeyPair | None:
+        """One look at the files (blocking: run it in a thread): a new pair, read and
+        checked in a scratch context, or None (nothing new, or broken: logged and kept
+        for status)."""
         current = file_signature(self.cert_path, self.key_path)
         due = reload_due(self.pair.signature, self._previous, current)
         self._previous = current
         if not due or current == self._failed_signature:
-            return False
+            return None
         try:
-            pair = read_pair(self.cert_path, self.key_path)
-            # the same bytes just loaded into a scratch context: a failure here would
-            # be the machine's (no memory), still no reason to stop the agent
+            return read_pair(self.cert_path, self.key_path)
+        except (TlsError, OSError) as e:
+            self._fail(current, e)
+            return None
+
+    def apply(self, pair: KeyPair) -> bool:
+        """Load a prepared pair into the live contexts. Call it from the thread that
+        does the handshakes (trio's): OpenSSL sets a context's certificate and key one
+        after the other, and a handshake started between the two, in another thread,
+        would pair the new certificate with the old key and fail."""
+        try:
             for context in self.contexts:
                 _load_chain(context, pair.cert_pem, pair.key_pem)
-        except (TlsError, OSError) as e:
-            self._failed_signature = current
-            self.reload_error = f"{e}; still serving the previous certificate"
-            log.error("TLS reload failed: %s", self.reload_error)
+        except (TlsError, OSError) as e:  # the same bytes loaded in a scratch context:
+            self._fail(pair.signature, e)  # only the machine (no memory) fails here
             return False
         self.pair = pair
         self.loaded_at = time.time()
@@ -318,12 +325,19 @@ class CertReloader:
         self.warn_if_invalid()
         return True
 
+    def _fail(self, signature, e: Exception) -> None:
+        self._failed_signature = signature
+        self.reload_error = f"{e}; still serving the previous certificate"
+        log.error("TLS reload failed: %s", self.reload_error)
+
     _failed_signature: tuple | None = None
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self.interval)
-            await trio.to_thread.run_sync(self.check)
+            pair = await trio.to_thread.run_sync(self.prepare)
+            if pair is not None:
+                self.apply(pair)
 
     def status(self) -> m.TlsStatus:
         # strings are clipped to the protocol's limit by the message itself

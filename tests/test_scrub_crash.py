@@ -44,9 +44,10 @@ def scraped(url: str) -> dict[str, float]:
 
 def test_kill9_mid_scrub_resumes_where_it_stopped(tmp_path):
     root = tmp_path / "node"
-    names = write_segments(root, SEGMENTS, hours_ago(3), size=SIZE)  # one hour, in order
+    start = hours_ago(3).replace(minute=0, second=0, microsecond=0)
+    names = write_segments(root, SEGMENTS, start, size=SIZE)  # one hour, in order
     empty(root / names[-1].path)  # the newest rotted: the resumed part must find it
-    order = sorted(names, key=lambda n: n.filename)
+    order = sorted(names, key=lambda n: (n.hour, n.filename))  # the pass's order
     agent = AgentProcess(root, tmp_path / "run", scrub_rate=0.5, scrub_start_delay=0,
                          backfill=False)
     try:

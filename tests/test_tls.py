@@ -182,6 +182,42 @@ async def test_renewed_certificate_is_picked_up_and_a_broken_one_is_not(tmp_path
         await wait_until(lambda: node.status.report().tls.reload_error is None)
 
 
+async def test_handshakes_during_renewals_never_fail(tmp_path, ca):
+    """A renewal loads the new pair into the live context: handshakes going on at that
+    moment get the old pair or the new one, never a certificate with the wrong key."""
+    first = issue(ca, tmp_path / "tls", "node")
+    pairs = [issue(ca, tmp_path / f"pair{i}", "node") for i in range(2)]
+    async with cluster(tmp_path, first.settings(tls_reload_interval=0.01)) as c:
+        port = port_of(c.nodes[0].url)
+        done = False
+        handshakes = 0
+
+        def shake() -> None:
+            nonlocal handshakes
+            while not done:
+                served_certificate(port, first.ca)  # raises if a handshake fails
+                handshakes += 1
+
+        async with trio.open_nursery() as nursery:
+            async def shaker() -> None:
+                await trio.to_thread.run_sync(shake)
+            nursery.start_soon(shaker)
+            try:
+                for i in range(12):
+                    pair = pairs[i % 2]
+                    shutil.copy(pair.key, first.key)
+                    shutil.copy(pair.cert, first.cert)
+                    served = x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(
+                        serialization.Encoding.DER)
+                    with trio.fail_after(10):
+                        while await trio.to_thread.run_sync(
+                                served_certificate, port, first.ca) != served:
+                            await trio.sleep(0.01)
+            finally:
+                done = True
+        assert handshakes > 0
+
+
 async def test_plain_http_to_a_tls_agent_fails_cleanly(tmp_path, ca, token_file):
     files = issue(ca, tmp_path / "tls", "node")
     async with cluster(tmp_path, files.settings(token_file=token_file),
