@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Iterator, TextIO
 
 import trio
@@ -106,22 +107,42 @@ def print_summary(results: list[RoundResult], elapsed: float, out: TextIO) -> in
     return failed
 
 
+@dataclass
+class OfflineArchive:
+    """What a one-shot command works on: an archive (an agent may be running on it),
+    its index, and the peers it was given. No agent part runs."""
+
+    store: Store
+    index: ArchiveIndex
+    metrics: Metrics
+    ingest: Ingest
+    peers: PeerSet
+
+    @classmethod
+    async def open(cls, cfg: Config) -> "OfflineArchive":
+        """Build the parts and index the archive. Temp files are left alone: an agent
+        may be writing into this root right now."""
+        store = Store(cfg.root, cfg.max_segment_bytes)
+        index, metrics = ArchiveIndex(), Metrics()
+        ingest = Ingest(store, index, metrics)
+        peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
+        await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
+                         rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
+        return cls(store, index, metrics, ingest, peers)
+
+
 async def run_oneshot(cfg: Config, out: TextIO | None = None,
                       err: TextIO | None = None) -> int:
     """One round with every configured peer into `cfg.root`; 0 if nothing failed."""
     out = out or sys.stdout
     err = err or sys.stderr
-    store = Store(cfg.root, cfg.max_segment_bytes)
-    index, metrics = ArchiveIndex(), Metrics()
-    ingest = Ingest(store, index, metrics)
-    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
+    a = await OfflineArchive.open(cfg)
+    peers = a.peers
     backfiller = Backfiller(
-        peers, ClientFactory.from_config(cfg), index, ingest,
-        Downloads(ingest, store, index, metrics, cfg.max_concurrency, cfg.max_segment_bytes),
-        metrics, BackfillSettings.from_config(cfg))
-    # Temp files are left alone: an agent may be writing into this root right now.
-    await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
-                     rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
+        peers, ClientFactory.from_config(cfg), a.index, a.ingest,
+        Downloads(a.ingest, a.store, a.index, a.metrics, cfg.max_concurrency,
+                  cfg.max_segment_bytes),
+        a.metrics, BackfillSettings.from_config(cfg))
     started = trio.current_time()
     with progress_bar(err, "backfill") as progress:
         results = await backfiller.round_all(peers.peers, progress)

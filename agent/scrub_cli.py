@@ -35,31 +35,19 @@ async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
     scrubber."""
     from .client import ClientFactory
     from .heal import PeerHealer
-    from .index import ArchiveIndex
-    from .ingest import Ingest
-    from .local_files import LocalFiles
-    from .metrics import Metrics
-    from .oneshot import progress_bar
+    from .oneshot import OfflineArchive, progress_bar
     from .peerkind import PeerKinds
-    from .peers import Peer, PeerSet
     from .scrub import Scrubber, ScrubSettings
-    from .store import Store
 
     out = out or sys.stdout
     err = err or sys.stderr
-    store = Store(cfg.root, cfg.max_segment_bytes)
-    index, metrics = ArchiveIndex(), Metrics()
-    ingest = Ingest(store, index, metrics)
-    peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
+    a = await OfflineArchive.open(cfg)
     clients = ClientFactory.from_config(cfg)
-    healer = PeerHealer(peers, clients, PeerKinds.probing_with(peers, clients), ingest,
+    healer = PeerHealer(a.peers, clients, PeerKinds.probing_with(a.peers, clients), a.ingest,
                         cfg.max_segment_bytes)
     # a running agent's resume point is not ours to move: persist=False
-    scrubber = Scrubber(store, index, metrics, healer, ScrubSettings(rate, 0.0, 0.0),
+    scrubber = Scrubber(a.store, a.index, a.metrics, healer, ScrubSettings(rate, 0.0, 0.0),
                         persist=False)
-    # Temp files are left alone: an agent may be writing into this root right now.
-    await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
-                     rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
     started = trio.current_time()
     with progress_bar(err, "scrub") as progress:
         report = await scrubber.run_pass(rate, progress)
