@@ -84,8 +84,9 @@ class BackfillState:
 class Backfiller:
     def __init__(self, peers: PeerSet, clients: ClientFactory, index: ArchiveIndex,
                  ingest: Ingest, downloads: Downloads, metrics: Metrics,
-                 settings: BackfillSettings, clock: Callable[[], dt.datetime] = utc_now,
-                 rng: random.Random | None = None, kinds: PeerKinds | None = None) -> None:
+                 settings: BackfillSettings, *, kinds: PeerKinds,
+                 clock: Callable[[], dt.datetime] = utc_now,
+                 rng: random.Random | None = None) -> None:
         self.peers = peers
         self.clients = clients
         self.index = index
@@ -96,7 +97,7 @@ class Backfiller:
         self.clock = clock
         self.rng = rng or random.Random()
         self.states: dict[str, PeerState] = {}  # by peer URL
-        self.kinds = kinds or PeerKinds.probing_with(peers, clients, clock)
+        self.kinds = kinds
         self.legacy = LegacyPuller(index, self._store_tombstones, settings.recent_window)
 
     def as_peer(self, peer: Peer | str) -> Peer:

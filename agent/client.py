@@ -29,29 +29,22 @@ from .legacy_client import LegacyClient
 from .peers import Peer
 from .served import read_checked
 from .tls import ClientTls
-from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError, Transport, tune_httpcore
+from .transport import (
+    CALL_DEADLINE_FACTOR,
+    MIN_RATE,
+    PeerError,
+    Transport,
+    TransportClient,
+    tune_httpcore,
+)
 
 __all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE"]
 
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
 
 
-class PeerClient:
+class PeerClient(TransportClient):
     """Typed calls to one peer. Make it with `ClientFactory.client`."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.url = transport.url
-        self.timeout = transport.timeout
-
-    async def __aenter__(self) -> "PeerClient":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
 
     async def call(self, path: str, message: m.Message,
                    expect: type[m.Message] | tuple[type[m.Message], ...],

@@ -75,11 +75,11 @@ class Dashboard:
         self, index: ArchiveIndex, status: Callable[[], Awaitable[m.StatusReply]],
         latencies: LatencyRing, peers: PeerSet, clients: ClientFactory,
         token: str | None, protect_reads: bool,
+        kinds: PeerKinds,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-        kinds: PeerKinds | None = None,
     ) -> None:
         self.index = index
-        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
+        self.kinds = kinds
         self.status = status
         self.latencies = latencies
         self.peers = peers

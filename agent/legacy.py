@@ -3,7 +3,7 @@
 A wubloader node has no digests: each round lists its channels, their qualities and
 hours, and every hour in range (newest first), like wubloader's backfiller. Each
 (channel, quality) is a unit of work of the backfiller's own kind: the plan comes
-from `protocol.legacy.plan_legacy_hour`; tombstones go through the backfiller's
+from `protocol.replication.plan_hour`, as for a segsync peer; tombstones go through the backfiller's
 tombstone path and downloads through `agent.downloads` (hash-verified, atomic).
 """
 
@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from protocol.legacy import (
     NON_SEGMENT_QUALITIES,
     hours_to_list,
-    plan_legacy_hour,
     valid_components,
 )
-from protocol.replication import FetchPlan
+from protocol.replication import FetchPlan, plan_hour
 
 from .index import ArchiveIndex
 from .legacy_client import LegacyClient
@@ -57,11 +56,9 @@ class LegacyPuller:
         for hour in listed:
             names = await client.hour_listing(channel, quality, hour)
             stats.hours_listed += 1
-            plan, near_duplicates = plan_legacy_hour(
-                channel, quality, hour, names, self.index.names(channel, quality, hour),
-                now, self.recent_window)
+            plan = plan_hour(channel, quality, hour, names,
+                             self.index.names(channel, quality, hour), now, self.recent_window)
             stats.add_plan(plan)
-            stats.elsewhere += near_duplicates
             await self.store_tombstones(fetch, plan)
             if plan.fetch:
                 plans.append(plan)

@@ -14,25 +14,11 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.names import SegmentName
 
-from .transport import CALL_DEADLINE_FACTOR, PeerError, Transport
+from .transport import CALL_DEADLINE_FACTOR, PeerError, TransportClient
 
 
-class LegacyClient:
+class LegacyClient(TransportClient):
     """Typed calls to one wubloader node. Make it with `ClientFactory.wubloader_client`."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.url = transport.url
-        self.timeout = transport.timeout
-
-    async def __aenter__(self) -> "LegacyClient":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
 
     async def get(self, path: str) -> tuple[int, bytes]:
         """One GET within the call deadline, its reply read up to the listing limit."""

@@ -22,6 +22,7 @@ from .index import ArchiveIndex
 from .ingest import Ingest
 from .local_files import LocalFiles
 from .metrics import Metrics
+from .peerkind import PeerKinds
 from .peers import Peer, PeerSet
 from .round_stats import Progress, RoundResult
 from .store import Store
@@ -137,12 +138,13 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     a = await OfflineArchive.open(cfg)
-    peers = a.peers
+    peers, clients = a.peers, ClientFactory.from_config(cfg)
     backfiller = Backfiller(
-        peers, ClientFactory.from_config(cfg), a.index, a.ingest,
+        peers, clients, a.index, a.ingest,
         Downloads(a.ingest, a.store, a.index, a.metrics, cfg.max_concurrency,
                   cfg.max_segment_bytes),
-        a.metrics, BackfillSettings.from_config(cfg))
+        a.metrics, BackfillSettings.from_config(cfg),
+        kinds=PeerKinds.probing_with(peers, clients))
     started = trio.current_time()
     with progress_bar(err, "backfill") as progress:
         results = await backfiller.round_all(peers.peers, progress)

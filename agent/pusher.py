@@ -79,7 +79,7 @@ class PeerPusher:
     """One peer's queues and workers."""
 
     def __init__(self, peer: Peer, client: PeerClient, store: Store, metrics: Metrics,
-                 settings: PushSettings, kinds: PeerKinds | None = None,
+                 settings: PushSettings, kinds: PeerKinds,
                  report_rot: ReportRot = lambda name: None) -> None:
         self.peer = peer
         self.kinds = kinds  # None: the peer is a segsync agent
@@ -225,10 +225,10 @@ class Pusher:
     """A `PeerPusher` for every peer of the set, for as long as the peer is in it."""
 
     def __init__(self, peers: PeerSet, clients: ClientFactory, store: Store, metrics: Metrics,
-                 settings: PushSettings, kinds: PeerKinds | None = None,
+                 settings: PushSettings, kinds: PeerKinds,
                  report_rot: ReportRot = lambda name: None) -> None:
         self.peers = peers
-        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
+        self.kinds = kinds
         self.report_rot = report_rot
         self.clients = clients
         self.store = store

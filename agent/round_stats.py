@@ -33,6 +33,7 @@ class PairStats:
         self.skipped_recent += plan.skipped_recent
         self.skipped_temp += plan.skipped_temp
         self.skipped_tombstoned += plan.skipped_tombstoned
+        self.elsewhere += plan.skipped_near_duplicate  # the same bytes are here already
 
 
 @dataclass

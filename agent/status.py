@@ -27,13 +27,13 @@ PROBE_TIMEOUT = 2.0
 class StatusReport:
     def __init__(self, node_name: str, peers: PeerSet, clients: ClientFactory,
                  index: ArchiveIndex, pusher: Pusher, backfiller: Backfiller,
-                 url: Callable[[], str | None], kinds: PeerKinds | None = None,
+                 url: Callable[[], str | None], kinds: PeerKinds,
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
         self.node_name = node_name
-        self.kinds = kinds or PeerKinds.probing_with(peers, clients)
+        self.kinds = kinds
         self.peers = peers
         self.clients = clients
         self.index = index

@@ -177,3 +177,22 @@ class Transport:
                         yield chunk
 
             yield size, chunks()
+
+
+class TransportClient:
+    """The shell of a typed client: its transport, closed when the client leaves
+    `async with` (or by `aclose`)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.url = transport.url
+        self.timeout = transport.timeout
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()

@@ -9,13 +9,11 @@ range, like wubloader's own backfiller; it is never pushed to.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Iterable
 
 from .errors import ProtocolError, SegmentNameError
 from .names import parse_hour, validate_component
-from .replication import FetchPlan, plan_hour
 
 MAX_LIST_BYTES = 4 * 1024 * 1024  # one JSON listing (an hour of 2 s segments is ~180 KiB)
 MAX_LIST_ITEMS = 50_000
@@ -68,19 +66,3 @@ def hours_to_list(remote_hours: Iterable[str], first: str, last: str) -> list[st
         if first <= hour <= last:
             out.add(hour)
     return sorted(out, reverse=True)
-
-
-def plan_legacy_hour(
-    channel: str,
-    quality: str,
-    hour: str,
-    peer_names: Iterable[str],
-    local_names: frozenset[str] | set[str],
-    now: dt.datetime,
-    recent_window: float,
-) -> tuple[FetchPlan, int]:
-    """`plan_hour` (missing, tombstones, temp, recent window, and wubloader's
-    near-duplicate rule: `protocol.recording.near_duplicate`). Returns the plan and how
-    many near-duplicates it left out."""
-    plan = plan_hour(channel, quality, hour, peer_names, local_names, now, recent_window)
-    return plan, plan.skipped_near_duplicate

@@ -16,7 +16,6 @@ from protocol.legacy import (
     MAX_LIST_ITEMS,
     decode_name_list,
     hours_to_list,
-    plan_legacy_hour,
     valid_components,
 )
 from protocol.peerkind import (
@@ -26,6 +25,7 @@ from protocol.peerkind import (
     needs_probe,
     parse_peer_kind,
 )
+from protocol.replication import plan_hour
 
 AUTO, SEGSYNC, WUBLOADER = PeerKind.AUTO, PeerKind.SEGSYNC, PeerKind.WUBLOADER
 
@@ -68,14 +68,14 @@ def test_legacy_plan_keeps_plan_hour_rules():
     temp = make_name(b"d", START, type_="temp").filename
     hour = full.hour
     peer = [full.filename, tomb.tombstone_filename, temp, wub_temp, "chat.json"]
-    plan, near = plan_legacy_hour(full.channel, full.quality, hour, peer, set(), NOW, 120)
-    assert plan.fetch == [full] and near == 0
+    plan = plan_hour(full.channel, full.quality, hour, peer, set(), NOW, 120)
+    assert plan.fetch == [full] and plan.skipped_near_duplicate == 0
     assert plan.tombstones == [tomb]
     # wubloader's temp (a UUID for a hash) is a temp segment too (issue 11); chat.json invalid
     assert plan.skipped_temp == 2 and plan.invalid == 1
     # started 30 s ago: the local downloader may still be fetching it
-    plan, _ = plan_legacy_hour(recent.channel, recent.quality, recent.hour, [recent.filename],
-                               set(), NOW, 120)
+    plan = plan_hour(recent.channel, recent.quality, recent.hour, [recent.filename],
+                     set(), NOW, 120)
     assert plan.fetch == [] and plan.skipped_recent == 1
 
 
@@ -84,11 +84,11 @@ def test_near_duplicate_within_a_millisecond_is_left_out():
     theirs_near = make_name(b"same bytes", START + dt.timedelta(microseconds=800))
     theirs_far = make_name(b"same bytes", START + dt.timedelta(microseconds=1500))
     other_bytes = make_name(b"other bytes", START + dt.timedelta(microseconds=500))
-    plan, near = plan_legacy_hour(
+    plan = plan_hour(
         ours.channel, ours.quality, ours.hour,
         [theirs_near.filename, theirs_far.filename, other_bytes.filename],
         {ours.filename}, NOW, 0)
-    assert near == 1
+    assert plan.skipped_near_duplicate == 1
     assert set(plan.fetch) == {theirs_far, other_bytes}
 
 
