@@ -6,6 +6,13 @@ about to write (the recent window's reason, applied to push): it answers an offe
 "later". It still wants at once a segment the downloader has already passed (a
 hole), and a node that records nothing wants everything at once. No I/O, no clock:
 callers pass `now` (any monotonic clock, in seconds) to every time-dependent call.
+
+A downloader that falls behind fetches several segments at once (wubloader's does),
+and creates a temp file only once a response's headers arrive: a later segment can
+land while an earlier one is still in flight with no temp file to show for it. So a
+segment the downloader passed is a hole only once the downloader has had the time it
+lately took to write segments out of order (its reorder lag, learned from its own
+late writes: none for a downloader that writes in order).
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ MAX_RETRY_AFTER = 5.0
 TEMP_TTL = 30.0
 MAX_PAIRS = 1024        # (channel, quality) pairs whose downloader state is kept
 MAX_TEMPS_PER_PAIR = 64  # downloads in progress remembered per pair
+MAX_PASSES = 256         # frontier advances remembered per pair (when a start was passed)
+MAX_REORDERS = 16        # late (out of order) writes remembered per pair
+REORDER_MEMORY = 300.0   # seconds a late write keeps its lag in the hole grace
+MAX_HOLE_GRACE = 10.0    # longest a passed segment is waited for before it is a hole
+GRACE_FACTOR = 1.5       # margin over the longest lag seen
 
 
 def near_duplicate(name: SegmentName, local: Iterable[SegmentName]) -> bool:
@@ -89,12 +101,20 @@ class PairRecording:
     # starts of downloads in progress (temp files) -> `now` when seen
     temps: collections.OrderedDict[dt.datetime, float] = field(
         default_factory=collections.OrderedDict)
+    # (start, `now`) of every frontier advance, oldest first: when a start was passed
+    passes: collections.deque[tuple[dt.datetime, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_PASSES))
+    # (`now`, lag) of late writes: how long after passing a start the downloader wrote it
+    reorders: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_REORDERS))
 
 
 @dataclass(frozen=True)
 class OfferDecision:
     status: str                      # "want" or "later"
-    reason: str                      # "idle", "old", "hole", "ahead", "in_progress"
+    # "idle", "old", "hole", "ahead", "in_progress", "passing" (passed lately, may
+    # still be in flight: the downloader has written segments out of order)
+    reason: str
     retry_after: float | None = None
 
 
@@ -133,6 +153,11 @@ class RecordingState:
         pair.last_seen = now
         if pair.frontier is None or name.start > pair.frontier:
             pair.frontier = name.start
+            pair.passes.append((name.start, now))
+        elif name.start < pair.frontier - NEAR_DUPLICATE:  # written out of order
+            passed = passed_at(pair, name.start)
+            if passed is not None and passed > float("-inf"):
+                pair.reorders.append((now, now - passed))
         _drop_temp(pair, name.start)
 
     def temp_appeared(self, name: SegmentName, now: float) -> None:
@@ -156,10 +181,58 @@ class RecordingState:
         return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
                               wall_now, self.idle_after, self.temp_ttl, self.recent_window)
 
+    def hole_at(self, name: SegmentName, now: float) -> float | None:
+        """When (`now`'s clock) `name` counts as a hole of the local downloader; None
+        while it is ahead of it or being downloaded, or the pair is not recorded."""
+        pair = self._pairs.get((name.channel, name.quality))
+        if pair is None or now - pair.last_seen > self.idle_after:
+            return None
+        return hole_at(name, pair, now, self.temp_ttl)
+
 
 def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:
     for t in [t for t in pair.temps if abs(t - start) <= NEAR_DUPLICATE]:
         del pair.temps[t]
+
+
+def passed_at(pair: PairRecording, start: dt.datetime) -> float | None:
+    """The `now` at which the downloader first wrote a segment starting at or after
+    `start` (within NEAR_DUPLICATE); None if it has not got that far. Before the
+    remembered advances: the oldest one's time (a later bound, so a longer wait)."""
+    if pair.frontier is None or start > pair.frontier + NEAR_DUPLICATE:
+        return None
+    when = None
+    for passed, seen in reversed(pair.passes):
+        if passed < start - NEAR_DUPLICATE:
+            break
+        when = seen
+    return float("-inf") if when is None else when
+
+
+def hole_grace(pair: PairRecording, now: float) -> float:
+    """How long after passing a start the downloader may still write it: its longest
+    recent reorder lag with a margin (0 for a downloader that writes in order)."""
+    lags = [lag for seen, lag in pair.reorders if now - seen <= REORDER_MEMORY]
+    return min(MAX_HOLE_GRACE, max(lags, default=0.0) * GRACE_FACTOR)
+
+
+def in_progress(pair: PairRecording, start: dt.datetime, now: float, temp_ttl: float) -> bool:
+    """A download of that start is under way here (a temp file younger than temp_ttl)."""
+    return any(abs(t - start) <= NEAR_DUPLICATE and now - seen <= temp_ttl
+               for t, seen in pair.temps.items())
+
+
+def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float
+            ) -> float | None:
+    """When `name` becomes a hole the downloader left: once it was passed and the
+    downloader's reorder lag has gone by (may be in the past: a hole now). None while
+    it is ahead of the frontier or being downloaded."""
+    if in_progress(pair, name.start, now, temp_ttl):
+        return None
+    passed = passed_at(pair, name.start)
+    if passed is None:
+        return None
+    return passed + hole_grace(pair, now)
 
 
 def offer_decision(
@@ -175,6 +248,8 @@ def offer_decision(
     - a download of that start is in progress here (a temp file younger than
       `temp_ttl`): later;
     - it starts after everything our downloader wrote (its frontier): later;
+    - our downloader passed it less than its reorder lag ago (`hole_grace`): later,
+      until then;
     - otherwise our downloader passed it without writing it, a hole: want.
     """
     if pair is None or now - pair.last_seen > idle_after:
@@ -182,11 +257,15 @@ def offer_decision(
     if left_to_backfill(name, wall_now, recent_window):
         return OfferDecision("want", "old")
     retry = retry_after_for(name)
-    for start, seen in pair.temps.items():
-        if abs(start - name.start) <= NEAR_DUPLICATE and now - seen <= temp_ttl:
-            return OfferDecision("later", "in_progress", retry)
-    if pair.frontier is None or name.start > pair.frontier + NEAR_DUPLICATE:
+    if in_progress(pair, name.start, now, temp_ttl):
+        return OfferDecision("later", "in_progress", retry)
+    passed = passed_at(pair, name.start)
+    if passed is None:
         return OfferDecision("later", "ahead", retry)
+    wait = passed + hole_grace(pair, now) - now
+    if wait > 0:
+        return OfferDecision("later", "passing",
+                             min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, wait)))
     return OfferDecision("want", "hole")
 
 
