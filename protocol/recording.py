@@ -154,15 +154,18 @@ class RecordingState:
         if pair.frontier is None or name.start > pair.frontier:
             pair.frontier = name.start
             pair.passes.append((name.start, now))
-        elif name.start < pair.frontier - NEAR_DUPLICATE:  # written out of order
-            passed = passed_at(pair, name.start)
-            if passed is not None and passed > float("-inf"):
-                pair.reorders.append((now, now - passed))
+        else:
+            _note_late(pair, name.start, now)
         _drop_temp(pair, name.start)
 
     def temp_appeared(self, name: SegmentName, now: float) -> None:
+        """A download began (wubloader's downloader creates its temp file once the
+        response headers arrived). One of a start already passed teaches the reorder
+        lag too: it is learned even when a peer's copy won the race and the
+        downloader's own final file then looks like the peer's."""
         pair = self._pair(name)
         pair.last_seen = now
+        _note_late(pair, name.start, now)
         pair.temps[name.start] = now
         pair.temps.move_to_end(name.start)
         while len(pair.temps) > MAX_TEMPS_PER_PAIR:
@@ -188,6 +191,16 @@ class RecordingState:
         if pair is None or now - pair.last_seen > self.idle_after:
             return None
         return hole_at(name, pair, now, self.temp_ttl)
+
+
+def _note_late(pair: PairRecording, start: dt.datetime, now: float) -> None:
+    """The downloader is at `start` (a temp file or a final one) after it had already
+    passed it: remember how late."""
+    if pair.frontier is None or start >= pair.frontier - NEAR_DUPLICATE:
+        return
+    passed = passed_at(pair, start)
+    if passed is not None and passed > float("-inf"):
+        pair.reorders.append((now, now - passed))
 
 
 def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:

@@ -324,3 +324,14 @@ def test_a_passed_start_before_the_remembered_advances_waits_from_the_oldest():
     assert passed_at(pair, seg(11).start) == 10.0  # the oldest remembered advance
     assert passed_at(pair, seg(10 + 2 * 100).start) == 100.0
     assert passed_at(pair, seg(10 + 2 * (MAX_PASSES + 10)).start) is None
+
+
+def test_a_late_temp_file_teaches_the_lag_too():
+    """A peer's copy may win the race; the downloader's own file then has the peer's
+    name (and looks like the peer's), but its temp file came first."""
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.segment_written(seg(14), now=10.0)
+    s.temp_appeared(temp(12), now=12.0)  # 2 s after 14 passed it
+    s.segment_written(seg(20), now=20.0)
+    assert s.hole_at(seg(16), now=20.0) == pytest.approx(23.0)
