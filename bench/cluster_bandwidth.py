@@ -191,8 +191,8 @@ def behind_downloader(root: Path, plan: Plan, who: int, t0: float, renames: dict
             renames[(who, seg.index)] = time.monotonic()
 
     poll = t0 + rng.uniform(0, seg_seconds)
-    end = t0 + plan.segments[-1].available + 1.0 if plan.segments else t0
-    while poll <= end:
+    wanted = len(plan.segments) - len(plan.missed[who])
+    while len(started) < wanted:
         if stop.wait(max(0.0, poll - time.monotonic())):
             break
         now = time.monotonic() - t0
@@ -267,8 +267,7 @@ def _play(base, plan, nodes, recorders, defer, args, agents, urls, arrivals, ren
                 t.start()
             for t in threads:
                 t.join()
-            exists = {s.index for s in plan.segments
-                      if any(s.index not in plan.missed[r] for r in range(recorders))}
+            exists = {i for (_, i) in renames}  # a getter that found a copy wrote none
             deadline = time.monotonic() + args.settle
             while time.monotonic() < deadline:
                 with arrivals.lock:
