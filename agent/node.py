@@ -26,6 +26,7 @@ from .peers.tls import NodeTls, peers_problem
 from .pull.backfill import Backfiller, BackfillSettings
 from .pull.downloads import Downloads
 from .pull.heal import PeerHealer
+from .push.hole_repair import HoleRepairer
 from .push.pusher import Pusher, PushSettings
 from .push.recording import DeferralSettings, DownloaderTracker
 from .serve.dashboard import Dashboard
@@ -68,6 +69,9 @@ class Node:
                              report_rot=self.scrubber.suspect)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
+        self.hole_repairer = HoleRepairer(self.peers, self.clients, self.kinds, self.ingest,
+                                          self.metrics, config.max_segment_bytes)
+        self.downloader.repair_holes_with(self.hole_repairer)
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
                                       rescan_interval=config.rescan_interval,
@@ -110,6 +114,7 @@ class Node:
                 self.url = binds[0]
                 if self.config.push:
                     await nursery.start(self.pusher.run)
+                await nursery.start(self.hole_repairer.run)
                 await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self.local_files.rescan_loop)
                 if self.config.backfill:

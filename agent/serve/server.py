@@ -80,7 +80,8 @@ class ServerSettings:
 
 # (offered segment, the sender understands OfferLater) -> the reply; the downloader
 # tracker answers (agent/push/recording.py)
-AnswerOffer = Callable[[SegmentName, bool], Awaitable[m.OfferReply | m.OfferLater]]
+AnswerOffer = Callable[[SegmentName, bool, str | None],
+                      Awaitable[m.OfferReply | m.OfferLater]]
 
 
 class App:
@@ -242,7 +243,9 @@ class App:
 
     async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply | m.OfferLater:
         accepts_later = req.header(endpoints.OFFER_LATER_HEADER.encode()) == b"1"
-        return await self.answer_offer(offer.segment, accepts_later)
+        sender = req.header(b"x-segsync-node")  # the offering node's name (hole repair)
+        return await self.answer_offer(offer.segment, accepts_later,
+                                       sender.decode("ascii", "replace")[:200] if sender else None)
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
         status = await self.ingest.accept_tombstone(msg.segment, source="push")
