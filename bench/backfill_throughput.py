@@ -197,8 +197,11 @@ def build_archive(root: Path, hours: int, per_hour: int, size: int, pairs: int) 
 
 
 def tree_files(root: Path) -> dict[str, int]:
+    """Every segment file's size (not the agents' own `.segsync` state, which the
+    serving agent updates while copies run)."""
     out = {}
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = os.path.getsize(p)
@@ -417,7 +420,7 @@ def main() -> int:
         rows.append([r["memory"], r["label"], r["repeat"] + 1, r["wall_s"],
                      round(r["mb_per_s"], 1), r["cpu_s"], r.get("server_cpu_s", float("nan")),
                      "yes" if r["complete"] else "NO",
-                     "yes" if r["kind"] in ("segsync", "rsync-fsync") else "no"])
+                     "no" if r["kind"] in ("rsync", "wubloader") else "yes"])
     print_table(["memory", "copy", "run", "wall s", "MB/s", "CPU s", "server CPU s",
                  "complete", "fsync"], rows, title="catch-up of an empty node (warm source cache)")
     results["summary"] = {}

@@ -109,3 +109,61 @@ def test_length_counts_both_parts():
     assert len(buf) == 5 and bytes(buf) == b"abcde"
     with pytest.raises(TypeError):
         buf += 5  # what h11's own buffer refuses too
+
+
+def test_a_head_read_with_the_body_start_copies_only_the_tail_once():
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+    conn = h11.Connection(h11.CLIENT)
+    conn._receive_buffer = h11_buffer.PassThroughReceiveBuffer()
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(head + BODY[:1000])
+    assert isinstance(conn.next_event(), h11.Response)
+    trailing, _ = conn.trailing_data  # httpcore asks for it: no copy of the body part
+    assert trailing == BODY[:1000] and trailing is conn._receive_buffer._whole
+    assert bytes(conn.next_event().data) == BODY[:1000]
+    rest = BODY[1000:]
+    conn.receive_data(rest)
+    assert conn.next_event().data is rest
+
+
+REQUESTS = (
+    b"PUT /a HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(BODY) + BODY
+    + b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    + b"3\r\nabc\r\n0\r\n\r\n"
+    + b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n"
+)
+
+
+def serve(buffer_class, reads: list[bytes]) -> list:
+    """Events of a server connection (hypercorn's side) fed `reads`."""
+    saved = h11._connection.ReceiveBuffer
+    h11._connection.ReceiveBuffer = buffer_class
+    try:
+        conn = h11.Connection(h11.SERVER)
+    finally:
+        h11._connection.ReceiveBuffer = saved
+    out, data, pending, ends = [], b"", list(reads), 0
+    while ends < 3:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(pending.pop(0) if pending else b"")
+        elif isinstance(event, h11.Data):
+            data += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            out.append(data)
+            data = b""
+            ends += 1
+            conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+            conn.send(h11.EndOfMessage())
+            conn.start_next_cycle()
+        else:
+            out.append(event)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(REQUESTS)), max_size=12))
+def test_a_server_parses_as_with_h11s_buffer(cuts):
+    reads = split(REQUESTS, cuts)
+    assert serve(h11_buffer.PassThroughReceiveBuffer, reads) == serve(ReceiveBuffer, reads)

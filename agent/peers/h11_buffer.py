@@ -22,8 +22,11 @@ from h11._receivebuffer import ReceiveBuffer
 
 
 class PassThroughReceiveBuffer(ReceiveBuffer):
-    """`ReceiveBuffer` that passes a whole read taken whole through without copying.
-    Invariant: `_whole` is set only while h11's bytearray is empty."""
+    """`ReceiveBuffer` that keeps the last read, a `bytes`, as it is (`_whole`) after
+    what h11's bytearray holds, and passes it on whole when the body takes it whole.
+    A read that carries a response head and the body's beginning gives h11 only the
+    head (the rest is sliced off once). h11's own methods only ever see its bytearray;
+    whatever cannot be served so moves the read into it (`_spill`), as h11 would."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +37,19 @@ class PassThroughReceiveBuffer(ReceiveBuffer):
         if self._whole is not None:
             self._data += self._whole
             self._whole = None
+
+    def _head_only(self) -> None:
+        """Before h11 looks for lines: the read up to its first blank line goes to
+        h11's buffer, the rest stays whole."""
+        whole = self._whole
+        if whole is None:
+            return
+        end = whole.find(b"\r\n\r\n") if not self._data else -1
+        if end < 0 or end + 4 == len(whole):
+            self._spill()
+            return
+        self._data += whole[:end + 4]
+        self._whole = whole[end + 4:]
 
     def __iadd__(self, byteslike):
         if self._whole is None and not self._data and type(byteslike) is bytes:
@@ -47,16 +63,19 @@ class PassThroughReceiveBuffer(ReceiveBuffer):
         return len(self._data) + (len(self._whole) if self._whole is not None else 0)
 
     def __bytes__(self) -> bytes:
-        self._spill()
-        return super().__bytes__()
-
-    def _extract(self, count: int):
-        self._spill()
-        return super()._extract(count)
+        if self._whole is None:
+            return super().__bytes__()
+        if not self._data:
+            return self._whole  # httpcore asks for it after every response head
+        return bytes(self._data) + self._whole
 
     def maybe_extract_at_most(self, count: int):
+        if self._data:
+            return super().maybe_extract_at_most(count)  # what h11 holds comes first
         whole = self._whole
-        if whole is not None and count >= len(whole):
+        if whole is None:
+            return None
+        if count >= len(whole):
             self._whole = None
             self._next_line_search = 0
             self._multiple_lines_search = 0
@@ -65,11 +84,11 @@ class PassThroughReceiveBuffer(ReceiveBuffer):
         return super().maybe_extract_at_most(count)
 
     def maybe_extract_next_line(self):
-        self._spill()
+        self._head_only()
         return super().maybe_extract_next_line()
 
     def maybe_extract_lines(self):
-        self._spill()
+        self._head_only()
         return super().maybe_extract_lines()
 
     def is_next_line_obviously_invalid_request_line(self) -> bool:
