@@ -39,6 +39,17 @@ log = logging.getLogger(__name__)
 MAX_DOWNLOAD_ERRORS = 5  # broken exchanges in a row: stop this unit, retry next round
 FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
 COMMITS_IN_FLIGHT = 16  # verified segments being fsynced and renamed at once, per node
+# segments a peer without batch fetch (a wubloader node: one GET each) is asked for at
+# once within one exchange slot: its GETs are small exchanges, and a batch fetch keeps
+# a whole batch coming in one. A client of such a peer needs this many connections
+# per exchange slot (`connections_for`).
+GETS_PER_EXCHANGE = 2
+
+
+def connections_for(max_concurrency: int) -> int:
+    """Connections a pull client needs: every exchange slot's GETs, and two more (the
+    listings and digests of the round itself)."""
+    return max_concurrency * GETS_PER_EXCHANGE + 2
 
 
 class PeerFetch:
@@ -183,8 +194,16 @@ class Downloads:
 
     async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
                              commits: "_Commits") -> None:
-        for name in names:
-            await self._download(peer, name, commits)
+        """One GET per segment, GETS_PER_EXCHANGE at a time, in order."""
+        pending = collections.deque(names)
+
+        async def getter() -> None:
+            while pending and peer.stats.error is None:
+                await self._download(peer, pending.popleft(), commits)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(GETS_PER_EXCHANGE, len(pending))):
+                nursery.start_soon(getter)
 
     async def _download(self, peer: PeerFetch, name: SegmentName,
                         commits: "_Commits | None" = None) -> None:
