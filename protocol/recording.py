@@ -42,6 +42,9 @@ MAX_REORDERS = 16        # late (out of order) writes remembered per pair
 REORDER_MEMORY = 300.0   # seconds a late write keeps its lag in the hole grace
 MAX_HOLE_GRACE = 10.0    # longest a passed segment is waited for before it is a hole
 GRACE_FACTOR = 1.5       # margin over the longest lag seen
+# the grace while the downloader fetches several segments at once (two or more temp
+# files open together), before any late write has taught it a lag
+BURST_GRACE = 2.0
 
 
 def near_duplicate(name: SegmentName, local: Iterable[SegmentName]) -> bool:
@@ -107,6 +110,8 @@ class PairRecording:
     # (`now`, lag) of late writes: how long after passing a start the downloader wrote it
     reorders: collections.deque[tuple[float, float]] = field(
         default_factory=lambda: collections.deque(maxlen=MAX_REORDERS))
+    # `now` when two or more of its downloads were last seen in progress together
+    concurrent_at: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,8 @@ class RecordingState:
         _note_late(pair, name.start, now)
         pair.temps[name.start] = now
         pair.temps.move_to_end(name.start)
+        if sum(now - seen <= self.temp_ttl for seen in pair.temps.values()) > 1:
+            pair.concurrent_at = now  # fetching several at once: it has fallen behind
         while len(pair.temps) > MAX_TEMPS_PER_PAIR:
             pair.temps.popitem(last=False)
 
@@ -224,9 +231,12 @@ def passed_at(pair: PairRecording, start: dt.datetime) -> float | None:
 
 def hole_grace(pair: PairRecording, now: float) -> float:
     """How long after passing a start the downloader may still write it: its longest
-    recent reorder lag with a margin (0 for a downloader that writes in order)."""
+    recent reorder lag with a margin, at least BURST_GRACE while it lately fetched
+    several segments at once (0 for a downloader that writes in order, one at a
+    time)."""
     lags = [lag for seen, lag in pair.reorders if now - seen <= REORDER_MEMORY]
-    return min(MAX_HOLE_GRACE, max(lags, default=0.0) * GRACE_FACTOR)
+    burst = BURST_GRACE if now - pair.concurrent_at <= REORDER_MEMORY else 0.0
+    return min(MAX_HOLE_GRACE, max(max(lags, default=0.0) * GRACE_FACTOR, burst))
 
 
 def in_progress(pair: PairRecording, start: dt.datetime, now: float, temp_ttl: float) -> bool:

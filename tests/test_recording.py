@@ -335,3 +335,18 @@ def test_a_late_temp_file_teaches_the_lag_too():
     s.temp_appeared(temp(12), now=12.0)  # 2 s after 14 passed it
     s.segment_written(seg(20), now=20.0)
     assert s.hole_at(seg(16), now=20.0) == pytest.approx(23.0)
+
+
+def test_downloads_in_progress_together_mean_a_burst_before_any_lag_is_learned():
+    from protocol.recording import BURST_GRACE
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.temp_appeared(temp(12), now=1.0)
+    s.segment_written(seg(12), now=1.2)
+    s.segment_written(seg(16), now=3.0)  # one download at a time: in order, no grace
+    assert s.hole_at(seg(14), now=3.0) == 3.0
+    s.temp_appeared(temp(18), now=10.0)
+    s.temp_appeared(temp(20), now=10.1)  # two at once: it fell behind
+    s.segment_written(seg(22), now=10.5)
+    assert s.hole_at(seg(19), now=10.5) == pytest.approx(10.5 + BURST_GRACE)
+    assert s.decide(seg(19), now=11.0).reason == "passing"
