@@ -28,7 +28,7 @@ from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
-from ..archive.served import read_checked
+from ..archive.served import read_ahead
 from ..archive.store import Store, WriteRejected
 from ..peers.transport import MIN_RATE
 from ..telemetry.metrics import Metrics
@@ -343,20 +343,23 @@ class App:
         rejects what it got instead of storing it."""
         sent = 0
         check = ServedBytesCheck(name.path, name.hash, size)
-        while sent < size:
-            try:
-                chunk = await trio.to_thread.run_sync(
-                    read_checked, f, min(UPLOAD_BUFFER, size - sent), check)
-            except RottenBytes as e:
-                self._rotten(name, str(e))
-                return False
-            if not chunk:
-                log.warning("%s shrank while being served", f.name)
-                return False
-            sent += len(chunk)
-            self.metrics.bytes.labels("served").inc(len(chunk))
-            await send({"type": "http.response.body", "body": chunk,
-                        "more_body": sent < size or not last})
+        chunks_in, chunks = trio.open_memory_channel(0)
+        async with trio.open_nursery() as nursery:  # the next chunk is read while one is sent
+            nursery.start_soon(read_ahead, f, size, check, UPLOAD_BUFFER, chunks_in)
+            async with chunks:
+                async for chunk in chunks:
+                    if isinstance(chunk, RottenBytes):
+                        self._rotten(name, str(chunk))
+                        nursery.cancel_scope.cancel()
+                        return False
+                    if not chunk:
+                        log.warning("%s shrank while being served", f.name)
+                        nursery.cancel_scope.cancel()
+                        return False
+                    sent += len(chunk)
+                    self.metrics.bytes.labels("served").inc(len(chunk))
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": sent < size or not last})
         return True
 
     async def serve_segment(self, req: Request, path: str, send) -> None:
