@@ -14,7 +14,7 @@ tracker's watch), REPAIRS_AT_ONCE fetches at a time.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -37,7 +37,7 @@ MAX_PARKED = 4096
 
 # what the tracker says of a hole now: "repair", "wait" (not a hole yet: planned again
 # when the downloader next writes), or "drop" (settled, or no longer push's business)
-Verdict = Callable[[SegmentName], str]
+Verdict = Callable[[SegmentName], Awaitable[str]]
 
 
 class HoleRepairer:
@@ -49,7 +49,7 @@ class HoleRepairer:
         self.ingest = ingest
         self.metrics = metrics
         self.max_segment_bytes = max_segment_bytes
-        self.verdict: Verdict = lambda name: "repair"  # the tracker sets its own
+        self.verdict: Verdict = _always  # the tracker sets its own
         self.queue: DeferredQueue[Watched] = DeferredQueue(MAX_PARKED)
         self.in_flight: set[str] = set()  # paths being fetched now
         self._wakeup = trio.Event()
@@ -87,7 +87,7 @@ class HoleRepairer:
     async def _repair(self, item: Watched) -> None:
         name = item.name
         try:
-            verdict = self.verdict(name)
+            verdict = await self.verdict(name)
             if verdict != "repair":
                 item.scheduled = None  # "wait": the next write of the pair plans it again
                 return
@@ -124,3 +124,7 @@ class HoleRepairer:
             return False
         log.info("hole %s repaired from %s (%s)", name.path, peer, status)
         return True
+
+
+async def _always(name: SegmentName) -> str:
+    return "repair"

@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import trio
+
 from protocol import messages as m
-from protocol.names import Kind, SegmentName
 from protocol.hole_repair import HoleWatch
+from protocol.names import Kind, SegmentName
 from protocol.recording import MIN_RETRY_AFTER, TEMP_TTL, NearDuplicates, RecordingState
 
 from ..archive.index import ArchiveIndex
@@ -86,27 +88,33 @@ class DownloaderTracker:
         self.repairer = repairer
         repairer.verdict = self.hole_verdict
 
-    def hole_verdict(self, name: SegmentName) -> str:
+    async def hole_verdict(self, name: SegmentName) -> str:
         """For the repairer, when a planned repair comes due: "repair" (a hole of our
         downloader), "wait" (not yet: a download of it began, or the downloader's
-        lag grew) or "drop" (no longer ours to repair: the pair stopped being
-        recorded, or the segment is older than the recent window)."""
+        lag grew) or "drop" (no longer ours to repair: our downloader wrote it under
+        a near-duplicate name, the pair stopped being recorded, or the segment is
+        older than the recent window)."""
         if name.path not in self.watch:
-            return "drop"
-        if name in NearDuplicates(name.channel, name.quality, name.hour,
-                                  self.index.names(name.channel, name.quality, name.hour)):
-            self.watch.forget(name.path)  # our downloader wrote it, a few us apart
             return "drop"
         decision = self.state.decide(name, self.clock(), self.wall_clock())
         if decision.status == "later":
             return "wait"
+        store = self.ingest.store
+
+        def near_duplicate_on_disk() -> bool:  # the index may not have it yet
+            names = store.raw_filenames(name.channel, name.quality, name.hour)
+            return name in NearDuplicates(name.channel, name.quality, name.hour, names)
+
+        if await trio.to_thread.run_sync(near_duplicate_on_disk):
+            self.watch.forget(name.path)
+            return "drop"
+        if name.path not in self.watch:  # settled meanwhile
+            return "drop"
         self.watch.forget(name.path)
         if decision.reason == "hole":
             self._holes.add(name.path)
             return "repair"
         return "drop"
-
-    # ---- the watcher's view ----
 
     def file_event(self, name: SegmentName, kind: Kind, deleted: bool) -> None:
         """A final or temp file appeared (or went) in the archive."""
