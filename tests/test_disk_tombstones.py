@@ -136,8 +136,7 @@ async def test_serving_open_checks_the_tombstone_and_records_it(tmp_path):
     touch_tombstone(tmp_path, names[0])
     assert await trio.to_thread.run_sync(disk.open_segment, names[0]) is None
     assert index.has(names[0], Kind.TOMBSTONE)  # recorded then and there
-    assert await disk.tombstoned(names[0])
-    assert not await disk.tombstoned(names[1])
+    assert disk.on_disk(names[0]) and not disk.on_disk(names[1])
     gone = make_name(b"gone", hours_ago(5))
     assert await trio.to_thread.run_sync(disk.open_segment, gone) is None
     assert not index.has(gone, Kind.TOMBSTONE)

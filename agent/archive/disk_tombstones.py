@@ -82,13 +82,6 @@ class DiskTombstones:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    async def tombstoned(self, name: SegmentName) -> bool:
-        """`on_disk` off the event loop, recording what it finds."""
-        if await trio.to_thread.run_sync(self.on_disk, name):
-            self.record(name)
-            return True
-        return False
-
     # ---- one hour ----
 
     async def check_hour(self, channel: str, quality: str, hour: str) -> None:
