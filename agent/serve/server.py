@@ -473,4 +473,6 @@ class App:
                 raise HttpError(404, "not_found", "use /files/CHANNEL/QUALITY[/HOUR]")
         except SegmentNameError as e:
             raise HttpError(400, "bad_name", str(e)) from None
+        except OSError as e:  # the hour's directory could not be read for tombstones
+            raise HttpError(507, "storage_error", f"could not list: {e.strerror}") from None
         await send_response(send, 200, json_body(body), b"application/json")
