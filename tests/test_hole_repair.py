@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from protocol.hole_repair import MAX_SENDERS, HoleWatch, repair_order
-from protocol.recording import RecordingState
+from protocol.recording import MAX_SENDERS, HoleWatch, RecordingState, repair_order
 from tests.helpers import make_name
 
 UTC = dt.timezone.utc

@@ -3,7 +3,7 @@ it) that the downloader then passed without writing is fetched at once from a no
 that offered it, instead of waiting for that node's re-offer timer.
 
 `DownloaderTracker` hands each such hole over with the time it becomes one
-(`protocol.hole_repair`: at once for a downloader that writes in order, after its
+(`protocol.recording`: at once for a downloader that writes in order, after its
 reorder lag for one that falls behind). At that time the repairer asks the tracker
 again (a temp file may have appeared meanwhile), then fetches the segment
 (`GET /v1/segments/...`) from the nodes that offered it, then from the other peers,
@@ -18,10 +18,9 @@ from typing import Awaitable, Callable
 
 import trio
 
-from protocol.hole_repair import Watched, repair_order
 from protocol.names import SegmentName
 from protocol.peerkind import PeerKind
-from protocol.recording import DeferredQueue
+from protocol.recording import DeferredQueue, Watched, repair_order
 
 from ..archive.ingest import Ingest
 from ..archive.store import WriteRejected

@@ -5,7 +5,7 @@ downloader's temp files); `App` asks it how to answer an offer: want, have,
 tombstoned or, to a sender that understands it, `OfferLater`. The decisions are
 pure (`protocol.recording`); this is the I/O shell around them.
 
-Offers answered "later" are watched (`protocol.hole_repair.HoleWatch`): when the
+Offers answered "later" are watched (`protocol.recording.HoleWatch`): when the
 downloader writes a later segment and so passes one of them without writing it, the
 hole goes to the `HoleRepairer` (agent/push/hole_repair.py), which fetches it at once
 from a node that offered it.
@@ -21,9 +21,14 @@ from typing import Callable
 import trio
 
 from protocol import messages as m
-from protocol.hole_repair import HoleWatch
 from protocol.names import Kind, SegmentName
-from protocol.recording import MIN_RETRY_AFTER, TEMP_TTL, NearDuplicates, RecordingState
+from protocol.recording import (
+    MIN_RETRY_AFTER,
+    TEMP_TTL,
+    HoleWatch,
+    NearDuplicates,
+    RecordingState,
+)
 
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
