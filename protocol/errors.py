@@ -7,3 +7,8 @@ class SegmentNameError(ValueError):
 
 class ProtocolError(ValueError):
     """Bytes from a peer that are malformed, oversized or of the wrong shape."""
+
+
+class FileNameError(ValueError):
+    """A chat batch name or an extras path that must not be replicated: malformed,
+    or hostile (`..`, absolute, backslash, NUL, outside its directory)."""
