@@ -62,10 +62,18 @@ class FileSet:
         return sum(len(b) for b in self.buckets.values())
 
 
+def _kind_of(kind: str, rel: str) -> str:
+    """The count a file belongs to."""
+    if kind != fs.CHAT:
+        return "extras_files"
+    return "chat_batches" if rel.endswith(".json") else "chat_tombstones"
+
+
 class FileSetIndex:
     def __init__(self) -> None:
         self.sets: dict[tuple[str, str], FileSet] = {}
         self.version = 0
+        self._counts = {"chat_batches": 0, "chat_tombstones": 0, "extras_files": 0}
 
     def _set(self, kind: str, key: str, create: bool) -> FileSet | None:
         s = self.sets.get((kind, key))
@@ -82,6 +90,7 @@ class FileSetIndex:
         if rel in files:
             return False
         files[rel] = size
+        self._counts[_kind_of(kind, rel)] += 1
         s.changed(bucket)
         if s.vanished is not None:
             s.vanished.discard(rel)
@@ -98,6 +107,7 @@ class FileSetIndex:
         if not files or rel not in files:
             return False
         del files[rel]
+        self._counts[_kind_of(kind, rel)] -= 1
         if not files:
             del s.buckets[bucket]
         s.changed(bucket)
@@ -121,6 +131,10 @@ class FileSetIndex:
             for rel in old - files.keys():
                 if rel.endswith(".json"):
                     s.vanished.add(rel)
+        for rel in old:
+            self._counts[_kind_of(kind, rel)] -= 1
+        for rel in files:
+            self._counts[_kind_of(kind, rel)] += 1
         s.buckets = buckets
         self.version += 1
         return [rel for rel in files if rel not in old]
@@ -179,22 +193,17 @@ class FileSetIndex:
             return []
         return [r for b in sorted(s.buckets) for r in s.listed(b)]
 
+    def bucket_listed(self, kind: str, key: str, bucket: str) -> list[str]:
+        s = self.sets.get((kind, key))
+        return s.listed(bucket) if s else []
+
     def chat_hours(self, channel: str) -> list[str]:
         s = self.sets.get((fs.CHAT, channel))
         return sorted(s.buckets) if s else []
 
     def counts(self) -> dict[str, int]:
         """Files held of each kind: chat batches (tombstones apart) and extras files."""
-        batches = tombstones = extras = 0
-        for (kind, _), s in self.sets.items():
-            for files in s.buckets.values():
-                if kind == fs.CHAT:
-                    n = sum(1 for r in files if r.endswith(".json"))
-                    batches += n
-                    tombstones += len(files) - n
-                else:
-                    extras += len(files)
-        return {"chat_batches": batches, "chat_tombstones": tombstones, "extras_files": extras}
+        return dict(self._counts)
 
 
 class _LocalView:

@@ -158,6 +158,7 @@ class FileSetIngest:
     def _stored(self, kind: str, key: str, rel: str, size: int, status: str) -> str:
         if self.index.add(kind, key, rel, size) and status == "stored":
             self.metrics.bytes.labels("in").inc(size)
+            self.metrics.set_counts(self.index.counts())
         self.metrics.received.labels(kind, status).inc()
         return status
 

@@ -122,6 +122,7 @@ class LocalFileSets:
                 return
         if not self.index.add(kind, key, rel, size):
             return
+        self.metrics.set_counts(self.index.counts())
         if self.announce is not None and not self.ingest.came_from_peer(kind, key, rel):
             self.announce(kind, key, rel, size)
 

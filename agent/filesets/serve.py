@@ -275,8 +275,7 @@ class FileSetServer:
                 if len(flag) != 1 or flag[0] not in ("true", "false"):
                     raise HttpError(400, "bad_query", "tombstones must be true or false")
                 prefix = parts[2] + "/"
-                rels = [r for r in self.index.listed_rels(fs.CHAT, channel)
-                        if r.startswith(prefix)]
+                rels = self.index.bucket_listed(fs.CHAT, channel, parts[2])
                 body = [r[len(prefix):] for r in rels
                         if flag[0] == "true" or r.endswith(ch.BATCH_SUFFIX)]
         except SegmentNameError as e:
