@@ -548,6 +548,10 @@ class StatusReply(Message):
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
+    # chat batches and extras files held (absent from nodes before file sets)
+    chat_batches: int | None = wire(optional(integer()), None)
+    chat_tombstones: int | None = wire(optional(integer()), None)
+    extras_files: int | None = wire(optional(integer()), None)
 
 
 # ---- file sets: chat batches and extras files (protocol/filesets.py) ----

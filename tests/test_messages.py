@@ -144,6 +144,8 @@ def status_examples() -> list[StatusReply]:
         StatusReply("c", "https://c:8200", 10, 20, 0, [], tls=TlsStatus(
             "/etc/segsync/tls/node.crt", subject="CN=c", not_after=1_800_000_000.0,
             loaded_at=15.0, problem=None, reload_error="not a usable pair")),
+        StatusReply("f", "http://f:8200", 10, 20, 5, [], chat_batches=20, chat_tombstones=1,
+                    extras_files=50_000),
     ]
 
 
