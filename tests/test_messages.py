@@ -720,7 +720,9 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
                         "peer_sources", "scrub", "tls",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
-                        "holes_filled_by_push"}
+                        "holes_filled_by_push",
+                        # chat and extras counts (optional)
+                        "chat_batches", "chat_tombstones", "extras_files"}
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
     assert obj["tls"] is None  # plain http
     assert obj["peers"][0] == {
