@@ -22,7 +22,7 @@ LISTING = "/v1/listing"
 STATUS = "/v1/status"
 FETCH = "/v1/fetch"  # batch download: a framed stream of segments
 SEGMENTS = "/v1/segments"  # GET or PUT SEGMENTS/<segment path>
-# file sets: chat batches and extras files (protocol/filesets.py)
+# file sets: chat batches and extras files (protocol/filesets/)
 SET_DIGESTS = "/v1/set-digests"
 BUCKET_DIGESTS = "/v1/bucket-digests"
 ENTRIES = "/v1/entries"

@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 
 import msgpack
 
-from . import filesets as fs
+from .filesets import sets as fs
 from . import limits
 from .errors import FileNameError, ProtocolError, SegmentNameError
 from .names import (
@@ -554,7 +554,7 @@ class StatusReply(Message):
     extras_files: int | None = wire(optional(integer()), None)
 
 
-# ---- file sets: chat batches and extras files (protocol/filesets.py) ----
+# ---- file sets: chat batches and extras files (protocol/filesets/) ----
 
 def _set_kind(value: Any, what: str) -> str:
     return one_of(fs.KINDS)(value, what)

@@ -113,9 +113,9 @@ async def test_chat_archivers_on_two_nodes_converge(cluster_factory, caplog):
         assert [p.name for p in chat_dir(ra).iterdir() if not p.is_dir()] == []
         # in sync: a round moves no chat bytes
         await a.backfiller.round_all([b.url])
-        stats = a.filesets.last_rounds[b.url]
+        stats = a.file_puller.last_rounds[b.url]
         assert stats.sets_differing == 0 and stats.fetched == 0
-        counts = a.filesets.counts()
+        counts = a.files.counts()
         assert counts["chat_batches"] == len(files_under(chat_dir(ra)))
     assert not [r for r in caplog.records if "ends in neither" in r.getMessage()]
 
@@ -150,14 +150,14 @@ async def test_extras_pushed_both_ways_first_copy_wins(cluster_factory):
         assert not (rb / "emotes/.hidden").exists()
         # in sync (paths, not bytes): a round compares one digest per set
         await a.backfiller.round_all([b.url])
-        stats = a.filesets.last_rounds[b.url]
+        stats = a.file_puller.last_rounds[b.url]
         assert stats.sets_differing == 0 and stats.fetched == 0
         # a node that lost files pulls them back (anti-entropy), verified
         os.remove(ra / "emotes/26/light-1.0")
-        await wait_until(lambda: not a.filesets.index.has("extras", "emotes", "26/light-1.0"))
+        await wait_until(lambda: not a.files.index.has("extras", "emotes", "26/light-1.0"))
         await a.backfiller.round_all([b.url])
         assert (ra / "emotes/26/light-1.0").read_bytes() == b"last"
-        assert a.filesets.counts()["extras_files"] == 4
+        assert a.files.counts()["extras_files"] == 4
 
 
 def wubloader_chat_and_extras(root: Path) -> dict:
@@ -190,11 +190,11 @@ async def test_pull_chat_and_extras_from_a_wubloader_node(cluster_factory, tmp_p
                     and k != str(made["tombstoned"].relative_to(w.root))}
             got = files_under(root)
             assert {k: v for k, v in got.items() if not k.startswith(".")} == want
-            stats = node.filesets.last_rounds[w.url]
+            stats = node.file_puller.last_rounds[w.url]
             assert stats.tombstones == 1 and stats.refused == 0 and not stats.errors
             # in sync: lists again, fetches nothing
             [again] = await node.backfiller.round_all([w.url])
-            assert node.filesets.last_rounds[w.url].fetched == 0
+            assert node.file_puller.last_rounds[w.url].fetched == 0
             assert w.pushes() == []
 
 
@@ -208,7 +208,7 @@ async def test_a_batch_merged_away_before_its_download_is_not_an_error(cluster_f
             node = c.nodes[0]
             await node.set_peers([w.url])
             [result] = await node.backfiller.round_all([w.url])
-            stats = node.filesets.last_rounds[w.url]
+            stats = node.file_puller.last_rounds[w.url]
             assert result.ok, result.error
             assert stats.gone == 1 and stats.failed == 0 and not stats.errors
             assert not list(c.root(0).rglob(victim))
@@ -290,7 +290,7 @@ async def test_hostile_listings_write_nothing_outside(cluster_factory, tmp_path,
             os.symlink(outside, root / "emotes" / "link")  # a symlink in the local tree
             await node.set_peers([w.url])
             [result] = await node.backfiller.round_all([w.url])
-            stats = node.filesets.last_rounds[w.url]
+            stats = node.file_puller.last_rounds[w.url]
             assert (root / "emotes/ok/file").read_bytes() == b"fine"
             assert list(outside.iterdir()) == []
             assert not (tmp_path / "evil").exists() and not Path("/abs/evil").exists()

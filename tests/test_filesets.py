@@ -1,5 +1,5 @@
-"""Pure rules of chat batches and extras files (protocol/chat.py, extras.py,
-filesets.py, filebatch.py): names, hostile paths, plans, batch replies."""
+"""Pure rules of chat batches and extras files (protocol/filesets/: chat, extras,
+sets, batch): names, hostile paths, plans, batch replies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from protocol import chat, extras, filebatch, filesets as fs
+from protocol.filesets import batch as filebatch, chat, extras, sets as fs
 from protocol import messages as m
 from protocol.errors import FileNameError, ProtocolError
 

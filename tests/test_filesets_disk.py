@@ -9,13 +9,13 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from agent.filesets.index import FileSetIndex
-from agent.filesets.ingest import FileSetIngest, FileSetMetrics, Rejected
-from agent.filesets.local import LocalFileSets, classify_local
-from agent.filesets.tree import FileExists, RefusedPath, SafeTree
-from protocol import filesets as fs
+from agent.archive.filesets.index import FileSetIndex
+from agent.archive.filesets.ingest import FileSetIngest, FileSetMetrics, Rejected
+from agent.archive.filesets.local import LocalFileSets, classify_local
+from agent.archive.filesets.tree import FileExists, RefusedPath, SafeTree
+from protocol.filesets import sets as fs
 
-from tests import chat_standin as wub
+import chat_standin as wub
 
 HOUR = "2026-01-01T05"
 

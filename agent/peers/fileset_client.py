@@ -12,14 +12,14 @@ from typing import AsyncIterator
 import trio
 
 from protocol import endpoints as ep
-from protocol import filebatch
-from protocol import filesets as fs
+from protocol.filesets import batch as filebatch
+from protocol.filesets import sets as fs
 from protocol import limits
 from protocol import messages as m
-from protocol.chat import CHAT_QUALITY
+from protocol.filesets.chat import CHAT_QUALITY
 from protocol.errors import ProtocolError
 
-from ..transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError
+from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError
 
 
 def encode_sha(digest: bytes) -> str:

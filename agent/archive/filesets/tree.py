@@ -23,9 +23,9 @@ import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from protocol import chat as ch
-from protocol import extras as ex
-from protocol import filesets as fs
+from protocol.filesets import chat as ch
+from protocol.filesets import extras as ex
+from protocol.filesets import sets as fs
 from protocol.errors import FileNameError, SegmentNameError
 from protocol.names import parse_hour
 

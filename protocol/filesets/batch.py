@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from . import filesets as fs
-from . import limits
-from . import messages as m
-from .errors import ProtocolError
+from . import sets as fs
+from .. import limits
+from .. import messages as m
+from ..errors import ProtocolError
 
 _LENGTH_BYTES = 2
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from protocol import filesets as fs
+from protocol.filesets import sets as fs
 
 from ..recent import RecentSet
 

@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 
 import trio
 
-from protocol import chat as ch
-from protocol import extras as ex
-from protocol import filesets as fs
+from protocol.filesets import chat as ch
+from protocol.filesets import extras as ex
+from protocol.filesets import sets as fs
 from protocol.errors import FileNameError
 
 from .index import FileSetIndex

@@ -18,21 +18,21 @@ import os
 
 import trio
 
-from protocol import chat as ch
+from protocol.filesets import chat as ch
 from protocol import endpoints as ep
-from protocol import filebatch
-from protocol import filesets as fs
+from protocol.filesets import batch as filebatch
+from protocol.filesets import sets as fs
 from protocol import limits
 from protocol import messages as m
 from protocol.errors import FileNameError, ProtocolError, SegmentNameError
 from protocol.names import parse_hour, validate_component
 
-from ..asgi import HttpError, Request, send_response
-from ..transport import MIN_RATE
-from . import client as fc
-from .index import FileSetIndex
-from .ingest import FileSetIngest, FileSetMetrics, Rejected
-from .tree import RefusedPath, SafeTree, entry_parts
+from ..archive.filesets.index import FileSetIndex
+from ..archive.filesets.ingest import FileSetIngest, FileSetMetrics, Rejected
+from ..archive.filesets.tree import RefusedPath, SafeTree, entry_parts
+from ..peers import fileset_client as fc
+from ..peers.transport import MIN_RATE
+from .asgi import HttpError, Request, send_response
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import AsyncIterator
 import trio
 from prometheus_client import Counter, Gauge
 
-from protocol import chat as ch
-from protocol import filesets as fs
+from protocol.filesets import chat as ch
+from protocol.filesets import sets as fs
 
 from ..recent import RecentSet
 from .index import FileSetIndex

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .errors import FileNameError, SegmentNameError
-from .names import validate_component
+from ..errors import FileNameError, SegmentNameError
+from ..names import validate_component
 
 MAX_PATH_BYTES = 1000  # a listed path, UTF-8 (msgpack strings hold 1024 bytes)
 MAX_COMPONENT_BYTES = 255  # a file name on Linux

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import FileNameError, SegmentNameError
-from .hashing import decode_hash, encode_hash, hash_bytes
-from .names import parse_hour, validate_component
+from ..errors import FileNameError, SegmentNameError
+from ..hashing import decode_hash, encode_hash, hash_bytes
+from ..names import parse_hour, validate_component
 
 CHAT_QUALITY = "chat"
 BATCH_SUFFIX = ".json"

@@ -14,15 +14,15 @@ import os
 
 import trio
 
-from protocol import filesets as fs
+from protocol.filesets import sets as fs
 from protocol.backoff import Backoff
 from protocol.peerkind import PeerKind
 
-from ..peers import Peer, follow_peers
-from ..transport import PeerError
-from . import client as fc
-from .ingest import FileSetMetrics
-from .tree import RefusedPath, SafeTree, entry_parts
+from ..archive.filesets.ingest import FileSetMetrics
+from ..archive.filesets.tree import RefusedPath, SafeTree, entry_parts, sha256_file
+from ..peers import fileset_client as fc
+from ..peers.peer_set import Peer, follow_peers
+from ..peers.transport import PeerError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,6 @@ class FileSetPusher:
             return "gone"
         try:
             def hash_it():
-                from .tree import sha256_file
                 digest, n = sha256_file(f)
                 f.seek(0)
                 return digest, n

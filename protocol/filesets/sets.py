@@ -27,9 +27,9 @@ from .chat import (
     is_archiver_temp,
     parse_chat_rel,
 )
-from .digests import hour_digest, hour_in_range, pair_digest
-from .errors import FileNameError, ProtocolError, SegmentNameError
-from .names import validate_component
+from ..digests import hour_digest, hour_in_range, pair_digest
+from ..errors import FileNameError, ProtocolError, SegmentNameError
+from ..names import validate_component
 
 CHAT = "chat"
 EXTRAS = "extras"

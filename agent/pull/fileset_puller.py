@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 import trio
 
 from protocol import endpoints as ep
-from protocol import filebatch
-from protocol import filesets as fs
+from protocol.filesets import batch as filebatch
+from protocol.filesets import sets as fs
 from protocol.legacy import hours_to_list, valid_components
+from protocol.peerkind import PeerKind
 
-from ..transport import PeerError
-from . import client as fc
-from .index import FileSetIndex
-from .ingest import FileSetIngest, FileSetMetrics, Rejected
+from ..archive.filesets.index import FileSetIndex
+from ..archive.filesets.ingest import FileSetIngest, FileSetMetrics, Rejected
+from ..peers import fileset_client as fc
+from ..peers.transport import PeerError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,20 @@ class FileSetPuller:
         self.metrics = metrics
         self.extras_dirs = tuple(extras_dirs)
         self.limiter = trio.CapacityLimiter(max(1, max_concurrency))
+        self.last_rounds: dict[str, FileRoundStats] = {}  # by peer URL
+
+    async def round_with(self, peer, kind: PeerKind, clients, hours: tuple[str, str],
+                         concurrency: int = 7) -> FileRoundStats:
+        """One round of chat and extras with one peer, of the kind it is."""
+        if kind is PeerKind.WUBLOADER:
+            async with clients.wubloader_client(peer, concurrency=concurrency) as client:
+                stats = await self.round_wubloader(client, peer.name, hours)
+        else:
+            async with clients.client(peer, concurrency=concurrency) as client:
+                stats = await self.round_segsync(client, peer.name, hours)
+        self.last_rounds[peer.url] = stats
+        self.metrics.set_counts(self.index.counts())
+        return stats
 
     # ---- segsync peers ----
 
