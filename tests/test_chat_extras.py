@@ -85,12 +85,13 @@ async def test_chat_archivers_on_two_nodes_converge(cluster_factory, caplog):
                                       wub.received(chat[:32], "a", 0))
         await trio.to_thread.run_sync(wub.write_minutes, str(chat_dir(rb)),
                                       wub.received(chat[16:], "b", 0.3))
-        # pushed on appearance: every batch of A reaches B and back, before any merge
+        # pushed on appearance: every batch of each reaches the other, before any merge
+        a_files, b_files = files_under(chat_dir(ra)), files_under(chat_dir(rb))
+        await wait_until(lambda: all((chat_dir(rb) / rel).exists() for rel in a_files)
+                         and all((chat_dir(ra) / rel).exists() for rel in b_files))
         a_files = files_under(chat_dir(ra))
-        await wait_until(lambda: all((chat_dir(rb) / rel).exists() for rel in a_files))
-        # A's merger replaces its batches; the merged-away ones stay on B (no deletion
-        # is replicated) and A does not pull them back
-        await wait_until(lambda: set(a_files) <= set(files_under(chat_dir(ra))))
+        # A's merger replaces batches; the merged-away ones stay on B (no deletion is
+        # replicated) and A does not pull them back
         await merge(ra)
         gone_here = set(a_files) - set(files_under(chat_dir(ra)))
         assert gone_here
@@ -251,7 +252,7 @@ async def test_served_to_a_wubloader_backfiller(cluster_factory, tmp_path):
         for rel, data in files_under(source).items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(data)
-        await node.local_files.rescan(announce_new=False)
+        await node.files.local.rescan(announce_new=False)
         async with httpx.AsyncClient(base_url=node.url) as http:
             r = await http.get("/extras/emotes")
             assert r.status_code == 200 and sorted(r.json()) == ["1/dark-1.0", "1/dark-2.0"]
@@ -294,7 +295,7 @@ async def test_hostile_listings_write_nothing_outside(cluster_factory, tmp_path,
             assert (root / "emotes/ok/file").read_bytes() == b"fine"
             assert list(outside.iterdir()) == []
             assert not (tmp_path / "evil").exists() and not Path("/abs/evil").exists()
-            assert stats.refused == 4 and stats.failed == 1  # link/evil: refused on write
+            assert stats.refused == 5 and stats.failed == 1  # link/evil: refused on write
             logged = " ".join(r.getMessage() for r in caplog.records)
             for why in ("'..'", "absolute", "backslash", "NUL", "symlink"):
                 assert why in logged, why
