@@ -313,3 +313,45 @@ async def test_one_shot_backfill_with_extras(tmp_path, capsys):
         assert (dest / "media/aa/v.mp4").read_bytes() == b"video"
         assert len(list(chat_dir(dest).rglob("*.json"))) >= 1
         assert not list(dest.rglob("*.temp"))
+
+
+def test_extras_flags_and_toml(tmp_path):
+    from agent.commands.cli import config_from_args, make_parser
+    from agent.config import ConfigError, build_config, load_toml
+
+    args = make_parser().parse_args(["run", "--root", str(tmp_path), "--extras", "emotes,media",
+                                     "--extras", "emotes", "--extras", " more "])
+    assert config_from_args(args).extras == ["emotes", "media", "more"]
+    toml = tmp_path / "segsync.toml"
+    toml.write_text('extras = ["emotes", "media"]\n')
+    assert build_config({"root": tmp_path, **load_toml(toml)}).extras == ["emotes", "media"]
+    for bad in ("../x", ".segsync", "chat", "a/b", ["x", 3]):
+        with pytest.raises(ConfigError) as info:
+            build_config({"root": tmp_path, "extras": bad if isinstance(bad, list) else [bad]})
+        assert "extras" in str(info.value)
+
+
+async def test_chat_files_counted_apart_and_never_warned_about(cluster_factory, tmp_path,
+                                                                caplog):
+    from agent.commands.status_view import render_status
+
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "node0"
+    made = wubloader_chat_and_extras(root)
+    (chat_dir(root) / made["batches"][0].parent.name / "odd.json").write_text("{}")
+    async with cluster_factory(1, connect=False, extras=EXTRAS) as c:
+        node = c.nodes[0]
+        status = node.status.report({})
+        batches = len(made["batches"])
+        assert (status.chat_batches, status.chat_tombstones, status.extras_files) == (
+            batches, 1, 4)
+        assert status.segments == 0
+        text = render_status(status)
+        assert f"{batches} chat batches" in text and "4 extras files" in text
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            metrics = (await http.get("/metrics")).text
+            state = (await http.get("/dashboard/state")).json()
+        assert f'segsync_fileset_files{{kind="chat_batches"}} {batches}.0' in metrics
+        assert state["extras_files"] == 4
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [w for w in warned if "chat" in w or ".temp" in w], warned
