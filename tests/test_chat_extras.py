@@ -355,3 +355,43 @@ async def test_chat_files_counted_apart_and_never_warned_about(cluster_factory, 
         assert state["extras_files"] == 4
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [w for w in warned if "chat" in w or ".temp" in w], warned
+
+
+async def test_hostile_requests_to_the_file_endpoints(cluster_factory, tmp_path):
+    from protocol import endpoints as ep
+
+    secret = b"secret bytes 7d1e"
+    (tmp_path / "canary.txt").write_bytes(secret)
+    async with cluster_factory(1, connect=False, extras=EXTRAS) as c:
+        node, root = c.nodes[0], c.root(0)
+        (root / "emotes" / "1").mkdir(parents=True)
+        (root / "emotes" / "1" / "dark-1.0").write_bytes(b"ok")
+        os.symlink(tmp_path / "canary.txt", root / "emotes" / "1" / "sneaky")
+        await node.files.local.rescan(announce_new=False)
+        data = b"evil"
+        sha = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            for path in ("/segments/emotes/1/sneaky", "/segments/emotes/..%2f..%2fcanary.txt",
+                         "/segments/emotes/%2e%2e/%2e%2e/canary.txt",
+                         "/v1/file/extras/emotes/1/sneaky", "/v1/file/extras/emotes/%2e%2e/x",
+                         "/v1/file/extras/emotes/1%2f..%2f..%2f..%2fcanary.txt"):
+                r = await http.get(path)
+                assert r.status_code in (400, 404), (path, r.status_code)
+                assert secret not in r.content
+            for path in ("/v1/file/extras/emotes/..%2f..%2fevil", "/v1/file/extras/emotes/%2fabs",
+                         "/v1/file/extras/emotes/a%5cb", "/v1/file/extras/emotes/1/sneaky/x",
+                         "/v1/file/extras/notmine/x", "/v1/file/chat/desertbus/x.json"):
+                r = await http.put(path, content=data,
+                                   headers={ep.FILE_SHA256_HEADER: sha})
+                assert r.status_code in (400, 404), (path, r.status_code)
+            assert (await http.get("/extras/%2e%2e")).status_code == 403
+            assert sorted((await http.get("/extras/emotes")).json()) == ["1/dark-1.0"]
+            r = await http.put("/v1/file/extras/emotes/2/x", content=data,
+                               headers={ep.FILE_SHA256_HEADER: sha[:-1] + "A"})
+            assert r.status_code == 422
+            r = await http.put("/v1/file/extras/emotes/2/x", content=data,
+                               headers={ep.FILE_SHA256_HEADER: sha})
+            assert r.status_code == 200
+        assert (root / "emotes/2/x").read_bytes() == data
+        assert (tmp_path / "canary.txt").read_bytes() == secret
+        assert not (tmp_path / "evil").exists() and not (root / "evil").exists()
