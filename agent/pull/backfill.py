@@ -185,7 +185,8 @@ class Backfiller:
             if e.status in (404, 405) and self.kinds.known(peer) is PeerKind.SEGSYNC:
                 self.kinds.forget(peer)  # its /v1 is gone: probe it again
         kind = self.kinds.known(peer)
-        if self.files is not None and kind is not None:
+        # chat and extras follow, unless the peer failed as a whole (down, no digests)
+        if self.files is not None and kind is not None and (result.ok or result.pairs):
             files = result.files = await self.files.round_with(
                 peer, kind, self.clients, hour_range(self.clock(), self.settings.hours),
                 self.settings.max_concurrency + 2)
