@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from .archive.filesets.archive import FileSetArchive
+from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
@@ -49,6 +50,10 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
+        # what serves, lists and pushes checks the tombstones on disk; one it finds
+        # first takes the watcher's path (indexed, announced)
+        self.disk_tombstones = DiskTombstones(
+            self.store, self.index, found=lambda name: self.local_files.found_tombstone(name))
         # chat batches and extras directories (agent/archive/filesets)
         self.files = FileSetArchive(config.root, config.extras, self.metrics.registry,
                                     config.max_segment_bytes)
@@ -73,7 +78,8 @@ class Node:
             ScrubSettings.from_config(config))
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
-                             report_rot=self.scrubber.suspect)
+                             report_rot=self.scrubber.suspect,
+                             disk_tombstones=self.disk_tombstones)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -105,7 +111,7 @@ class Node:
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
-                       report_rot=self.scrubber.suspect,
+                       report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
                        files=FileSetServer(self.files.index, self.files.ingest,
                                            self.files.tree, self.files.metrics, config.extras,
                                            config.request_timeout))
