@@ -34,6 +34,7 @@ from protocol.hashing import SegmentHasher
 from protocol.names import Kind, SegmentName, parse_filename, parse_segment_path
 from protocol.scrub import (
     GOOD,
+    QUARANTINE_DIR,
     RateBudget,
     ScrubState,
     ScrubStateError,
@@ -46,7 +47,6 @@ from protocol.scrub import (
     hours_oldest_first,
     lost_segments,
     pass_wait,
-    QUARANTINE_DIR,
     quarantine_relpath,
     remaining_in_hour,
     should_checkpoint,
