@@ -12,6 +12,7 @@ import trio
 
 from protocol.backoff import StartupGrace
 
+from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
@@ -46,6 +47,10 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
+        # what serves, lists and pushes checks the tombstones on disk; one it finds
+        # first takes the watcher's path (indexed, announced)
+        self.disk_tombstones = DiskTombstones(
+            self.store, self.index, found=lambda name: self.local_files.found_tombstone(name))
         self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
                              this_node=config.node_name, kinds=config.peer_kinds)
         self.tls = NodeTls.from_config(config)
@@ -69,7 +74,8 @@ class Node:
         self.grace = StartupGrace(config.startup_grace)
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
-                             report_rot=self.scrubber.suspect, grace=self.grace)
+                             report_rot=self.scrubber.suspect,
+                             disk_tombstones=self.disk_tombstones, grace=self.grace)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -94,7 +100,7 @@ class Node:
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
-                       report_rot=self.scrubber.suspect)
+                       report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
