@@ -94,9 +94,13 @@ def render_status(status: StatusReply) -> str:
     lines = [
         *wrap(f"node {shorten_end(status.node, 40)} at {shorten_url(status.url, 50)}, "
               f"up {format_uptime(now - float(status.started_at))}, "
-              f"{status.segments} segments"),
+              f"{status.segments} segments"
+              + (f", {status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
+                 f"tombstoned), {_count(status.extras_files)} extras files"
+                 if status.chat_batches is not None else "")),
         *(line for text in status_lines(status.tls) for line in wrap(text)),
-        *(line for source in status.peer_sources or () for line in wrap(source_line(source, now))),
+        *(line for source in status.peer_sources or ()
+          for line in wrap(source_line(source, now))),
     ]
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))

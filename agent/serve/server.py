@@ -21,6 +21,7 @@ import trio
 
 from protocol import endpoints, limits
 from protocol import messages as m
+from protocol.filesets.chat import CHAT_QUALITY
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
@@ -34,6 +35,8 @@ from ..archive.store import Store, WriteRejected
 from ..peers.transport import MIN_RATE
 from ..telemetry.metrics import Metrics
 from .asgi import ClientGone, HttpError, Request, send_response
+from .fileset_server import V1_ENDPOINTS as FILESET_ENDPOINTS
+from .fileset_server import FileSetServer
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -95,7 +98,9 @@ class App:
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
                  answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
                  report_rot: Callable[[SegmentName], None] | None = None, *,
-                 disk_tombstones: DiskTombstones) -> None:
+                 disk_tombstones: DiskTombstones,
+                 files: FileSetServer | None = None) -> None:
+        self.files = files  # chat batches and extras files (agent/serve/fileset_server.py)
         self.disk_tombstones = disk_tombstones
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/serve/dashboard.py)
         self.report_rot = report_rot  # a served file that does not hash to its name
@@ -183,16 +188,26 @@ class App:
         if endpoint == endpoints.FILES:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and len(rest) in (2, 3) and rest[1] == CHAT_QUALITY:
+                return await self.files.chat_files(req, rest, send)
             return await self.compat_files(req, rest, send)
         if endpoint == endpoints.LEGACY_SEGMENTS:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and self.files.wants_segments_path(rest):
+                return await self.files.serve_legacy(req, rest, send)
             return await self.serve_segment(req, "/".join(rest), send)
+        if endpoint == endpoints.EXTRAS and self.files is not None:
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await self.files.extras_listing(req, rest, send)
         if endpoint in (endpoints.PAGE, endpoints.DASHBOARD) and self.dashboard is not None:
             return await self.dashboard.route(req, endpoint, rest, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        if self.files is not None and endpoint in FILESET_ENDPOINTS:
+            return await self.files.route_v1(req, endpoint, rest, send)
         if endpoint == endpoints.SEGMENTS and rest:
             path = "/".join(rest)
             if req.method == "PUT":
