@@ -51,10 +51,12 @@ def test_status_with_long_names_urls_and_hashes_fits():
                          reach_error=error, queue_depth=12345, push_dropped=7),
         ],
         scrub=m.ScrubStatus(checked=10, bytes=10, rotten=1, healed=0, lost=1,
-                            lost_paths=[lost.path], pass_started=3000.0, position=lost.path))
+                            lost_paths=[lost.path], pass_started=3000.0, position=lost.path),
+        chat_batches=3, chat_tombstones=1, extras_files=4)
     out = render_status(status)
     assert widest(out) <= WIDTH, out
     lines = out.splitlines()
+    assert lines[1] == "    3 chat batches (1 tombstoned), 4 extras files"  # kept whole
     head = next(i for i, line in enumerate(lines) if line.startswith("peer"))
     # every peer row is as tall as the heading; a continuation line is indented
     rows = lines[head:head + 3 * (len(lines[head:]) // 3)]

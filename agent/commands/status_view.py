@@ -13,7 +13,9 @@ from protocol.messages import PeerSourceStatus, PeerStatus, ScrubStatus, StatusR
 
 from ..peers.client import ClientFactory
 from ..peers.tls import ClientTls, status_lines
-from .tables import Column, layout, shorten_end, shorten_hashes, shorten_url, wrap
+from .tables import (
+    INDENT, WIDTH, Column, layout, shorten_end, shorten_hashes, shorten_url, wrap,
+)
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -86,18 +88,27 @@ PEER_COLUMNS = [
 ]
 
 
+def _node_line(status: StatusReply, now: float) -> list[str]:
+    """The node, its uptime and counts; the chat and extras counts kept on one line."""
+    head = (f"node {shorten_end(status.node, 40)} at {shorten_url(status.url, 50)}, "
+            f"up {format_uptime(now - float(status.started_at))}, "
+            f"{status.segments} segments")
+    if status.chat_batches is None:
+        return wrap(head)
+    files = (f"{status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
+             f"tombstoned), {_count(status.extras_files)} extras files")
+    if len(head) + 2 + len(files) <= WIDTH:
+        return [f"{head}, {files}"]
+    return [*wrap(head + ","), INDENT + files]
+
+
 def render_status(status: StatusReply) -> str:
     """The table an operator reads, at most 100 columns: one row per peer (a long name
     or URL shortened, a row too wide continuing on an indented line), then the errors
     in full, wrapped at spaces. `--json` shows everything unshortened."""
     now = float(status.time)
     lines = [
-        *wrap(f"node {shorten_end(status.node, 40)} at {shorten_url(status.url, 50)}, "
-              f"up {format_uptime(now - float(status.started_at))}, "
-              f"{status.segments} segments"
-              + (f", {status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
-                 f"tombstoned), {_count(status.extras_files)} extras files"
-                 if status.chat_batches is not None else "")),
+        *_node_line(status, now),
         *(line for text in status_lines(status.tls) for line in wrap(text)),
         *(line for source in status.peer_sources or ()
           for line in wrap(source_line(source, now))),
