@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from .archive.index import ArchiveIndex
+from .archive.index_keeper import IndexKeeper
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
 from .archive.scrub import Scrubber, ScrubSettings
@@ -43,6 +44,9 @@ class Node:
         self.store = Store(config.root, config.max_segment_bytes)
         self.index = ArchiveIndex()
         self.metrics = Metrics()
+        self.index_keeper = IndexKeeper(
+            self.store, self.index, self.metrics.registry,
+            flush_interval=config.index_flush_interval, max_hot_hours=config.max_hot_hours)
         self.ingest = Ingest(self.store, self.index, self.metrics)
         self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
                              this_node=config.node_name, kinds=config.peer_kinds)
@@ -71,7 +75,8 @@ class Node:
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
                                       rescan_interval=config.rescan_interval,
-                                      observe=self.downloader.file_event)
+                                      observe=self.downloader.file_event,
+                                      keeper=self.index_keeper)
         self.downloads = Downloads(self.ingest, self.store, self.index, self.metrics,
                                    config.max_concurrency, config.max_segment_bytes)
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
@@ -82,7 +87,7 @@ class Node:
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
             scrub=self.scrubber.status, downloader=self.downloader,
-            tls=self.tls.status)
+            tls=self.tls.status, index_status=self.index_keeper.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
@@ -104,7 +109,9 @@ class Node:
                     await self.node_database.refresh()
                     nursery.start_soon(self.node_database.watch)
                 await nursery.start(self.watcher.run, self.local_files.handle_batch)
-                await self.local_files.rescan(announce_new=False, remove_temp=True)
+                await self.index_keeper.start(remove_temp=True)
+                self.metrics.indexed_segments.set(self.index.segment_count())
+                await nursery.start(self.index_keeper.run)
                 nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]

@@ -56,7 +56,7 @@ def all_names(root) -> dict:
 def saved_names(root) -> dict:
     """What ROOT/.segsync/index.sqlite3 holds, by hour."""
     import sqlite3
-    from protocol.index_schema import decode_names
+    from protocol.index.schema import decode_names
     conn = sqlite3.connect(root / ".segsync" / "index.sqlite3")
     try:
         return {(c, q, h): sorted(decode_names(blob)) for c, q, h, blob in

@@ -8,12 +8,12 @@ import zlib
 import pytest
 
 from protocol.coverage import HourSpans, hour_spans
-from protocol.hot_hours import HotHours, pinned_hours
-from protocol.index_schema import (
+from protocol.index.hot_hours import HotHours, pinned_hours
+from protocol.index.schema import (
     APPLICATION_ID, SCHEMA_VERSION, HourCounts, IndexFormatError, count_names,
     decode_names, decode_spans, encode_names, encode_spans, index_usable,
 )
-from protocol.listing_stamp import (
+from protocol.index.listing_stamp import (
     RACY_MARGIN_NS, DirStamp, ListingStamp, listing_trusted, plan_sweep,
 )
 

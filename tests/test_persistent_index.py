@@ -23,7 +23,7 @@ from agent.archive.index import ArchiveIndex
 from agent.archive.index_keeper import IndexKeeper, list_hour_dir
 from agent.archive.store import Store, classify_hour
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
-from protocol.listing_stamp import RACY_MARGIN_NS
+from protocol.index.listing_stamp import RACY_MARGIN_NS
 from protocol.names import Kind
 
 LATER = 100 * 10**9  # the fs clock, well past every stamp: no listing is racy
@@ -157,7 +157,7 @@ async def test_a_racily_clean_listing_is_listed_again(tmp_path, racy):
     file the directory holds, with the directory's current stamp; listed in the same
     tick (racy) it must be listed again, listed well before (not racy) it stands,
     which shows that the stamps, not a re-listing of everything, decide."""
-    from protocol.index_schema import encode_names
+    from protocol.index.schema import encode_names
     names = make_archive(tmp_path, hours=(30, 31), qualities=("source",))
     k = await started(tmp_path)
     await stopped(k)

@@ -31,7 +31,8 @@ class StatusReport:
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
-                 tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
+                 tls: Callable[[], m.TlsStatus | None] = lambda: None,
+                 index_status: Callable[[], m.IndexStatus | None] = lambda: None) -> None:
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -44,6 +45,7 @@ class StatusReport:
         self.scrub = scrub  # the scrub's counts and lost segments
         self.downloader = downloader  # downloader-aware push counters
         self.tls = tls  # the served certificate as status shows it (agent/peers/tls.py)
+        self.index_status = index_status  # the index's own (agent/archive/index_keeper.py)
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
@@ -100,6 +102,7 @@ class StatusReport:
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
+            index=self.index_status(),
             **deferral,
         )
 

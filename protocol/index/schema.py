@@ -14,8 +14,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
-from .coverage import HourSpans
-from .names import SEGMENT_SUFFIX, TOMBSTONE_SUFFIX, tombstone_filename_for
+from ..coverage import HourSpans
+from ..names import SEGMENT_SUFFIX, TOMBSTONE_SUFFIX, tombstone_filename_for
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x53454753  # "SEGS": SQLite's application_id, marks the file as ours

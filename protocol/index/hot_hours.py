@@ -14,7 +14,7 @@ import datetime as dt
 from collections import OrderedDict
 from typing import Callable, Hashable, Iterable
 
-from .names import format_hour
+from ..names import format_hour
 
 DEFAULT_MAX_HOT_HOURS = 48  # beyond the pinned ones; ~1800 names an hour each
 
