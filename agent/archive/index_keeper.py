@@ -319,6 +319,7 @@ class IndexKeeper:
     async def flush(self) -> int:
         """Save the hours changed since their last save. Returns how many."""
         if self.db is None:
+            self.index.deleted.clear()  # nowhere to delete them from
             return 0
         changed, spans_only = [], []
         for key, e in self.index.items():
