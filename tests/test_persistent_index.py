@@ -9,6 +9,7 @@ margin instead of waiting two seconds for directory stamps to age.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -47,8 +48,9 @@ def make_archive(root: Path, hours=(30, 31, 32, 33, 34, 35), per_hour: int = 5,
     return names
 
 
-def keeper(root: Path, fs_clock=ahead, **kw) -> IndexKeeper:
-    return IndexKeeper(Store(root), ArchiveIndex(), CollectorRegistry(), fs_clock=fs_clock, **kw)
+def keeper(root: Path, fs_clock=ahead, registry=None, **kw) -> IndexKeeper:
+    return IndexKeeper(Store(root), ArchiveIndex(), registry or CollectorRegistry(),
+                       fs_clock=fs_clock, **kw)
 
 
 def disk_state(root: Path) -> dict:
@@ -347,3 +349,46 @@ async def test_an_in_sync_round_over_the_whole_range_loads_no_hour_names(tmp_pat
         assert b.index.has(extra, Kind.SEGMENT)
         assert a.index.cold_loads == loads_a  # its hour was hot already (just written)
         assert b.index.cold_loads == 1
+
+
+async def test_coverage_spans_are_saved_and_a_warm_start_parses_no_name(tmp_path):
+    from agent.serve.coverage_maps import local_maps, warm_spans
+    make_archive(tmp_path, hours=(3, 4, 5))
+    now = dt.datetime.now(dt.timezone.utc)
+    k = await started(tmp_path)
+    await warm_spans(k.index, now, 24)  # the dashboard's warm-up: cold hours in a thread
+    maps = [m.as_json() for m in local_maps(k.index, now, 24)]
+    assert maps and k.index.cold_loads == 0  # read for the spans, not kept
+    await stopped(k)
+    k2 = await started(tmp_path)
+    assert all(e.cached_spans() is not None for _, e in k2.index.items())
+    assert [m.as_json() for m in local_maps(k2.index, now, 24)] == maps
+    assert k2.index.cold_loads == 0
+    await stopped(k2)
+
+
+async def test_status_and_metrics_describe_the_index(tmp_path):
+    from prometheus_client import generate_latest
+
+    from agent.commands.status_view import index_line
+    from protocol import messages as m
+    make_archive(tmp_path, hours=(30, 31))
+    k = await started(tmp_path)
+    await stopped(k)
+    registry = CollectorRegistry()
+    k2 = await started(tmp_path, registry=registry)
+    k2.index.names("desertbus", "source", k2.index.hours("desertbus", "source")[0])
+    status = k2.status()
+    assert status.persistent and status.hours == 4 and status.hot_hours == 1
+    assert status.cold_loads == 1 and status.bytes > 0 and status.start == "warm"
+    assert [p for p, _ in status.start_phases] == ["open", "walk", "list", "install"]
+    again = m.IndexStatus.from_obj(json.loads(json.dumps(status.to_obj())))  # as sent
+    assert again == status
+    line = index_line(status)
+    assert line.startswith("index: saved (") and "4 hours, 1 hot, 1 cold loads" in line
+    assert "last start warm (open" in line
+    text = generate_latest(registry).decode()
+    assert "segsync_index_cold_loads_total 1.0" in text
+    assert 'segsync_index_start_phase_seconds{phase="walk"}' in text
+    assert "segsync_index_persistent 1.0" in text
+    await stopped(k2)

@@ -396,7 +396,7 @@ class IndexKeeper:
             hours=len(self.index.items()), hot_hours=self.index.hot_hours(),
             cold_loads=self.index.cold_loads, bytes=self.size_on_disk(),
             start=self.start_report.kind or None,
-            start_phases=[[n, round(s, 4)] for n, s in self.start_report.phases],
+            start_phases=[(n, round(s, 4)) for n, s in self.start_report.phases],
             problem=problem)
 
 
