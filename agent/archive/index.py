@@ -264,7 +264,8 @@ class ArchiveIndex:
 
     def replace_all(self, scanned: Iterable[tuple[str, str, str, Iterable[str]]]) -> None:
         """Swap in the result of a full scan: (channel, quality, hour, replicable names)."""
-        self.install(HourRecord((c, q, h), list(names)) for c, q, h, names in scanned)
+        self.install(HourRecord((c, q, h), list(names), unsaved=True)
+                     for c, q, h, names in scanned)
 
     def install(self, records: Iterable[HourRecord]) -> None:
         """Swap in a whole index (a scan's, or a warm start's: cold hours as digests
