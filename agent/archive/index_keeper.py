@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,7 +295,8 @@ class IndexKeeper:
             except IndexCorrupt as e:
                 log.error("index: %s is damaged (%s): listing the directory instead; the "
                           "index is rebuilt", self.db.path, e)
-                self._reset_db()
+                if threading.current_thread() is threading.main_thread():
+                    self._reset_db()  # (a worker thread computing map spans leaves it)
         lst = list_hour_dir(self.store, key)
         return lst.names if lst is not None else []
 
