@@ -85,20 +85,20 @@ def list_hour_dir(store: Store, key: HourKey, remove_temp: bool = False) -> List
     """Stat, then list one hour directory (None: gone). `remove_temp` removes temp
     files of ours first (a crash's leftovers: at start-up only)."""
     path = store.root / key[0] / key[1] / key[2]
-    if remove_temp:
+    for _ in range(2):
+        stamp = dir_stamp(path)  # before the listing: a change after it moves the stamp
+        if stamp is None:
+            return None
         try:
-            for n in os.listdir(path):
-                if is_temp_file(n):
-                    store._remove_temp(path / n)
+            raw = os.listdir(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-    stamp = dir_stamp(path)
-    if stamp is None:
-        return None
-    try:
-        raw = os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        temps = [n for n in raw if is_temp_file(n)] if remove_temp else []
+        if not temps:
+            break
+        for n in temps:
+            store._remove_temp(path / n)
+        remove_temp = False  # and listed again, with the stamp after the removal
     listing = classify_hour(*key, raw, store.log_bad_name)
     names = listing.segments + listing.hidden + listing.tombstones
     return Listed(names, listing.replicable,
