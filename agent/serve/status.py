@@ -32,7 +32,9 @@ class StatusReport:
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None,
+                 files: Callable[[], dict[str, int]] | None = None,
                  index_status: Callable[[], m.IndexStatus | None] = lambda: None) -> None:
+        self.files = files  # chat batch and extras file counts
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -103,7 +105,7 @@ class StatusReport:
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
             index=self.index_status(),
-            **deferral,
+            **deferral, **(self.files() if self.files is not None else {}),
         )
 
     async def probe_and_report(self) -> m.StatusReply:
