@@ -114,7 +114,7 @@ def render_status(status: StatusReply) -> str:
           for line in wrap(source_line(source, now))),
     ]
     if status.index is not None:
-        lines.append(index_line(status.index))
+        lines.extend(wrap(index_line(status.index)))
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
