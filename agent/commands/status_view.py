@@ -113,6 +113,8 @@ def render_status(status: StatusReply) -> str:
         *(line for source in status.peer_sources or ()
           for line in wrap(source_line(source, now))),
     ]
+    if status.index is not None:
+        lines.extend(wrap(index_line(status.index)))
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
@@ -149,6 +151,16 @@ def render_status(status: StatusReply) -> str:
         lines.append("")
         lines.extend(problems)
     return "\n".join(lines) + "\n"
+
+
+def index_line(index) -> str:
+    """The archive index's line for `segsync status`."""
+    where = (f"saved ({index.bytes / 2**20:.1f} MiB on disk)" if index.persistent
+             else f"in memory only ({index.problem or 'not saved'})")
+    phases = ", ".join(f"{n} {float(s):.2f}s" for n, s in index.start_phases or ())
+    return (f"index: {where}; {_count(index.hours)} hours, {_count(index.hot_hours)} hot, "
+            f"{_count(index.cold_loads)} cold loads; last start {index.start or '-'}"
+            + (f" ({phases})" if phases else ""))
 
 
 def scrub_lines(scrub: ScrubStatus, now: float) -> list[str]:
