@@ -373,6 +373,11 @@ def main() -> int:
         for defer, checkout in plays:
             print(f"playing {count} segments with defer-push = {str(defer).lower()}"
                   f"{' (baseline checkout)' if checkout else ''} ...", flush=True)
+            # the same stream (bytes, lags, misses), its times from now: a later play's
+            # segments would otherwise be older than the recent window, never deferred
+            start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            plan = make_plan(count, args.size, args.segment_seconds, args.recording,
+                             args.max_lag, args.miss, args.seed, start)
             runs.append(play(base / ("base" if checkout else "on" if defer else "off"), plan,
                              args.nodes, args.recording, defer, args, checkout))
     for run in runs:
