@@ -525,6 +525,31 @@ class TlsStatus(Record):
 
 
 @dataclass(frozen=True)
+class BandwidthStatus(Record):
+    """One direction's bandwidth limit as the node sees it (its status reply's
+    `bandwidth`; absent from older nodes). Rates in bytes per second, over the last
+    seconds; bytes and seconds waited for the limiter since the agent started, per
+    class (live, catch-up). Open like PeerStatus."""
+
+    OPEN: ClassVar[bool] = True
+    direction: str = wire(one_of(("upload", "download")))
+    limit: float | None = wire(optional(_number), None)  # None: no limit
+    live_rate: float = wire(_number, 0.0)
+    catchup_rate: float = wire(_number, 0.0)
+    live_bytes: int = wire(integer(), 0)
+    catchup_bytes: int = wire(integer(), 0)
+    live_waited: float = wire(_number, 0.0)
+    catchup_waited: float = wire(_number, 0.0)
+    live_waiting: int = wire(integer(), 0)  # transfers waiting for the limiter now
+    catchup_waiting: int = wire(integer(), 0)
+    problem: str | None = wire(optional(_str), None)  # a change of the limits refused: why
+
+    def __post_init__(self) -> None:
+        if isinstance(self.problem, str):
+            object.__setattr__(self, "problem", clip(self.problem))
+
+
+@dataclass(frozen=True)
 class StatusReply(Message):
     """What a node says about itself and its peers (`segsync status`). Open like
     PeerStatus: unknown keys are ignored, later fields must be optional."""
@@ -547,6 +572,7 @@ class StatusReply(Message):
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
+    bandwidth: list | None = wire(optional(records(BandwidthStatus, 2)), None)
 
 
 @dataclass(frozen=True)

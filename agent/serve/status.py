@@ -31,7 +31,9 @@ class StatusReport:
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
-                 tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
+                 tls: Callable[[], m.TlsStatus | None] = lambda: None,
+                 bandwidth: Callable[[], list[m.BandwidthStatus]] | None = None) -> None:
+        self.bandwidth = bandwidth  # the limits, rates and waits per direction
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -100,6 +102,7 @@ class StatusReport:
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
+            bandwidth=self.bandwidth() if self.bandwidth is not None else None,
             **deferral,
         )
 
