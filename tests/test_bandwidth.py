@@ -17,8 +17,10 @@ import os
 import pytest
 import trio
 
+from agent.commands.cli import config_from_args, main, make_parser
 from agent.commands.oneshot import run_oneshot
-from agent.config import build_config, load_toml
+from agent.commands.status_view import render_status
+from agent.config import ConfigError, build_config, load_toml, read_limits
 from agent.peers.bandwidth import Bandwidth, BandwidthFile, Limiter
 from conftest import peer_of, wait_until
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
@@ -268,3 +270,57 @@ async def test_limiter_without_a_limit_never_waits(autojump_clock):
     await limiter.take(int(burst_for(MB)), LIVE, "b")
     waited = await limiter.take(500_000, LIVE, "b")
     assert waited == pytest.approx(0.5, rel=0.01)
+
+
+# ---- configuration, flags, status ----
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_upload_rate": -1}, "max-upload-rate must be >= 0"),
+    ({"max_download_rate": "fast"}, "max-download-rate must be a number"),
+    ({"max_upload_rate": 0.001}, "max-upload-rate must be at least"),
+    ({"live_window": -5}, "live-window must be"),
+])
+def test_bad_limits_refused_at_start_up(tmp_path, values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"root": tmp_path, **values})
+
+
+def test_limits_from_flags_and_file(tmp_path):
+    conf = tmp_path / "segsync.toml"
+    conf.write_text(f'root = "{tmp_path}"\nmax-upload-rate = 20\nmax-download-rate = 5\n')
+    args = make_parser().parse_args(["run", "--config", str(conf), "--max-download-rate", "8"])
+    cfg = config_from_args(args)
+    assert (cfg.max_upload_rate, cfg.max_download_rate) == (20, 8)
+    assert cfg.config_file == conf and cfg.fixed_limits == frozenset({"download"})
+    assert read_limits(conf) == {"upload": 20 * MB, "download": 5 * MB}
+    args = make_parser().parse_args(["backfill", "--root", str(tmp_path), "--from",
+                                     "http://127.0.0.1:1", "--max-download-rate", "2.5"])
+    assert args.max_download_rate == 2.5
+    assert main(["run", "--root", str(tmp_path), "--max-upload-rate", "-2"]) == 2
+
+
+async def test_status_and_metrics_show_limits_rates_and_waits(cluster_factory):
+    async with cluster_factory(0) as c:
+        a, names = await archive_with_old_hours(c, 10, push=False, max_upload_rate=1.0)
+        b = await c.start_node(backfill=False, push=False)
+        await b.set_peers([peer_of(a)])
+        await b.backfiller.round_all([a.url])
+        status = await a.status.probe_and_report()
+        up, down = status.bandwidth
+        assert (up.direction, up.limit, down.direction, down.limit) == (
+            "upload", 1 * MB, "download", None)
+        assert up.catchup_bytes >= 10 * SEGMENT and up.catchup_waited > 0
+        assert up.catchup_rate > 0 and up.live_bytes == 0
+        text = render_status(status)
+        assert "upload: limit 1.00 MB/s; live 0.00 MB/s (waited 0.0s), catch-up" in text
+        assert "download: no limit" in text
+        registry = a.metrics.registry
+        assert registry.get_sample_value("segsync_bandwidth_limit_bytes_per_second",
+                                         {"direction": "upload"}) == 1 * MB
+        assert registry.get_sample_value(
+            "segsync_bandwidth_bytes_total",
+            {"direction": "upload", "class": "catchup"}) >= 10 * SEGMENT
+        assert registry.get_sample_value(
+            "segsync_bandwidth_wait_seconds_total",
+            {"direction": "upload", "class": "catchup"}) > 0
+        assert (await a.dashboard.state())["bandwidth"][0]["limit"] == 1 * MB
