@@ -172,6 +172,11 @@ def rate_between(points: list[dict], key: str, t0: float, t1: float) -> float:
     return (last[key] - first[key]) / (last["t"] - first["t"])
 
 
+def waited(points: list[dict], key: str, t0: float, t1: float) -> float:
+    inside = [p for p in points if t0 <= p["t"] <= t1 + SAMPLE_EVERY]
+    return inside[-1][key] - inside[0][key] if len(inside) >= 2 else float("nan")
+
+
 def series(points: list[dict], keys: tuple[str, ...], span: int = 1
            ) -> list[tuple[float, float]]:
     """(time, bytes/s) of the sum of `keys` over the last `span` sample intervals (the
@@ -280,6 +285,11 @@ def scenario(base: Path, a_root: Path, old: tuple[int, int], limit: float, size:
         "push_before": summary_ms(before_lat),
         "push_during": summary_ms(during_lat),
         "pushes_missing": missing,
+        # seconds transfers waited for A's limiter during the catch-up, per class: live
+        # pushes should wait next to nothing (what they lose is CPU, not bandwidth)
+        "live_waited_s": waited(points, "live_waited", c_start, c_end),
+        "catchup_waited_s": waited(points, "catchup_waited", c_start, c_end),
+        "live_pushes_during": len(during_lat),
         "pushes_polled": len(arrivals.polled),
         "load": loads,
         "series": {
@@ -355,12 +365,12 @@ def main() -> None:
             r["catch_up_rate_mb_s"], r["c_share_of_leftover"],
             pb.get("p50_ms", float("nan")), pb.get("p99_ms", float("nan")),
             pd.get("p50_ms", float("nan")), pd.get("p99_ms", float("nan")),
-            pd.get("n", 0), r["pushes_missing"],
+            pd.get("n", 0), r["live_waited_s"], r["pushes_missing"],
             "/".join(f"{x:.1f}" for x in r["load"].get("during", ())),
         ])
     print_table(["limit MB/s", "A up (stored)", "A up (limiter)", "live", "C catch-up",
                  "C/leftover", "push p50 before", "p99 before", "p50 during", "p99 during",
-                 "n during", "missing", "load during"],
+                 "n during", "live waited s", "missing", "load during"],
                 rows, title="A's upload (MB/s, steady state of the catch-up); B's push "
                             "latency (ms)")
     limited = results[0]

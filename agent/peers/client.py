@@ -29,7 +29,7 @@ from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peer_set import Peer
 from .tls import ClientTls
-from .bandwidth import Bandwidth, PeerPacing
+from .bandwidth import Bandwidth, PeerPacing, requester_key
 from .transport import (
     CALL_DEADLINE_FACTOR,
     MIN_RATE,
@@ -198,9 +198,10 @@ class ClientFactory:
                    tls=tls or ClientTls.from_config(cfg), bandwidth=bandwidth)
 
     def pacing(self, peer: Peer | str) -> PeerPacing:
-        """What a client of `peer` takes from the node's limits (fair share: by name)."""
-        key = peer.name if isinstance(peer, Peer) else peer
-        return PeerPacing(self.bandwidth, key)
+        """What a client of `peer` takes from the node's limits. Its fair-share key is
+        the one the server gives the same node when it asks us (`requester_key`)."""
+        name = peer.name if isinstance(peer, Peer) else Peer.from_url(peer).name
+        return PeerPacing(self.bandwidth, requester_key(name.encode(), None))
 
     def tls_context(self):
         """The one verifying TLS context of every client of this factory, built on
