@@ -276,10 +276,12 @@ class BandwidthFile:
         return True
 
     async def watch(self) -> None:
-        last = await trio.to_thread.run_sync(self._signature)
+        """Poll the file; the first look reads it too (it may have changed between the
+        start-up's read and this task's start: what it says now is what counts)."""
+        last: tuple[int, int, int] | None | bool = False  # never equal to a signature
         while True:
-            await trio.sleep(POLL_INTERVAL)
             sig = await trio.to_thread.run_sync(self._signature)
             if sig != last:
                 last = sig
                 self.apply(await trio.to_thread.run_sync(self._read))
+            await trio.sleep(POLL_INTERVAL)
