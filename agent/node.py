@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
@@ -45,6 +46,10 @@ class Node:
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
+        # what serves, lists and pushes checks the tombstones on disk; one it finds
+        # first takes the watcher's path (indexed, announced)
+        self.disk_tombstones = DiskTombstones(
+            self.store, self.index, found=lambda name: self.local_files.found_tombstone(name))
         self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
                              this_node=config.node_name, kinds=config.peer_kinds)
         self.tls = NodeTls.from_config(config)
@@ -73,7 +78,8 @@ class Node:
             ScrubSettings.from_config(config))
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
-                             report_rot=self.scrubber.suspect)
+                             report_rot=self.scrubber.suspect,
+                             disk_tombstones=self.disk_tombstones)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -97,7 +103,8 @@ class Node:
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
-                       report_rot=self.scrubber.suspect, bandwidth=self.bandwidth)
+                       report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
+                       bandwidth=self.bandwidth)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 

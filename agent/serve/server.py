@@ -27,6 +27,7 @@ from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
 from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 
+from ..archive.disk_tombstones import DiskTombstones
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
 from ..archive.served import read_checked
@@ -94,13 +95,16 @@ class App:
     """ASGI application of one node: what peers push goes to `ingest` (offers are
     answered by `answer_offer`); digests, listings and files come from `index` and
     `store`. A file being served whose bytes do not hash to its name goes to
-    `report_rot` (the scrub)."""
+    `report_rot` (the scrub). Serving and listing check the tombstones on disk first
+    (`disk_tombstones`): one not yet indexed hides its segment all the same."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
                  answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
-                 report_rot: Callable[[SegmentName], None] | None = None,
+                 report_rot: Callable[[SegmentName], None] | None = None, *,
+                 disk_tombstones: DiskTombstones,
                  bandwidth: Bandwidth | None = None) -> None:
+        self.disk_tombstones = disk_tombstones
         self.bandwidth = bandwidth  # the node's limits: bytes served and received take from them
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/serve/dashboard.py)
         self.report_rot = report_rot  # a served file that does not hash to its name
@@ -266,6 +270,7 @@ class App:
         return m.HourDigests(req.channel, req.quality, hours)
 
     async def on_listing(self, req: m.ListingRequest) -> m.Listing:
+        await self.disk_tombstones.check_hour(req.channel, req.quality, req.hour)
         names = self.index.replicable(req.channel, req.quality, req.hour)
         return m.Listing(req.channel, req.quality, req.hour, names)
 
@@ -323,10 +328,10 @@ class App:
 
     def _open_for_serving(self, name: SegmentName):
         """(open file, size), or None when the segment is not served (absent,
-        tombstoned). An open file keeps its bytes even if the name goes away."""
-        try:
-            f = self.store.open_segment(name)
-        except (FileNotFoundError, NotADirectoryError):
+        tombstoned: its tombstone on disk is checked first, indexed or not). An open
+        file keeps its bytes even if the name goes away."""
+        f = self.disk_tombstones.open_segment(name)
+        if f is None:
             return None
         try:
             size = os.fstat(f.fileno()).st_size
@@ -484,6 +489,7 @@ class App:
                 flag = req.query.get("tombstones", ["false"])
                 if len(flag) != 1 or flag[0] not in ("true", "false"):
                     raise HttpError(400, "bad_query", "tombstones must be true or false")
+                await self.disk_tombstones.check_hour(channel, quality, parts[2])
                 names = self.index.replicable(channel, quality, parts[2])
                 if flag[0] == "false":
                     names = [n for n in names if n.endswith(".ts")]
@@ -492,4 +498,6 @@ class App:
                 raise HttpError(404, "not_found", "use /files/CHANNEL/QUALITY[/HOUR]")
         except SegmentNameError as e:
             raise HttpError(400, "bad_name", str(e)) from None
+        except OSError as e:  # the hour's directory could not be read for tombstones
+            raise HttpError(507, "storage_error", f"could not list: {e.strerror}") from None
         await send_response(send, 200, json_body(body), b"application/json")

@@ -1,143 +1,15 @@
-"""Bandwidth limits, sans-I/O: the rate settings, which class a transfer is in, and
-the scheduler that shares one direction's limit (upload or download) between them.
-
-A node has at most one limit per direction, for every peer and every kind of transfer.
-Under a limit, live traffic (tombstones, segments that started within the live window:
-pushes, hole repairs) goes before catch-up traffic (backfill of older hours, serving
-them): catch-up gets only what live traffic leaves. Within a class, peers share fairly
-(by bytes granted, so a peer with many transfers in flight does not crowd out one with
-few). The limit is a token bucket with a small burst (`BURST_SECONDS` of the rate):
-over any span of time a limited direction moves at most `rate * span + burst` bytes.
-
-Nothing here reads a clock: every call takes `now` (seconds, any monotonic origin).
-"""
+"""One direction's limit shared by the node's transfers: live first, peers fair."""
 
 from __future__ import annotations
 
 import collections
-import datetime as dt
-import enum
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
-MB = 1_000_000  # the limits are given in MB/s: 10^6 bytes per second
-MIN_LIMIT_MB = 0.05  # below this a transfer could not meet peers' slowest-rate deadline
-MAX_LIMIT_MB = 100_000.0  # 100 GB/s: anything above is a typo
-BURST_SECONDS = 0.05  # the bucket holds 50 ms worth of the rate...
-MIN_BURST = 64 * 1024  # ...and never less than one 64 KiB piece
-DEFAULT_LIVE_WINDOW = 600.0  # seconds: a segment younger than this is live traffic
+from .bucket import TokenBucket
+from .classes import CLASSES, TransferClass
+
 RATE_WINDOW = 3.0  # seconds over which "current rate" is averaged
-# float rounding must never leave a request a hair short for ever: `take` accepts a
-# shortfall of twice this share of the burst (carried as debt), `ready_at` aims at once
-SLACK = 1e-7
 
-
-class TransferClass(enum.Enum):
-    LIVE = "live"
-    CATCHUP = "catchup"
-
-
-CLASSES = (TransferClass.LIVE, TransferClass.CATCHUP)  # in order of priority
-DIRECTIONS = ("upload", "download")
-
-
-class RateError(ValueError):
-    """A rate setting that cannot be used, saying why."""
-
-
-# ---- settings ----
-
-def parse_rate(value: Any, what: str) -> float | None:
-    """A limit in MB/s (a TOML or flag value) as bytes per second; 0 or None: no limit."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RateError(f"{what} must be a number of MB/s (0: no limit)")
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise RateError(f"{what} must be >= 0 MB/s (0: no limit)")
-    if value == 0:
-        return None
-    if value < MIN_LIMIT_MB:
-        raise RateError(f"{what} must be at least {MIN_LIMIT_MB} MB/s (or 0: no limit): "
-                        "slower transfers would run past peers' deadlines")
-    if value > MAX_LIMIT_MB:
-        raise RateError(f"{what} must be at most {MAX_LIMIT_MB:.0f} MB/s")
-    return value * MB
-
-
-def parse_live_window(value: Any, what: str = "live-window") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or math.isnan(value) or not 0 <= value <= 7 * 86400:
-        raise RateError(f"{what} must be a number of seconds from 0 to 604800")
-    return float(value)
-
-
-def describe_rate(rate: float | None) -> str:
-    """'20 MB/s', 'no limit'."""
-    return "no limit" if rate is None else f"{rate / MB:g} MB/s"
-
-
-def burst_for(rate: float) -> float:
-    """The bucket's size at `rate` bytes/s: small, so a limit holds over short spans."""
-    return max(float(MIN_BURST), rate * BURST_SECONDS)
-
-
-# ---- classification ----
-
-def classify(start: dt.datetime | None, now: dt.datetime, live_window: float
-             ) -> TransferClass:
-    """Which class a transfer is in. `start`: the segment's start time, None for a
-    tombstone (always live: it must hide its segment everywhere at once). A segment
-    that started within `live_window` seconds of `now` (or after it: clocks differ) is
-    live, whoever moves it (a push, a hole repair, a peer fetching it from us); an
-    older one is catch-up."""
-    if start is None:
-        return TransferClass.LIVE
-    age = (now - start).total_seconds()
-    return TransferClass.LIVE if age <= live_window else TransferClass.CATCHUP
-
-
-# ---- the token bucket ----
-
-class TokenBucket:
-    """Bytes that may be sent now: filled at `rate` bytes/s up to `burst`. Starts full."""
-
-    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst_for(rate) if burst is None else burst
-        self.tokens = self.burst
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-
-    def take(self, nbytes: float, now: float) -> bool:
-        """Take `nbytes` (at most `burst`) if the bucket holds them; False: wait."""
-        self.refill(now)
-        if self.tokens >= nbytes - 2 * SLACK * self.burst:
-            self.tokens -= nbytes
-            return True
-        return False
-
-    def ready_at(self, nbytes: float, now: float) -> float:
-        """When the bucket will hold `nbytes` (at most `burst`): `now` if it does."""
-        self.refill(now)
-        missing = nbytes - SLACK * self.burst - self.tokens
-        return now if missing <= 0 else now + missing / self.rate
-
-    def set_rate(self, rate: float, now: float) -> None:
-        """A new rate from now on; what the bucket holds shrinks to the new burst."""
-        self.refill(now)
-        self.rate = rate
-        self.burst = burst_for(rate)
-        self.tokens = min(self.tokens, self.burst)
-
-
-# ---- the scheduler ----
 
 @dataclass(eq=False)
 class Request:
