@@ -22,6 +22,7 @@ import trio
 
 from protocol import endpoints, limits
 from protocol import messages as m
+from protocol.filesets.chat import CHAT_QUALITY
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
@@ -36,6 +37,8 @@ from ..peers.bandwidth import Bandwidth, requester_key
 from ..peers.transport import MIN_RATE
 from ..telemetry.metrics import Metrics
 from .asgi import ClientGone, HttpError, Request, send_response
+from .fileset_server import V1_ENDPOINTS as FILESET_ENDPOINTS
+from .fileset_server import FileSetServer
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -103,7 +106,9 @@ class App:
                  answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
                  report_rot: Callable[[SegmentName], None] | None = None, *,
                  disk_tombstones: DiskTombstones,
+                 files: FileSetServer | None = None,
                  bandwidth: Bandwidth | None = None) -> None:
+        self.files = files  # chat batches and extras files (agent/serve/fileset_server.py)
         self.disk_tombstones = disk_tombstones
         self.bandwidth = bandwidth  # the node's limits: bytes served and received take from them
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/serve/dashboard.py)
@@ -192,16 +197,26 @@ class App:
         if endpoint == endpoints.FILES:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and len(rest) in (2, 3) and rest[1] == CHAT_QUALITY:
+                return await self.files.chat_files(req, rest, send)
             return await self.compat_files(req, rest, send)
         if endpoint == endpoints.LEGACY_SEGMENTS:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and self.files.wants_segments_path(rest):
+                return await self.files.serve_legacy(req, rest, send)
             return await self.serve_segment(req, "/".join(rest), send)
+        if endpoint == endpoints.EXTRAS and self.files is not None:
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await self.files.extras_listing(req, rest, send)
         if endpoint in (endpoints.PAGE, endpoints.DASHBOARD) and self.dashboard is not None:
             return await self.dashboard.route(req, endpoint, rest, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        if self.files is not None and endpoint in FILESET_ENDPOINTS:
+            return await self.files.route_v1(req, endpoint, rest, send)
         if endpoint == endpoints.SEGMENTS and rest:
             path = "/".join(rest)
             if req.method == "PUT":

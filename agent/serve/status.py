@@ -32,7 +32,9 @@ class StatusReport:
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None,
+                 files: Callable[[], dict[str, int]] | None = None,
                  bandwidth: Callable[[], list[m.BandwidthStatus]] | None = None) -> None:
+        self.files = files  # chat batch and extras file counts
         self.bandwidth = bandwidth  # the limits, rates and waits per direction
         self.node_name = node_name
         self.kinds = kinds
@@ -103,7 +105,7 @@ class StatusReport:
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
             bandwidth=self.bandwidth() if self.bandwidth is not None else None,
-            **deferral,
+            **deferral, **(self.files() if self.files is not None else {}),
         )
 
     async def probe_and_report(self) -> m.StatusReply:
