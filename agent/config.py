@@ -51,6 +51,10 @@ class Config:
     backoff_cap: float = 30.0
     max_segment_bytes: int = 256 * 1024 * 1024
     rescan_interval: float = 3600.0
+    # the persistent index (ROOT/.segsync/index.sqlite3): seconds between saves of
+    # changed hours; hours beyond the current and previous whose names stay in memory
+    index_flush_interval: float = 5.0
+    max_hot_hours: int = 48
     backfill: bool = True
     push: bool = True
     peer_kinds: dict[str, PeerKind] = field(default_factory=dict)  # URL -> kind (TOML only)
@@ -232,6 +236,9 @@ def build_config(values: dict[str, Any], missing_root_ok: bool = False) -> Confi
     cfg.backoff_cap = _positive("backoff-cap", cfg.backoff_cap, float)
     cfg.max_segment_bytes = _positive("max-segment-bytes", cfg.max_segment_bytes, int)
     cfg.rescan_interval = _positive("rescan-interval", cfg.rescan_interval, float)
+    cfg.index_flush_interval = _positive("index-flush-interval", cfg.index_flush_interval,
+                                         float)
+    cfg.max_hot_hours = _positive("max-hot-hours", cfg.max_hot_hours, int, allow_zero=True)
     cfg.scrub_rate = _positive("scrub-rate", cfg.scrub_rate, float)
     cfg.scrub_interval = _positive("scrub-interval", cfg.scrub_interval, float, allow_zero=True)
     cfg.scrub_start_delay = _positive("scrub-start-delay", cfg.scrub_start_delay, float,

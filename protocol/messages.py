@@ -551,6 +551,32 @@ class BandwidthStatus(Record):
 
 
 @dataclass(frozen=True)
+class IndexStatus(Record):
+    """The archive index (its status reply's `index`): saved under ROOT/.segsync/ or
+    in memory only (`problem` says why), hours, hot hours (names in memory), cold
+    hours loaded on demand since start, size on disk, the last start (warm, or a
+    full scan and why) with its phases. Open like PeerStatus."""
+
+    OPEN: ClassVar[bool] = True
+    persistent: bool = wire(_bool)
+    hours: int = wire(integer())
+    hot_hours: int = wire(integer())
+    cold_loads: int = wire(integer())
+    bytes: int = wire(integer())
+    start: str | None = wire(optional(_str), None)
+    start_phases: list | None = wire(optional(array(
+        fixed((_str, "phase"), (_number, "seconds")), "start phase", 16,
+        "start_phases holds more than 16 phases")), None)
+    problem: str | None = wire(optional(_str), None)
+
+    def __post_init__(self) -> None:
+        for name in ("start", "problem"):
+            text = getattr(self, name)
+            if isinstance(text, str):
+                object.__setattr__(self, name, clip(text))
+
+
+@dataclass(frozen=True)
 class StatusReply(Message):
     """What a node says about itself and its peers (`segsync status`). Open like
     PeerStatus: unknown keys are ignored, later fields must be optional."""
@@ -574,6 +600,7 @@ class StatusReply(Message):
     holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
     bandwidth: list | None = wire(optional(records(BandwidthStatus, 2)), None)
+    index: IndexStatus | None = wire(optional(record(IndexStatus)), None)
     # chat batches and extras files held (absent from nodes before file sets)
     chat_batches: int | None = wire(optional(integer()), None)
     chat_tombstones: int | None = wire(optional(integer()), None)

@@ -730,10 +730,12 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
                         "holes_filled_by_push",
                         # chat and extras counts (optional)
                         "chat_batches", "chat_tombstones", "extras_files",
+                        "index",  # the archive index (issue 20: optional)
                         # bandwidth limits (optional: older readers ignore it)
                         "bandwidth"}
     assert obj["bandwidth"] is None  # a node that does not say (older, or a test part)
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
+    assert obj["index"] is None
     assert obj["tls"] is None  # plain http
     assert obj["peers"][0] == {
         "url": "http://a:8200", "name": None, "kind": None, "queue_depth": 3, "last_push": 15.5, "push_error": None,
@@ -968,3 +970,21 @@ def test_clip_keeps_text_within_the_byte_limit(text):
     assert len(out.encode()) <= limits.MAX_STRING
     assert out == text if len(text.encode()) <= limits.MAX_STRING else out.endswith("...")
     assert decode(encode(Error("c", out))) == Error("c", out)
+
+
+def test_status_reply_index_map():
+    from protocol.messages import IndexStatus
+    index = IndexStatus(persistent=False, hours=3, hot_hours=3, cold_loads=0, bytes=0,
+                        start="full scan (unavailable)", start_phases=[("walk", 0.5)],
+                        problem="cannot create /x/.segsync: read-only")
+    message = dataclasses.replace(status_examples()[1], index=index)
+    obj = obj_of(message)
+    assert obj["index"]["start_phases"] == [["walk", 0.5]]
+    back = decode(pack(obj), StatusReply, BIG).index
+    assert back.hours == 3 and back.problem == index.problem and back.persistent is False
+    obj["index"]["later_field"] = 1  # open: ignored
+    assert decode(pack(obj), StatusReply, BIG).index.hours == 3
+    obj["index"]["start_phases"] = [["walk"]]
+    rejects(pack(obj), "start phase must be an array of 2 items", max_bytes=BIG)
+    del obj["index"]
+    assert decode(pack(obj), StatusReply, BIG).index is None  # an older node

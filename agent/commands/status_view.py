@@ -119,6 +119,8 @@ def render_status(status: StatusReply) -> str:
         *(line for source in status.peer_sources or ()
           for line in wrap(source_line(source, now))),
     ]
+    if status.index is not None:
+        lines.extend(wrap(index_line(status.index)))
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
     for limit in status.bandwidth or ():  # nodes before bandwidth limits lack these
@@ -171,6 +173,16 @@ def bandwidth_line(b: BandwidthStatus) -> str:
     return (f"{b.direction}: {limit}; live {_mb(b.live_rate)} (waited "
             f"{b.live_waited:.1f}s), catch-up {_mb(b.catchup_rate)} (waited "
             f"{b.catchup_waited:.1f}s)")
+
+
+def index_line(index) -> str:
+    """The archive index's line for `segsync status`."""
+    where = (f"saved ({index.bytes / 2**20:.1f} MiB on disk)" if index.persistent
+             else f"in memory only ({index.problem or 'not saved'})")
+    phases = ", ".join(f"{n} {float(s):.2f}s" for n, s in index.start_phases or ())
+    return (f"index: {where}; {_count(index.hours)} hours, {_count(index.hot_hours)} hot, "
+            f"{_count(index.cold_loads)} cold loads; last start {index.start or '-'}"
+            + (f" ({phases})" if phases else ""))
 
 
 def scrub_lines(scrub: ScrubStatus, now: float) -> list[str]:

@@ -20,6 +20,7 @@ from protocol import limits
 from protocol import messages as m
 from protocol.errors import ProtocolError
 
+from . import h11_buffer
 from .bandwidth import PeerPacing
 
 # Before a chunk of `n` bytes moves: wait for the node's bandwidth limit, return the
@@ -42,8 +43,10 @@ RESPONSE_READ_BYTES = 1024 * 1024
 
 
 def tune_httpcore() -> None:
-    """Set httpcore's response read size (idempotent; the client factory calls it)."""
+    """Set httpcore's response read size, and h11's receive buffer that does not copy
+    body bytes (`agent.peers.h11_buffer`) (idempotent; the client factory calls it)."""
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RESPONSE_READ_BYTES
+    h11_buffer.install()
 
 
 class PeerError(Exception):

@@ -31,7 +31,7 @@ from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 from ..archive.disk_tombstones import DiskTombstones
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
-from ..archive.served import read_checked
+from ..archive.served import read_ahead
 from ..archive.store import Store, WriteRejected
 from ..peers.bandwidth import Bandwidth, requester_key
 from ..peers.transport import MIN_RATE
@@ -91,7 +91,8 @@ class ServerSettings:
 
 # (offered segment, the sender understands OfferLater) -> the reply; the downloader
 # tracker answers (agent/push/recording.py)
-AnswerOffer = Callable[[SegmentName, bool], Awaitable[m.OfferReply | m.OfferLater]]
+AnswerOffer = Callable[[SegmentName, bool, str | None],
+                      Awaitable[m.OfferReply | m.OfferLater]]
 
 
 class App:
@@ -270,7 +271,9 @@ class App:
 
     async def on_offer(self, offer: m.Offer, req: Request) -> m.OfferReply | m.OfferLater:
         accepts_later = req.header(endpoints.OFFER_LATER_HEADER.encode()) == b"1"
-        return await self.answer_offer(offer.segment, accepts_later)
+        sender = req.header(b"x-segsync-node")  # the offering node's name (hole repair)
+        return await self.answer_offer(offer.segment, accepts_later,
+                                       sender.decode("ascii", "replace")[:200] if sender else None)
 
     async def on_tombstone(self, msg: m.Tombstone) -> m.Ack:
         status = await self.ingest.accept_tombstone(msg.segment, source="push")
@@ -383,22 +386,25 @@ class App:
         rejects what it got instead of storing it."""
         sent = 0
         check = ServedBytesCheck(name.path, name.hash, size)
-        while sent < size:
-            nbytes = min(UPLOAD_BUFFER, size - sent)
-            if self.bandwidth is not None:  # the upload limit, before the bytes are read
-                await self.bandwidth.send(nbytes, name, peer)
-            try:
-                chunk = await trio.to_thread.run_sync(read_checked, f, nbytes, check)
-            except RottenBytes as e:
-                self._rotten(name, str(e))
-                return False
-            if not chunk:
-                log.warning("%s shrank while being served", f.name)
-                return False
-            sent += len(chunk)
-            self.metrics.bytes.labels("served").inc(len(chunk))
-            await send({"type": "http.response.body", "body": chunk,
-                        "more_body": sent < size or not last})
+        chunks_in, chunks = trio.open_memory_channel(0)
+        async with trio.open_nursery() as nursery:  # the next chunk is read while one is sent
+            nursery.start_soon(read_ahead, f, size, check, UPLOAD_BUFFER, chunks_in)
+            async with chunks:
+                async for chunk in chunks:
+                    if isinstance(chunk, RottenBytes):
+                        self._rotten(name, str(chunk))
+                        nursery.cancel_scope.cancel()
+                        return False
+                    if not chunk:
+                        log.warning("%s shrank while being served", f.name)
+                        nursery.cancel_scope.cancel()
+                        return False
+                    if self.bandwidth is not None:  # the upload limit, before it is sent
+                        await self.bandwidth.send(len(chunk), name, peer)
+                    sent += len(chunk)
+                    self.metrics.bytes.labels("served").inc(len(chunk))
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": sent < size or not last})
         return True
 
     async def serve_segment(self, req: Request, path: str, send) -> None:
