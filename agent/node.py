@@ -136,7 +136,7 @@ class Node:
                        report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
                        files=FileSetServer(self.files.index, self.files.ingest,
                                            self.files.tree, self.files.metrics, config.extras,
-                                           config.request_timeout),
+                                           config.request_timeout, self.bandwidth),
                        bandwidth=self.bandwidth)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()

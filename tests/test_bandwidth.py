@@ -327,3 +327,25 @@ async def test_status_and_metrics_show_limits_rates_and_waits(cluster_factory):
             "segsync_bandwidth_wait_seconds_total",
             {"direction": "upload", "class": "catchup"}) > 0
         assert (await a.dashboard.state())["bandwidth"][0]["limit"] == 1 * MB
+
+
+async def test_extras_files_take_from_the_limits(cluster_factory):
+    """Files of the file sets count too: a file pushed is live on both sides, a file
+    pulled back is catch-up."""
+    async with cluster_factory(2, extras=["emotes", "media"]) as c:
+        a, b = c.nodes
+        data = os.urandom(3 * 2**20)  # streamed (a large file), not one body
+        (c.root(0) / "media" / "ab").mkdir(parents=True)
+        (c.root(0) / "media" / "ab" / "clip.mp4").write_bytes(data)
+        (c.root(0) / "emotes").mkdir()
+        (c.root(0) / "emotes" / "dark-1.0").write_bytes(b"png")  # small: one body
+        await wait_until(lambda: (c.root(1) / "media/ab/clip.mp4").exists()
+                         and (c.root(1) / "emotes/dark-1.0").exists())
+        up, down = a.bandwidth.upload.scheduler.counters, b.bandwidth.download.scheduler.counters
+        assert up[LIVE].bytes >= len(data) + 3 and down[LIVE].bytes >= len(data) + 3
+        os.remove(c.root(1) / "media/ab/clip.mp4")
+        await wait_until(lambda: not b.files.index.has("extras", "media", "ab/clip.mp4"))
+        await b.backfiller.round_all([a.url])
+        assert (c.root(1) / "media/ab/clip.mp4").read_bytes() == data
+        assert b.bandwidth.download.scheduler.counters[CATCHUP].bytes >= len(data)
+        assert a.bandwidth.upload.scheduler.counters[CATCHUP].bytes >= len(data)

@@ -169,6 +169,15 @@ class Bandwidth:
         """Before handing on `nbytes` of `name` received from `peer`."""
         return await self.download.take(nbytes, self.classify(name), peer)
 
+    # chat batches and extras files have no segment's age: their caller gives the class
+    # (a push of a new local file is live; serving and pulling files is catch-up)
+
+    async def send_as(self, nbytes: int, cls: TransferClass, peer: str) -> float:
+        return await self.upload.take(nbytes, cls, peer)
+
+    async def receive_as(self, nbytes: int, cls: TransferClass, peer: str) -> float:
+        return await self.download.take(nbytes, cls, peer)
+
     def status(self) -> list[m.BandwidthStatus]:
         out = [self.upload.status(), self.download.status()]
         if self.problem:
@@ -222,6 +231,16 @@ class PeerPacing:
         if self.bandwidth is None:
             return 0.0
         return await self.bandwidth.receive(nbytes, name, self.peer)
+
+    async def send_as(self, nbytes: int, cls: TransferClass) -> float:
+        if self.bandwidth is None:
+            return 0.0
+        return await self.bandwidth.send_as(nbytes, cls, self.peer)
+
+    async def receive_as(self, nbytes: int, cls: TransferClass) -> float:
+        if self.bandwidth is None:
+            return 0.0
+        return await self.bandwidth.receive_as(nbytes, cls, self.peer)
 
 
 def requester_key(node_name: bytes | None, client: tuple | None) -> str:
