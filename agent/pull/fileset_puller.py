@@ -212,6 +212,7 @@ class FileSetPuller:
                 await self._fetch_one(client, label, kind, key, rel, sizes.get(rel), stats,
                                       True)
             return
+        whole = []
         for item in items:
             if item.data is None:
                 if item.reason == "hash_mismatch":
@@ -221,8 +222,23 @@ class FileSetPuller:
                     stats.gone += 1
                     self._outcome(label, kind, "gone")
                 continue
-            await self._store(label, kind, key, item.path, sizes.get(item.path), None,
-                              _one(item.data), stats)
+            whole.append((item.path, item.data, sizes.get(item.path)))
+        try:
+            stored = await self.ingest.accept_many(kind, key, whole)
+        except OSError as e:
+            stats.failed += len(whole)
+            self._outcome(label, kind, "storage_error")
+            log.error("storing %d %s %s files: %s", len(whole), kind, key, e)
+            return
+        sent = {rel: data for rel, data, _ in whole}
+        for rel, status in stored:
+            self._outcome(label, kind, status)
+            if status == "stored":
+                stats.fetched += 1
+                stats.bytes += len(sent[rel])
+            elif status not in ("have", "tombstoned"):
+                stats.failed += 1
+                log.warning("not storing %s %s/%s from %s: %s", kind, key, rel, label, status)
 
     async def _fetch_one(self, client, label: str, kind: str, key: str, rel: str,
                          size: int | None, stats: FileRoundStats, segsync: bool) -> None:
@@ -281,6 +297,3 @@ class FileSetPuller:
                 s.tombstones, s.gone, s.refused, s.failed, s.bytes,
                 f"; error: {s.errors[0]}" if s.errors else "")
 
-
-async def _one(data: bytes):
-    yield data
