@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scrub.py
 	$(BIN)/python bench/legacy_backfill.py
 	$(BIN)/python bench/coverage_render.py
+	$(BIN)/python bench/bandwidth.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
