@@ -1,10 +1,12 @@
-"""Deployment files, checked by reading them (Docker and systemd are not run here):
-the Dockerfile's layer order, user, label and CMD; the systemd unit; the compose file.
-Every segsync command line in them must parse with the real argument parser."""
+"""Deployment files, checked by reading them: the Dockerfile's layer order, user,
+labels, healthcheck and CMD; the systemd unit; the compose file; the Kubernetes
+example. Every segsync command line in them must parse with the real argument parser.
+(The image itself is built and run in test_image.py.)"""
 
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
 import re
 import shlex
@@ -37,6 +39,15 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def build_script():
+    """deploy/build_image.py (what `make image` runs), imported from its file."""
+    spec = importlib.util.spec_from_file_location("build_image",
+                                                  REPO / "deploy" / "build_image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def parse_segsync(argv: list[str]):
     assert Path(argv[0]).name == "segsync", argv
     return cli.make_parser().parse_args(argv[1:])
@@ -45,8 +56,10 @@ def parse_segsync(argv: list[str]):
 def test_dockerfile_structure():
     ins = dockerfile_instructions()
     kinds = [k for k, _ in ins]
-    assert kinds[0] == "FROM"
-    assert re.fullmatch(r"python:3\.1[1-9]-alpine(3\.\d+)?", ins[0][1]), ins[0][1]
+    assert kinds[0] == "FROM" and kinds.count("FROM") == 1
+    assert ins[0][1] == "debian:13", ins[0][1]  # wubloader's base: already on their hosts
+    # the name `make image` imports a locally made base as
+    assert build_script().BASE == f"docker.io/library/{ins[0][1]}"
 
     def index(pred) -> int:
         return next(i for i, item in enumerate(ins) if pred(*item))
@@ -61,6 +74,23 @@ def test_dockerfile_structure():
         assert not ins[i][1].startswith("."), "COPY . would bust the dependency layer"
     install = index(lambda k, a: k == "RUN" and "pip install --no-deps" in a)
     assert install > max(source)
+
+    # python3 and pip from Debian, first, without recommended packages (gcc and friends)
+    apt = index(lambda k, a: k == "RUN" and "apt-get install" in a)
+    assert apt == 1 and copy_pyproject > apt
+    assert re.search(r"apt-get install -y --no-install-recommends python3 python3-pip(\s|$)",
+                     ins[apt][1]), ins[apt][1]
+    assert "rm -rf /var/lib/apt/lists/*" in ins[apt][1]
+    assert "EXTERNALLY-MANAGED" in ins[apt][1]  # pip may install into the system Python
+    assert re.search(r"useradd [^&]*--uid 10001 [^&]*segsync", ins[apt][1])
+    # Debian has no `python`: every command says python3
+    for k, a in ins:
+        assert not re.search(r"(^|[\s\"'\[])python(\s|\"|')", a), (k, a)
+    # the CA bundle: a build secret for pip only, and the build works without it
+    deps_run = ins[deps][1]
+    assert deps_run.startswith("--mount=type=secret,id=ca ")
+    assert "if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi" in deps_run
+    assert all("type=secret" not in a for i, (k, a) in enumerate(ins) if i != deps)
     for i in source:  # each copied path exists
         assert (REPO / ins[i][1].split()[0]).exists()
 
@@ -71,6 +101,16 @@ def test_dockerfile_structure():
 
     labels = " ".join(a for k, a in ins if k == "LABEL")
     assert re.search(r"org\.opencontainers\.image\.source=\S+", labels)
+    # metadata before the dependency layer: a source change redoes only the last steps
+    for kind in ("LABEL", "VOLUME", "EXPOSE", "HEALTHCHECK", "CMD"):
+        assert index(lambda k, a: k == kind) < copy_pyproject, kind
+
+    health = [a for k, a in ins if k == "HEALTHCHECK"]
+    assert len(health) == 1
+    check = json.loads(health[0].split(" CMD ", 1)[1])
+    assert check[:2] == ["python3", "-c"]
+    assert "https://127.0.0.1:8200/healthz" in check[2] and "SEGSYNC_HEALTHZ" in check[2]
+    compile(check[2], "HEALTHCHECK", "exec")
 
     cmds = [a for k, a in ins if k == "CMD"]
     assert len(cmds) == 1
@@ -86,7 +126,7 @@ def test_dockerfile_dependency_list_matches_pyproject(tmp_path):
     """Run the dependency layer's own snippet against the real pyproject.toml."""
     ins = dockerfile_instructions()
     run = next(a for k, a in ins if k == "RUN" and "pip install -r" in a)
-    snippet = re.search(r'python -c "(.*?)"\s*&&', run).group(1)
+    snippet = re.search(r'python3 -c "(.*?)"\s*&&', run).group(1)
     (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
     subprocess.run([sys.executable, "-c", snippet.replace("/tmp/requirements.txt",
                                                           str(tmp_path / "req.txt"))],
