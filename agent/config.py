@@ -6,7 +6,6 @@ Flags override the TOML file, which overrides the defaults. Every bad value is a
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import tomllib
@@ -14,16 +13,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import ConfigError
 from protocol.peerkind import PeerKind, parse_peer_kind
-from protocol.peerlist import PeerEntry, PeerListError, parse_node_file
 
-from .peers import normalize_peer_url
+from .peers.peer_set import normalize_peer_url
+from .peers.peers_file import read_peers_file
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -62,7 +58,7 @@ class Config:
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
     recording_idle: float = 10.0
-    # TLS (agent/tls.py): serve HTTPS with cert+key, trust peers from ca
+    # TLS (agent/peers/tls.py): serve HTTPS with cert+key, trust peers from ca
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
@@ -88,27 +84,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen {value!r}: port must be 0-65535")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_peers_file(path: Path) -> list[PeerEntry]:
-    """A node file: `NAME URL` or `URL` per line (see `protocol.peerlist`)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"peers file {path}: {e}") from None
-    try:
-        return parse_node_file(text, normalize_peer_url)
-    except PeerListError as e:
-        raise ConfigError(f"peers file {path}: {e}") from None
 
 
 def parse_peer_kinds(value: object) -> dict[str, PeerKind]:
@@ -226,7 +201,7 @@ def build_config(values: dict[str, Any]) -> Config:
     if cfg.peers_file is not None:
         file_peers = read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file
     check_node_database(cfg)
-    from .tls import config_problem
+    from .peers.tls import config_problem
     problem = config_problem(cfg, file_peers)
     if problem:
         raise ConfigError(problem)
@@ -236,7 +211,7 @@ def build_config(values: dict[str, Any]) -> Config:
 def check_node_database(cfg: Config) -> None:
     """Read `--node-database-file` into `node_database`; refuse a connection string
     libpq would refuse (the error never shows the password)."""
-    from .node_database import parse_conninfo
+    from .peers.node_database import parse_conninfo
 
     try:
         if cfg.node_database_file is not None:

@@ -10,28 +10,28 @@ from pathlib import Path
 
 import trio
 
-from .backfill import Backfiller, BackfillSettings
-from .client import ClientFactory
+from .archive.index import ArchiveIndex
+from .archive.ingest import Ingest
+from .archive.local_files import LocalFiles
+from .archive.scrub import Scrubber, ScrubSettings
+from .archive.store import Store
+from .archive.watcher import ArchiveWatcher
 from .config import Config
-from .dashboard import Dashboard
-from .downloads import Downloads
-from .heal import PeerHealer
-from .index import ArchiveIndex
-from .ingest import Ingest
-from .local_files import LocalFiles
-from .metrics import Metrics
-from .node_database import NodeDatabase, NodeDatabaseSource
-from .peerkind import PeerKinds
-from .peers import Peer, PeerSet, normalize_peer_url
-from .peers_file import PeersFile
-from .pusher import Pusher, PushSettings
-from .recording import DeferralSettings, DownloaderTracker
-from .scrub import Scrubber, ScrubSettings
-from .server import App, ServerSettings
-from .status import StatusReport
-from .store import Store
-from .tls import NodeTls, peers_problem
-from .watcher import ArchiveWatcher
+from .peers.client import ClientFactory
+from .peers.kinds import PeerKinds
+from .peers.node_database import NodeDatabase, NodeDatabaseSource
+from .peers.peer_set import Peer, PeerSet, normalize_peer_url
+from .peers.peers_file import PeersFile
+from .peers.tls import NodeTls, peers_problem
+from .pull.backfill import Backfiller, BackfillSettings
+from .pull.downloads import Downloads
+from .pull.heal import PeerHealer
+from .push.pusher import Pusher, PushSettings
+from .push.recording import DeferralSettings, DownloaderTracker
+from .serve.dashboard import Dashboard
+from .serve.server import App, ServerSettings
+from .serve.status import StatusReport
+from .telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Node:
         # wsproto) is a tenth of a second of its start-up
         from hypercorn.config import Config as HypercornConfig
 
-        from .httpserver import serve
+        from .serve.httpserver import serve
 
         hc = HypercornConfig()
         host, port = self.config.listen_host_port
@@ -144,7 +144,7 @@ class Node:
         await serve(self.app, hc, task_status=task_status)
 
     def _peers_rule(self, entries: list) -> str | None:
-        """The clear-text peer rule for a re-read peers file or nodes table (agent/tls.py)."""
+        """The clear-text peer rule for a re-read peers file or nodes table (agent/peers/tls.py)."""
         return peers_problem(entries, self.config)
 
     async def set_peers(self, peers: list[Peer | str]) -> None:

@@ -30,8 +30,8 @@ import time
 import benchlib
 from benchlib import print_table
 
-from agent.coverage_maps import local_maps  # noqa: E402
-from agent.index import ArchiveIndex  # noqa: E402
+from agent.serve.coverage_maps import local_maps  # noqa: E402
+from agent.archive.index import ArchiveIndex  # noqa: E402
 from protocol.names import format_hour, parse_path  # noqa: E402
 
 WARM_GOAL_S = 0.100

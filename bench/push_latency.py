@@ -59,7 +59,7 @@ TOMBSTONE_GOAL_MS = 20.0
 # ---- arrival detection ----
 
 # watchdog may hold a rename back 0.5 s while it pairs IN_MOVED_FROM with IN_MOVED_TO
-# (a race in its delay queue; see agent/watcher.py): that would be a stall of the
+# (a race in its delay queue; see agent/archive/watcher.py): that would be a stall of the
 # measuring tool, not of the agents. Arrival needs only the IN_MOVED_TO: never wait.
 InotifyMoveEventGrouper.delay = 0
 # and it warns each time it re-registers the watch of a new hour directory: harmless

@@ -36,7 +36,7 @@ from backfill_throughput import build_archive, timed, tree_files, warm
 from benchlib import Agent, print_table, summary_ms
 from push_latency import Payloads, segment_wave
 
-from agent.tls_init import cert_pem, key_pem, make_ca, make_node_cert  # noqa: E402
+from agent.commands.tls_init import cert_pem, key_pem, make_ca, make_node_cert  # noqa: E402
 
 PUSH_GOAL_RATIO = 1.2  # TLS p99 / plain p99, at most
 CATCHUP_GOAL_RATIO = 0.7  # TLS MB/s / plain MB/s, at least

@@ -7,3 +7,7 @@ class SegmentNameError(ValueError):
 
 class ProtocolError(ValueError):
     """Bytes from a peer that are malformed, oversized or of the wrong shape."""
+
+
+class ConfigError(ValueError):
+    """A setting (flag, config key, node file, secret file) that cannot be used."""

@@ -1,7 +1,7 @@
 """What a peer is: a segsync agent or a wubloader node, configured or found by a probe.
 
 Pure decisions (the probe's verdict, when to probe again, reading the config value);
-the probe itself is `agent.peerkind`.
+the probe itself is `agent.peers.kinds`.
 """
 
 from __future__ import annotations

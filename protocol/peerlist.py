@@ -4,7 +4,7 @@ Pure functions and data. A peer comes from `--peer` flags (a URL), a node file
 (`NAME URL` or `URL` per line, wubloader's format and segsync's older one-URL-per-line
 format alike) or wubloader's `nodes` table (name and URL). URL validation is passed in
 (`check_url`), so this module stays free of HTTP libraries. The sources are merged
-(one peer per URL, this node left out by name) by `agent.peers.merge_sources`.
+(one peer per URL, this node left out by name) by `agent.peers.peer_set.merge_sources`.
 """
 
 from __future__ import annotations

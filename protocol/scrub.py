@@ -3,7 +3,7 @@
 A scrub re-hashes every visible segment against the hash in its name, oldest hour
 first, at a bounded byte rate, and remembers where it stopped so a restart resumes
 the pass instead of starting it over. Everything here is pure: the clock and the
-saved state are parameters; `agent.scrub` carries the decisions out.
+saved state are parameters; `agent.archive.scrub` carries the decisions out.
 """
 
 from __future__ import annotations

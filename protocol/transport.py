@@ -121,3 +121,12 @@ def reload_due(loaded: tuple | None, previous: tuple | None, current: tuple | No
     and the half-written state in between is not a pair worth reporting as broken. A
     file that disappears is no reason to act: the pair in use stays."""
     return current is not None and current != loaded and current == previous
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

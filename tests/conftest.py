@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from agent.config import build_config  # noqa: E402
 from agent.node import Node  # noqa: E402
-from agent.peers import Peer  # noqa: E402
+from agent.peers.peer_set import Peer  # noqa: E402
 
 
 def pytest_addoption(parser):

@@ -22,8 +22,8 @@ import h11
 import msgpack
 import trio
 
-from agent.local_files import file_matches_name
-from agent.store import is_temp_file
+from agent.archive.local_files import file_matches_name
+from agent.archive.store import is_temp_file
 from helpers import free_port, wait_healthy
 from protocol import endpoints
 from protocol import messages as m
@@ -43,7 +43,7 @@ def env_int(name: str, default: int) -> int:
 # ---- real agent processes ----
 
 class AgentProcess:
-    """`python -m agent.cli run` on a fixed port, so a restart keeps its URL."""
+    """`python -m agent.commands.cli run` on a fixed port, so a restart keeps its URL."""
 
     def __init__(self, root: Path, workdir: Path, peers: list[str] = (), port: int | None = None,
                  token_file: Path | None = None, **settings) -> None:
@@ -68,7 +68,7 @@ class AgentProcess:
         self.starts = 0
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "agent.cli", "run", "--root", str(self.root),
+        cmd = [sys.executable, "-m", "agent.commands.cli", "run", "--root", str(self.root),
                "--listen", f"127.0.0.1:{self.port}", "--node-name", self.root.name,
                "--config", str(self.config_path)]
         for peer in self.peers:

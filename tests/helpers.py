@@ -89,7 +89,7 @@ def hours_ago(hours: float, now: dt.datetime | None = None) -> dt.datetime:
 
 def replicable_state(root: Path) -> dict[str, bytes | None]:
     """path -> bytes for visible segments, None for tombstones (what must converge)."""
-    from agent.store import Store
+    from agent.archive.store import Store
 
     store = Store(root)
     out: dict[str, bytes | None] = {}

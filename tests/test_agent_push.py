@@ -170,7 +170,7 @@ async def test_corrupted_push_rejected(cluster_factory):
 
 
 async def test_offer_replies(cluster_factory):
-    from agent.client import ClientFactory
+    from agent.peers.client import ClientFactory
 
     async with cluster_factory(1) as c:
         data = os.urandom(100)

@@ -15,12 +15,12 @@ import sys
 
 import trio
 
-from agent.backfill import Backfiller, PeerState, utc_now
-from agent.client import ClientFactory
+from agent.pull.backfill import Backfiller, PeerState, utc_now
+from agent.peers.client import ClientFactory
 from agent.config import build_config
-from agent.peers import Peer
-from agent.oneshot import BarProgress, print_summary, run_oneshot
-from agent.store import Store
+from agent.peers.peer_set import Peer
+from agent.commands.oneshot import BarProgress, print_summary, run_oneshot
+from agent.archive.store import Store
 from conftest import wait_until
 from fault_helpers import refusing_peer_url
 from helpers import (
@@ -140,7 +140,7 @@ async def test_corrupting_peer_costs_only_itself(cluster_factory, caplog):
     the rotten bytes (issue 14), quarantines the file, and stops listing it; C stores
     nothing of it and gets everything else. (A peer that does serve wrong bytes is
     refused by the receiver: LyingPeer in test_batch_fetch and test_faults_peers.)"""
-    caplog.set_level(logging.WARNING, logger="agent.scrub")
+    caplog.set_level(logging.WARNING, logger="agent.archive.scrub")
     async with cluster_factory(3, connect=False, backfill=False) as c:
         a, b, cn = c.nodes
         bad, good_a = write_segments(c.root(0), 2, hours_ago(4), 1)
@@ -337,7 +337,7 @@ async def test_watcher_overflow_rescan_indexes_and_pushes_what_was_missed(cluste
 # ---- the round's log line ----
 
 async def test_round_log_line_per_peer_and_pair(cluster_factory, caplog):
-    caplog.set_level(logging.INFO, logger="agent.backfill")
+    caplog.set_level(logging.INFO, logger="agent.pull.backfill")
     async with cluster_factory(2, connect=False, backfill=False, recent_window=300) as c:
         a, b = c.nodes
         old = write_segments(c.root(0), 3, hours_ago(5), 1, size=1000)
@@ -349,7 +349,7 @@ async def test_round_log_line_per_peer_and_pair(cluster_factory, caplog):
         await indexed(b, [old[0]], Kind.TOMBSTONE)
         caplog.clear()
         (r,) = await b.backfiller.round_all([a.url])
-        lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.backfill"]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.pull.backfill"]
         source = [m for m in lines if f"from {a.url} desertbus/source:" in m]
         p480 = [m for m in lines if f"from {a.url} desertbus/480p:" in m]
         assert len(source) == 1 and len(p480) == 1, lines
@@ -378,7 +378,7 @@ async def test_oneshot_command_bootstraps_a_new_node(cluster_factory, tmp_path):
         new_root = tmp_path / "new"
         new_root.mkdir()
         proc = await trio.run_process(
-            [sys.executable, "-m", "agent.cli", "backfill", "--root", str(new_root),
+            [sys.executable, "-m", "agent.commands.cli", "backfill", "--root", str(new_root),
              "--from", a.url, "--from", b.url, "--recent-window", "0",
              "--max-concurrency", "3", "--backfill-hours", "48"],
             cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
@@ -433,7 +433,7 @@ def test_progress_bar_on_any_stream():
 
 
 def test_summary_counts_failures():
-    from agent.backfill import PairStats, RoundResult
+    from agent.pull.backfill import PairStats, RoundResult
 
     ok = RoundResult("http://a:1", pairs={("c", "q"): PairStats(missing=3, downloaded=3,
                                                                  bytes=3 * 2**20)})

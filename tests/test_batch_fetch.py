@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import trio
 
-from agent.client import ClientFactory, PeerError
+from agent.peers.client import ClientFactory, PeerError
 from conftest import wait_until
 from fault_helpers import LyingPeer, audit_archive
 from helpers import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent.status_view import format_age, format_uptime, render_status
+from agent.commands.status_view import format_age, format_uptime, render_status
 from helpers import make_name
 from protocol.cleanup import duplicate_groups, purge_decision
 from protocol.messages import PeerStatus, StatusReply, TlsStatus

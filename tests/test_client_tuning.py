@@ -1,12 +1,12 @@
-"""The client's response read size (see agent.client.RESPONSE_READ_BYTES), over a real
+"""The client's response read size (see agent.peers.client.RESPONSE_READ_BYTES), over a real
 loopback socket: a body that is already waiting in the socket arrives in reads larger
 than httpcore's default 64 KiB."""
 
 import httpcore
 import trio
 
-from agent.client import ClientFactory
-from agent.transport import RESPONSE_READ_BYTES
+from agent.peers.client import ClientFactory
+from agent.peers.transport import RESPONSE_READ_BYTES
 from helpers import hours_ago, make_name
 
 BODY = 1024 * 1024

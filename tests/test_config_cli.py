@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.commands.cli import main
 from agent.config import ConfigError, build_config, load_toml, read_peers_file
 from protocol.peerlist import PeerEntry
 from helpers import free_port, wait_healthy
 
-SEGSYNC = [sys.executable, "-m", "agent.cli"]
+SEGSYNC = [sys.executable, "-m", "agent.commands.cli"]
 
 
 def test_defaults(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent.coverage_maps import local_maps, warm_spans
-from agent.index import ArchiveIndex
+from agent.serve.coverage_maps import local_maps, warm_spans
+from agent.archive.index import ArchiveIndex
 from protocol.coverage import FULL, FUTURE, HOLE, hour_spans
 from protocol.names import Kind, format_hour, parse_path
 

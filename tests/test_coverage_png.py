@@ -6,8 +6,8 @@ import re
 
 from PIL import Image
 
-from agent import cli
-from agent.coverage_png import (
+from agent.commands import cli
+from agent.commands.coverage_png import (
     COLOURS, HOUR_CELL_PX, LABEL_ROW_PX, LABEL_WIDTH_PX, OVERVIEW_CELL_PX,
 )
 from protocol.coverage import FULL, HOLE, TOMBSTONED

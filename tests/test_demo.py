@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import percentile
+from agent.commands.demo import percentile
 
-SEGSYNC = [sys.executable, "-m", "agent.cli"]
+SEGSYNC = [sys.executable, "-m", "agent.commands.cli"]
 REPO = Path(__file__).parent.parent
 ARRIVAL = re.compile(r"^\s*\d+\.\d\ds\s+#(\d+)\s+([bc])\s+(\d+\.\d) ms\s+(\S+)\s+\d+ KiB$", re.M)
 

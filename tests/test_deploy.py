@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import cli
-from agent import tools  # noqa: F401  (registers the sub-commands)
+from agent.commands import cli
+from agent.commands import tools  # noqa: F401  (registers the sub-commands)
 from agent.config import load_toml
 
 REPO = Path(__file__).parent.parent

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from fault_helpers import AgentProcess, audit_archive, env_int
-from agent.store import Store
+from agent.archive.store import Store
 from helpers import free_port, hours_ago, make_name, write_segment_file
 from tls_helpers import issue
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from agent.store import Store
+from agent.archive.store import Store
 from conftest import wait_until
 from fault_helpers import AgentProcess, audit_archive
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file, push_state, write_segment

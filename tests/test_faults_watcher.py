@@ -7,7 +7,7 @@ import os
 
 import trio
 
-from agent.watcher import INOTIFY_LOGGER
+from agent.archive.watcher import INOTIFY_LOGGER
 from conftest import wait_until
 from helpers import hours_ago, make_name, replicable_state, touch_tombstone, write_segment_file
 

@@ -29,7 +29,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.local_files import file_matches_name
+from agent.archive.local_files import file_matches_name
 from fault_helpers import AgentProcess, env_int, tree_snapshot
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
 from tls_helpers import issue

@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-import agent.index as index_module
-from agent.index import ArchiveIndex
-from agent.store import Store
+import agent.archive.index as index_module
+from agent.archive.index import ArchiveIndex
+from agent.archive.store import Store
 from helpers import make_name, touch_tombstone, write_segment_file
 from protocol.digests import hour_digest, pair_digest
 from protocol.hashing import encode_hash

@@ -3,7 +3,7 @@
 import gc
 import os
 
-from agent.index import ArchiveIndex
+from agent.archive.index import ArchiveIndex
 from helpers import hours_ago, make_name
 from protocol.names import Kind
 

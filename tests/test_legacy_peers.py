@@ -17,11 +17,11 @@ import httpx
 import pytest
 import trio
 
-from agent.client import PeerError
+from agent.peers.client import PeerError
 from agent.config import ConfigError, build_config, load_toml
-from agent.peerkind import PeerKinds
-from agent.peers import Peer, PeerKind, PeerSet
-from agent.status_view import render_status
+from agent.peers.kinds import PeerKinds
+from agent.peers.peer_set import Peer, PeerKind, PeerSet
+from agent.commands.status_view import render_status
 from conftest import peer_of, wait_until
 from helpers import free_port, hours_ago, replicable_state, touch_tombstone, write_segments
 from test_metrics import scrape
@@ -231,7 +231,7 @@ async def test_oneshot_backfill_from_a_legacy_url(tmp_path):
         new_root = tmp_path / "new"
         new_root.mkdir()
         proc = await trio.run_process(
-            [sys.executable, "-m", "agent.cli", "backfill", "--root", str(new_root),
+            [sys.executable, "-m", "agent.commands.cli", "backfill", "--root", str(new_root),
              "--from", wub.url, "--recent-window", "0", "--backfill-hours", "48"],
             cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
         out = proc.stdout.decode()

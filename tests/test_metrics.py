@@ -18,8 +18,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.logs import setup_logging
-from agent.peers import Peer
+from agent.telemetry.logs import setup_logging
+from agent.peers.peer_set import Peer
 from conftest import peer_of, wait_until
 from fault_helpers import LyingPeer
 from helpers import (
@@ -204,7 +204,7 @@ def test_text_log_lines_are_readable():
 def test_run_with_json_logs_writes_only_json(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--root", str(tmp_path),
+        [sys.executable, "-m", "agent.commands.cli", "run", "--root", str(tmp_path),
          "--listen", f"127.0.0.1:{port}", "--log-format", "json", "--node-name", "j"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).parent.parent)

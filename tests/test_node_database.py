@@ -9,17 +9,17 @@ import logging
 import pytest
 import trio
 
-from agent.cli import main
-from agent.peers import default_peer_name, normalize_peer_url
+from agent.commands.cli import main
+from agent.peers.peer_set import default_peer_name, normalize_peer_url
 from agent.config import ConfigError, load_toml
-from agent.node_database import (
+from agent.peers.node_database import (
     NodeDatabase,
     NodeDatabaseError,
     parse_conninfo,
     redact,
     rows_to_entries,
 )
-from agent.status_view import fetch_status, render_status
+from agent.commands.status_view import fetch_status, render_status
 from conftest import node_config, wait_until
 from helpers import free_port, write_segments
 from pg_server import PASSWORD, NoServer, PostgresServer

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.peers import normalize_peer_url
+from agent.peers.peer_set import normalize_peer_url
 from protocol.messages import PeerSourceStatus
 from protocol.peerlist import MAX_PEERS, PeerEntry, PeerListError, SourceHealth, parse_node_file
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import trio
 
-from agent.peers import Peer, PeerSet, follow_peers, merge_sources, normalize_peer_url
+from agent.peers.peer_set import Peer, PeerSet, follow_peers, merge_sources, normalize_peer_url
 from conftest import wait_until
 
 

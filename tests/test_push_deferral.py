@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.client import ClientFactory
+from agent.peers.client import ClientFactory
 from conftest import wait_until
 from helpers import make_name, peer_label, push_state, write_segment_file
 from protocol import messages as m

@@ -216,7 +216,7 @@ def test_bad_later_replies_are_refused(obj):
 
 
 def test_status_shows_the_deferral_counters():
-    from agent.status_view import render_status
+    from agent.commands.status_view import render_status
 
     base = m.StatusReply(node="a", url="http://a", started_at=0.0, time=10.0, segments=3,
                          peers=[])
@@ -243,7 +243,7 @@ def test_defer_push_config_key(tmp_path):
 async def test_reoffers_hand_items_back_when_due_and_refuse_old_ones(autojump_clock):
     import trio
 
-    from agent.reoffer import ReOffers
+    from agent.push.reoffer import ReOffers
 
     requeued: list[tuple[float, str]] = []
     wall = [T0 + dt.timedelta(seconds=30)]

@@ -14,9 +14,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.peers import Peer
-from agent.scrub import STATE_DIR, STATE_FILE
-from agent.status_view import fetch_status, render_status
+from agent.peers.peer_set import Peer
+from agent.archive.scrub import STATE_DIR, STATE_FILE
+from agent.commands.status_view import fetch_status, render_status
 from conftest import peer_of, wait_until
 from fault_helpers import REPO
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
@@ -241,7 +241,7 @@ async def test_periodic_pass_saves_its_state(cluster_factory, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "scrub", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "agent.commands.cli", "scrub", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

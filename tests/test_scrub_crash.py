@@ -8,7 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.scrub import STATE_DIR, STATE_FILE
+from agent.archive.scrub import STATE_DIR, STATE_FILE
 from fault_helpers import AgentProcess
 from helpers import hours_ago, write_segments
 from protocol.scrub import ScrubState, ScrubStateError, decode_state

@@ -192,7 +192,7 @@ def test_quarantine_paths_never_collide():
 
 
 def test_status_shows_the_scrub_and_every_lost_segment():
-    from agent.status_view import render_status
+    from agent.commands.status_view import render_status
 
     lost, at = (make_name(data, dt.datetime(2024, 1, 1, 5, 0, 1)) for data in (b"x", b"y"))
     out = render_status(m.StatusReply(

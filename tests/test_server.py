@@ -95,7 +95,7 @@ async def test_upload_requires_length_and_limit(cluster_factory):
 
 
 async def test_digest_and_listing_endpoints(cluster_factory):
-    from agent.client import ClientFactory
+    from agent.peers.client import ClientFactory
     from protocol.digests import hour_range
 
     async with cluster_factory(1) as c:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import (
+from agent.archive.store import (
     MAX_WRITE,
     Store,
     Tombstoned,

@@ -17,9 +17,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agent.cli import main
-from agent.client import ClientFactory, PeerError
-from agent.tls import ClientTls, read_pair
+from agent.commands.cli import main
+from agent.peers.client import ClientFactory, PeerError
+from agent.peers.tls import ClientTls, read_pair
 from conftest import Cluster, peer_of, wait_until
 from helpers import (hours_ago, make_name, push_state, replicable_state, write_segment_file,
                      write_segments)
@@ -369,10 +369,10 @@ async def test_nodes_table_naming_a_clear_text_peer_keeps_the_last_list(tmp_path
     """The clear-text rule on the nodes-table source (the rule's wiring is tested; the
     table stands in for PostgreSQL, which test_node_database.py runs for real)."""
     from agent.config import build_config
-    from agent.metrics import Metrics
-    from agent.node_database import NodeDatabaseSource
-    from agent.peers import PeerSet
-    from agent.tls import peers_problem
+    from agent.telemetry.metrics import Metrics
+    from agent.peers.node_database import NodeDatabaseSource
+    from agent.peers.peer_set import PeerSet
+    from agent.peers.tls import peers_problem
     from protocol.peerlist import PeerEntry
 
     class Table:

@@ -1,4 +1,4 @@
-"""TLS reads gather buffered records (agent.tls._gathering_receive_some), over a real
+"""TLS reads gather buffered records (agent.peers.tls._gathering_receive_some), over a real
 loopback TLS connection: without it every read returns one 16 KiB record."""
 
 import ssl
@@ -6,7 +6,7 @@ import ssl
 import trio
 import trustme
 
-import agent.tls  # noqa: F401  (installs the gathering reads)
+import agent.peers.tls  # noqa: F401  (installs the gathering reads)
 
 BODY = bytes(range(256)) * 160  # 40 KiB: three records, fits in the socket buffers
 
@@ -21,12 +21,12 @@ def contexts():
 
 
 def test_installed_on_trio_and_trio_still_has_what_it_uses():
-    assert trio.SSLStream.receive_some is agent.tls._gathering_receive_some
+    assert trio.SSLStream.receive_some is agent.peers.tls._gathering_receive_some
     # the buffered records are read from this (private) attribute: fail loudly if a
     # trio release renames it
     assert "_ssl_object" in trio.SSLStream.__init__.__code__.co_names
     # and the transport reads' size is this module constant, read at each call
-    assert trio._highlevel_socket.DEFAULT_RECEIVE_SIZE == agent.tls.TRANSPORT_READ_BYTES
+    assert trio._highlevel_socket.DEFAULT_RECEIVE_SIZE == agent.peers.tls.TRANSPORT_READ_BYTES
     assert "DEFAULT_RECEIVE_SIZE" in trio.SocketStream.receive_some.__code__.co_names
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from agent import cli
+from agent.commands import cli
 from conftest import wait_until
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file
 from protocol.names import Kind
@@ -122,7 +122,7 @@ async def test_tombstone_command_propagates(cluster_factory, capsys):
         # a relative path, from inside the archive (a real process, its own cwd)
         rel = os.path.join(names[1].hour, names[1].filename)
         proc = await trio.run_process(
-            [sys.executable, "-m", "agent.cli", "tombstone", rel],
+            [sys.executable, "-m", "agent.commands.cli", "tombstone", rel],
             cwd=c.root(2) / names[1].channel / names[1].quality, capture_stdout=True,
             capture_stderr=True, check=False)
         assert proc.returncode == 0, proc.stderr.decode()

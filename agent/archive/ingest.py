@@ -1,0 +1,126 @@
+"""Ingest: the one way a segment or tombstone from a peer enters the archive.
+
+The server (pushes) and the backfiller (pulls) both call it. It writes through the
+store (verified, atomic), indexes what it stored, counts it, and remembers what came
+from peers (the echo guard), so the watcher's event for that file is not pushed back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import trio
+
+from protocol.names import Kind, SegmentName
+from protocol.replication import offer_status
+
+from ..telemetry.metrics import Metrics
+from .index import ArchiveIndex
+from .recent import RecentSet
+from .store import SegmentWriter, Store, WriteRejected
+
+log = logging.getLogger(__name__)
+
+UPLOAD_BUFFER = 1024 * 1024  # bytes gathered before a thread hop writes them
+ECHO_MEMORY = 100_000  # paths remembered as received from peers
+
+
+class Ingest:
+    def __init__(self, store: Store, index: ArchiveIndex, metrics: Metrics) -> None:
+        self.store = store
+        self.index = index
+        self.metrics = metrics
+        self.received = RecentSet(ECHO_MEMORY)  # paths peers sent us: never pushed back
+
+    def came_from_peer(self, path: str) -> bool:
+        return path in self.received
+
+    async def offer_status(self, name: SegmentName) -> str:
+        """What a peer offering `name` is told: want, have or tombstoned."""
+        def check() -> str:
+            return offer_status(self.store.has_segment(name), self.store.has_tombstone(name))
+
+        return await trio.to_thread.run_sync(check)
+
+    async def accept_segment(
+        self, name: SegmentName, size: int | None, chunks: AsyncIterator[bytes], source: str,
+        sync_dir: bool = True,
+    ) -> str:
+        """Stream a segment from a peer into the store: verified, atomic, indexed.
+        Returns stored, have or tombstoned; raises WriteRejected (bad bytes) or
+        OSError (storage). `sync_dir=False`: the caller fsyncs the hour directory
+        later (see `SegmentWriter.commit`), once for many segments."""
+        metrics = self.metrics
+        writer: SegmentWriter | None = None
+
+        def write(batch: list[bytes], last: bool) -> str | None:
+            """One thread hop: open the temp file with the first batch (unless the
+            segment is tombstoned or here already), write, and commit after the last.
+            The checks run in the thread too: a lookup of a name not yet in the
+            directory waits for its lock, which a rename stuck behind a journal commit
+            holds."""
+            nonlocal writer
+            if writer is None:
+                if self.store.has_tombstone(name):
+                    return "tombstoned"
+                if self.store.has_segment(name):
+                    return "have"
+                writer = self.store.open_writer(name, size)
+            if batch:
+                writer.write_many(batch)
+            return writer.commit(sync_dir) if last else None
+
+        try:
+            status = await self._write_batches(name, chunks, write)
+        except WriteRejected as e:
+            if writer is not None:
+                writer.abort()
+            if e.reason == "hash_mismatch":
+                metrics.hash_mismatches.labels(source).inc()
+            metrics.received.labels("segment", e.reason).inc()
+            raise
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            metrics.received.labels("segment", "error").inc()
+            raise
+        if status == "stored":
+            self.index.add(name, Kind.SEGMENT)
+            metrics.indexed_segments.inc()
+            assert writer is not None
+            metrics.bytes.labels("received" if source == "push" else "pulled").inc(writer.size)
+        metrics.received.labels("segment", status).inc()
+        return status
+
+    async def _write_batches(self, name: SegmentName, chunks: AsyncIterator[bytes],
+                             write) -> str:
+        """Chunks are batched as they come (no copying) and each batch is written in
+        one thread hop; a segment of up to UPLOAD_BUFFER bytes takes a single hop for
+        open, write and commit: a hop costs more than writing a few hundred KiB to the
+        page cache."""
+        batch: list[bytes] = []
+        batched = 0
+        async for chunk in chunks:
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched > UPLOAD_BUFFER:
+                status = await trio.to_thread.run_sync(write, batch, False)
+                if status is not None:  # tombstoned or here: the rest is not needed
+                    return status
+                batch, batched = [], 0
+        self.received.add(name.path)  # before the rename: the watcher sees an echo
+        status = await trio.to_thread.run_sync(write, batch, True)
+        assert status is not None
+        return status
+
+    async def accept_tombstone(self, name: SegmentName, source: str) -> str:
+        """Create `name`'s tombstone (stored, or have if it was there)."""
+        self.received.add(name.tombstone_path)
+        created = await trio.to_thread.run_sync(self.store.create_tombstone, name)
+        self.index.add(name, Kind.TOMBSTONE)
+        status = "stored" if created else "have"
+        self.metrics.received.labels("tombstone", status).inc()
+        if created:
+            log.info("tombstone %s (from %s)", name.tombstone_path, source)
+        return status

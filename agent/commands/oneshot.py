@@ -1,0 +1,153 @@
+"""`segsync backfill`: one full round from the given peers, with a progress bar, then exit.
+
+This is how a new node bootstraps. Exit status is non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterator, TextIO
+
+import trio
+from tqdm import tqdm
+
+from ..archive.index import ArchiveIndex
+from ..archive.ingest import Ingest
+from ..archive.local_files import LocalFiles
+from ..archive.store import Store
+from ..config import Config
+from ..peers.client import ClientFactory
+from ..peers.kinds import PeerKinds
+from ..peers.peer_set import Peer, PeerSet
+from ..pull.backfill import Backfiller, BackfillSettings
+from ..pull.downloads import Downloads
+from ..pull.round_stats import RoundResult
+from ..telemetry.metrics import Metrics
+from ..telemetry.progress import Progress
+
+
+class BarProgress(Progress):
+    """Segments (count, rate, ETA) and bytes (amount, rate) on a terminal; silent elsewhere."""
+
+    def __init__(self, stream: TextIO, enabled: bool | None = None,
+                 desc: str = "backfill") -> None:
+        if enabled is None:
+            isatty = getattr(stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
+        self.segments_total = 0
+        self.segments_done = 0
+        self.bytes_done = 0
+        self.started = time.monotonic()
+        self.bar = tqdm(total=0, unit="seg", desc=desc, file=stream,
+                        dynamic_ncols=True, disable=not enabled)
+
+    def planned(self, segments: int, nbytes: int | None) -> None:
+        self.segments_total += segments
+        self.bar.total = self.segments_total
+        self.bar.refresh()
+
+    def fetched(self, nbytes: int) -> None:
+        self.segments_done += 1
+        self.bytes_done += nbytes
+        elapsed = time.monotonic() - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        self.bar.set_postfix_str(
+            f"{self.bytes_done / 2**20:.1f} MiB, {rate / 2**20:.1f} MiB/s", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@contextmanager
+def progress_bar(stream: TextIO, desc: str) -> Iterator[BarProgress]:
+    """A bar on `stream` for the duration, log lines going above it instead of through
+    it (on a terminal; silent elsewhere)."""
+    progress = BarProgress(stream, desc=desc)
+    try:
+        redirect_logs = nullcontext()
+        if progress.enabled:
+            # imported only for a terminal: it pulls in asyncio (20 ms of start-up)
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            redirect_logs = logging_redirect_tqdm()
+        with redirect_logs:
+            yield progress
+    finally:
+        progress.close()
+
+
+COLUMNS = [  # (heading, width, RoundResult total)
+    ("listed", 7, "hours_listed"), ("missing", 8, "missing"), ("fetched", 8, "downloaded"),
+    ("tombst", 7, "tombstones"), ("recent", 7, "skipped_recent"), ("temp", 5, "skipped_temp"),
+    ("tombstoned", 10, "skipped_tombstoned"), ("mismatch", 8, "hash_mismatch"),
+    ("failed", 7, "failed"),
+]
+
+
+def print_summary(results: list[RoundResult], elapsed: float, out: TextIO) -> int:
+    """One line per peer and a total; returns the number of failures."""
+    print(f"{'peer':40} {'result':7} "
+          + " ".join(f"{h:>{w}}" for h, w, _ in COLUMNS) + f" {'MiB':>9}", file=out)
+    failed = 0
+    for r in results:
+        failed += r.failures
+        print(f"{r.peer:40} {'ok' if r.ok else 'FAILED':7} "
+              + " ".join(f"{r.total(attr):{w}d}" for _, w, attr in COLUMNS)
+              + f" {r.total('bytes') / 2**20:9.1f}", file=out)
+        if r.error:
+            print(f"  error: {r.error}", file=out)
+    total = sum(r.total("bytes") for r in results)
+    segments = sum(r.total("downloaded") for r in results)
+    rate = total / 2**20 / elapsed if elapsed > 0 else 0.0
+    print(f"done in {elapsed:.1f}s: {segments} segments, {total / 2**20:.1f} MiB, "
+          f"{rate:.1f} MiB/s; {'FAILURES: ' + str(failed) if failed else 'no failures'}",
+          file=out)
+    return failed
+
+
+@dataclass
+class OfflineArchive:
+    """What a one-shot command works on: an archive (an agent may be running on it),
+    its index, and the peers it was given. No agent part runs."""
+
+    store: Store
+    index: ArchiveIndex
+    metrics: Metrics
+    ingest: Ingest
+    peers: PeerSet
+
+    @classmethod
+    async def open(cls, cfg: Config) -> "OfflineArchive":
+        """Build the parts and index the archive. Temp files are left alone: an agent
+        may be writing into this root right now."""
+        store = Store(cfg.root, cfg.max_segment_bytes)
+        index, metrics = ArchiveIndex(), Metrics()
+        ingest = Ingest(store, index, metrics)
+        peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
+        await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
+                         rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
+        return cls(store, index, metrics, ingest, peers)
+
+
+async def run_oneshot(cfg: Config, out: TextIO | None = None,
+                      err: TextIO | None = None) -> int:
+    """One round with every configured peer into `cfg.root`; 0 if nothing failed."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    a = await OfflineArchive.open(cfg)
+    peers, clients = a.peers, ClientFactory.from_config(cfg)
+    backfiller = Backfiller(
+        peers, clients, a.index, a.ingest,
+        Downloads(a.ingest, a.store, a.index, a.metrics, cfg.max_concurrency,
+                  cfg.max_segment_bytes),
+        a.metrics, BackfillSettings.from_config(cfg),
+        kinds=PeerKinds.probing_with(peers, clients))
+    started = trio.current_time()
+    with progress_bar(err, "backfill") as progress:
+        results = await backfiller.round_all(peers.peers, progress)
+    failed = print_summary(results, trio.current_time() - started, out)
+    return 1 if failed or len(results) < len(peers) else 0

@@ -1,0 +1,239 @@
+"""Backfill downloads: fetch what a comparison found missing, for every peer's rounds.
+
+One `Downloads` per node owns the one limiter (`max_concurrency` exchanges at once,
+shared by all peers) and the segments in flight, so a segment two peers offer is
+fetched once. Each unit of work runs a bounded number of workers; a worker takes the
+limiter with `async with` for each exchange (a batch fetch, or one segment from a
+peer without batch fetch). What the peer sends goes through `Ingest` (verified,
+atomic); what happened is counted in the unit's `PairStats`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import trio
+
+from protocol.names import Kind, SegmentName
+from protocol.replication import fetch_batches
+
+from ..archive.index import ArchiveIndex
+from ..archive.ingest import Ingest
+from ..archive.store import Store, WriteRejected
+from ..peers.client import PeerClient, PeerError
+from ..peers.legacy_client import LegacyClient
+from ..peers.peer_set import Peer, PeerCapabilities
+from ..telemetry.metrics import Metrics
+from ..telemetry.progress import Progress
+from .round_stats import PairStats
+
+log = logging.getLogger(__name__)
+
+MAX_DOWNLOAD_ERRORS = 5  # broken exchanges in a row: stop this unit, retry next round
+FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
+
+
+class PeerFetch:
+    """One unit's view of its peer: the client (of a segsync peer or a wubloader node),
+    what the peer supports, its label."""
+
+    def __init__(self, client: PeerClient | LegacyClient, capabilities: PeerCapabilities,
+                 peer: Peer, stats: PairStats, progress: Progress | None) -> None:
+        self.client = client
+        self.capabilities = capabilities
+        self.peer = peer
+        self.label = peer.name  # metric label
+        self.stats = stats
+        self.progress = progress
+
+
+class Downloads:
+    def __init__(self, ingest: Ingest, store: Store, index: ArchiveIndex, metrics: Metrics,
+                 max_concurrency: int, max_segment_bytes: int) -> None:
+        self.ingest = ingest
+        self.store = store
+        self.index = index
+        self.metrics = metrics
+        self.max_concurrency = max_concurrency
+        self.max_segment_bytes = max_segment_bytes
+        self.limiter = trio.Semaphore(max_concurrency)
+        self.in_flight: dict[str, trio.Event] = {}  # segment path -> download finished
+
+    async def fetch(self, peer: PeerFetch, names: list[SegmentName]) -> None:
+        """Download `names` from the peer in batches; stops early once the unit failed
+        (the peer stopped answering: the rest waits for the next round)."""
+        batches = collections.deque(fetch_batches(names, self.max_concurrency, FETCH_BATCH))
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(len(batches), self.max_concurrency)):
+                nursery.start_soon(self._worker, peer, batches)
+
+    async def _worker(self, peer: PeerFetch, batches: collections.deque) -> None:
+        while batches and peer.stats.error is None:
+            batch = batches.popleft()
+            for name in await self._batch(peer, batch):
+                await self._after_other(peer, name)
+
+    def _have(self, name: SegmentName) -> bool:
+        return self.index.has(name, Kind.SEGMENT) or self.index.has(name, Kind.TOMBSTONE)
+
+    async def _batch(self, peer: PeerFetch, names: list[SegmentName]) -> list[SegmentName]:
+        """Fetch the batch's segments nobody is fetching; return those another peer's
+        round is fetching right now (they are waited for, not downloaded twice)."""
+        async with self.limiter:
+            if peer.stats.error is not None:
+                return []
+            mine, others = [], []
+            for name in names:
+                if name.path in self.in_flight:
+                    others.append(name)
+                elif self._have(name):
+                    peer.stats.elsewhere += 1
+                else:
+                    mine.append(name)
+            done = {name.path: trio.Event() for name in mine}
+            self.in_flight.update(done)
+            try:
+                if mine:
+                    await self._download_batch(peer, mine)
+            finally:
+                for path, event in done.items():
+                    del self.in_flight[path]
+                    event.set()
+        return others
+
+    async def _after_other(self, peer: PeerFetch, name: SegmentName) -> None:
+        """A segment another round was fetching: once it is done, fetch it here only
+        if that one failed."""
+        while True:
+            other = self.in_flight.get(name.path)
+            if other is not None:
+                await other.wait()
+                continue
+            async with self.limiter:
+                if name.path in self.in_flight:
+                    continue  # claimed again while this waited for the limiter
+                if peer.stats.error is not None:
+                    return
+                if self._have(name):
+                    peer.stats.elsewhere += 1
+                    return
+                done = self.in_flight[name.path] = trio.Event()
+                try:
+                    await self._download(peer, name)
+                finally:
+                    del self.in_flight[name.path]
+                    done.set()
+                return
+
+    async def _download_batch(self, peer: PeerFetch, names: list[SegmentName]) -> None:
+        """Fetch `names` in one response; one by one from a peer without batch fetch.
+        Either way the hour directories are fsynced once for the whole batch."""
+        stored_dirs: set[Path] = set()
+        try:
+            if peer.capabilities.batch_fetch is False:
+                await self._download_each(peer, names, stored_dirs)
+                return
+            settled = 0
+            try:
+                async with peer.client.fetch(names, self.max_segment_bytes) as items:
+                    async for name, size, chunks in items:
+                        if chunks is None:  # gone at the peer since its listing
+                            peer.stats.failed += 1
+                            self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
+                        elif await self._store(peer, name, size, chunks, sync_dir=False):
+                            stored_dirs.add(self.store.path_of(name).parent)
+                        settled += 1
+                peer.capabilities.batch_fetch = True
+            except PeerError as e:
+                if settled == 0 and e.status in (404, 405):
+                    log.info("backfill: %s has no batch fetch; fetching one by one", peer.peer)
+                    peer.capabilities.batch_fetch = False
+                    await self._download_each(peer, names, stored_dirs)
+                    return
+                # every segment not settled failed, but as one exchange with the peer: a
+                # single broken response must not count as several failures in a row
+                for name in names[settled:]:
+                    self._segment_failed(peer, name, e)
+                self._exchange_failed(peer.stats, e)
+        finally:
+            # one directory fsync per hour for the whole batch, not one per segment
+            if stored_dirs:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(self.store.sync_dirs, stored_dirs)
+                    except OSError as e:  # the files are there; only the renames may not last
+                        log.error("backfill: syncing hour directories: %s", e)
+
+    async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
+                             stored_dirs: set[Path]) -> None:
+        for name in names:
+            if await self._download(peer, name, sync_dir=False):
+                stored_dirs.add(self.store.path_of(name).parent)
+
+    async def _download(self, peer: PeerFetch, name: SegmentName, sync_dir: bool = True
+                        ) -> bool:
+        """One segment by itself; True if it was stored."""
+        try:
+            async with peer.client.download(name, self.max_segment_bytes) as (size, chunks):
+                return await self._store(peer, name, size, chunks, sync_dir=sync_dir)
+        except PeerError as e:
+            self._segment_failed(peer, name, e)
+            self._exchange_failed(peer.stats, e)
+            return False
+
+    def _segment_failed(self, peer: PeerFetch, name: SegmentName, e: PeerError) -> None:
+        peer.stats.failed += 1
+        log.info("backfill: fetching %s: %s", name.path, e)
+        self.metrics.pulls.labels(peer.label, "segment", "error").inc()
+
+    @staticmethod
+    def _exchange_failed(stats: PairStats, e: PeerError) -> None:
+        """One more exchange with the peer in a row that broke; enough of them end the
+        unit for this round."""
+        stats.download_errors += 1
+        if stats.download_errors >= MAX_DOWNLOAD_ERRORS and stats.error is None:
+            stats.error = f"{stats.download_errors} downloads in a row broke: {e}"
+
+    async def _store(self, peer: PeerFetch, name: SegmentName, size: int | None, chunks,
+                     sync_dir: bool = True) -> bool:
+        """Store one segment as its bytes arrive, and count what happened; True if it
+        was stored. A PeerError (the transfer broke) propagates; what the store refuses
+        is counted here."""
+        stats, pulls = peer.stats, self.metrics.pulls
+        try:
+            status = await self.ingest.accept_segment(name, size, chunks, source="pull",
+                                                      sync_dir=sync_dir)
+        except WriteRejected as e:
+            stats.download_errors = 0  # the peer answered: it is up
+            if e.reason == "hash_mismatch":
+                stats.hash_mismatch += 1
+                log.warning("backfill: %s served bytes that do not match %s",
+                            peer.peer, name.path)
+            elif e.reason == "tombstoned":
+                stats.skipped_tombstoned += 1
+            else:
+                stats.failed += 1
+                log.warning("backfill: %s from %s refused: %s", name.path, peer.peer, e)
+            pulls.labels(peer.label, "segment", e.reason).inc()
+            return False
+        except OSError as e:
+            stats.failed += 1
+            log.error("backfill: storing %s: %s", name.path, e)
+            pulls.labels(peer.label, "segment", "storage_error").inc()
+            return False
+        stats.download_errors = 0
+        pulls.labels(peer.label, "segment", status).inc()
+        if status == "stored":
+            if size is None:  # a peer that did not say: what was written
+                size = (await trio.to_thread.run_sync(self.store.path_of(name).stat)).st_size
+            stats.downloaded += 1
+            stats.bytes += size
+            if peer.progress is not None:
+                peer.progress.fetched(size)
+        elif status == "tombstoned":  # a tombstone arrived (by push) since the listing
+            stats.skipped_tombstoned += 1
+        else:
+            stats.elsewhere += 1
+        return status == "stored"

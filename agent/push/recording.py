@@ -1,0 +1,134 @@
+"""Downloader-aware push, receiving side: follow the local downloader, answer offers.
+
+`LocalFiles` tells it of every file that appears or goes (segments and the
+downloader's temp files); `App` asks it how to answer an offer: want, have,
+tombstoned or, to a sender that understands it, `OfferLater`. The decisions are
+pure (`protocol.recording`); this is the I/O shell around them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol import messages as m
+from protocol.names import Kind, SegmentName
+from protocol.recording import TEMP_TTL, NearDuplicates, RecordingState
+
+from ..archive.index import ArchiveIndex
+from ..archive.ingest import Ingest
+from ..archive.recent import RecentSet
+from ..telemetry.metrics import Metrics
+from .reoffer import utc_now
+
+REMEMBERED = 10_000  # deferred offers and wanted holes remembered, to count what they became
+
+
+@dataclass(frozen=True)
+class DeferralSettings:
+    enabled: bool = True         # config `defer-push`
+    idle_after: float = 10.0     # config `recording-idle`
+    recent_window: float = 120.0
+    temp_ttl: float = TEMP_TTL
+
+    @classmethod
+    def from_config(cls, cfg) -> "DeferralSettings":
+        return cls(cfg.defer_push, cfg.recording_idle, cfg.recent_window)
+
+
+@dataclass(frozen=True)
+class DeferralCounts:
+    """What status shows of downloader-aware push on this node (named as the fields
+    of `messages.StatusReply`)."""
+
+    defer_push: bool
+    deferred_offers: int
+    deferral_saved: int
+    holes_filled_by_push: int
+
+
+class DownloaderTracker:
+    """What the local downloader records, and the offer replies that follow from it."""
+
+    def __init__(
+        self, ingest: Ingest, index: ArchiveIndex, metrics: Metrics,
+        settings: DeferralSettings, clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self.ingest = ingest
+        self.index = index
+        self.metrics = metrics
+        self.enabled = settings.enabled
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.state = RecordingState(settings.idle_after, settings.temp_ttl,
+                                    settings.recent_window)
+        self._deferred = RecentSet(REMEMBERED)  # bytes answered "later" (see _bytes_key)
+        self._holes = RecentSet(REMEMBERED)     # paths wanted as holes of our downloader
+        self.deferred_offers = 0
+        self.deferral_saved = 0
+        self.holes_filled_by_push = 0
+
+    # ---- the watcher's view ----
+
+    def file_event(self, name: SegmentName, kind: Kind, deleted: bool) -> None:
+        """A final or temp file appeared (or went) in the archive."""
+        if kind is not Kind.SEGMENT:
+            return
+        if name.type == "temp":
+            if deleted:
+                self.state.temp_gone(name)
+            else:
+                self.state.temp_appeared(name, self.clock())
+            return
+        if deleted:
+            return
+        path = name.path
+        if self.ingest.came_from_peer(path):  # a peer sent it: not our downloader's
+            if path in self._holes:
+                self._holes.discard(path)
+                self.metrics.push_holes_filled.inc()
+                self.holes_filled_by_push += 1
+            return
+        self.state.segment_written(name, self.clock())
+        if _bytes_key(name) in self._deferred:
+            self._deferred.discard(_bytes_key(name))
+            self.metrics.push_deferral_saved.inc()
+            self.deferral_saved += 1
+
+    # ---- offers ----
+
+    async def offer_reply(self, name: SegmentName, accepts_later: bool
+                          ) -> m.OfferReply | m.OfferLater:
+        """want / have / tombstoned, or OfferLater (only to a sender that `accepts_later`)."""
+        status = await self.ingest.offer_status(name)
+        if status != "want":
+            return m.OfferReply(status)
+        if name in NearDuplicates(name.channel, name.quality, name.hour,
+                                  self.index.names(name.channel, name.quality, name.hour)):
+            self.metrics.push_near_duplicates.inc()
+            return m.OfferReply("have")
+        if not self.enabled or not accepts_later or not name.replicable:
+            return m.OfferReply("want")
+        decision = self.state.decide(name, self.clock(), self.wall_clock())
+        if decision.status == "later":
+            assert decision.retry_after is not None
+            self.metrics.push_deferred.inc()
+            self.deferred_offers += 1
+            self._deferred.add(_bytes_key(name))
+            return m.OfferLater(decision.retry_after)
+        if decision.reason == "hole":
+            self._holes.add(name.path)
+        return m.OfferReply("want")
+
+    def counts(self) -> DeferralCounts:
+        return DeferralCounts(self.enabled, self.deferred_offers, self.deferral_saved,
+                              self.holes_filled_by_push)
+
+
+def _bytes_key(name: SegmentName) -> str:
+    """Pair and hash: our downloader's copy counts as the deferred one even when its
+    start time differs by a few microseconds (a near-duplicate)."""
+    return f"{name.channel}/{name.quality}/{name.hash_text}"
