@@ -6,17 +6,25 @@ example. Every segsync command line in them must parse with the real argument pa
 from __future__ import annotations
 
 import configparser
+import http.server
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
+import yaml
 
 from agent.commands import cli
 from agent.commands import tools  # noqa: F401  (registers the sub-commands)
 from agent.config import load_toml
+from agent.peers.peer_set import normalize_peer_url
+from protocol.peerlist import parse_node_file
 
 REPO = Path(__file__).parent.parent
 
@@ -184,3 +192,80 @@ def test_compose_three_nodes():
     assert len(volumes) == 3 and len(ports) == 3  # one archive and one host port each
     assert re.search(r"^secrets:\n  segsync_token:\n    file: \./token$", text, re.M)
     assert "deploy/token" in (REPO / ".gitignore").read_text().split()
+    # the image as built: its own healthcheck, told to ask plain http like these nodes
+    anchor = yaml.safe_load(text)["x-agent"]
+    assert anchor["image"] == "segsync:latest" and "healthcheck" not in anchor
+    assert anchor["environment"]["SEGSYNC_HEALTHZ"] == "http://127.0.0.1:8200/healthz"
+
+
+def healthcheck_code() -> str:
+    health = next(a for k, a in dockerfile_instructions() if k == "HEALTHCHECK")
+    return json.loads(health.split(" CMD ", 1)[1])[2]
+
+
+@pytest.mark.parametrize("status, healthy", [(200, True), (503, False)])
+def test_healthcheck_over_http(status, healthy):
+    """The HEALTHCHECK's code, as compose runs it (SEGSYNC_HEALTHZ=http://...), against a
+    server answering `status` (over https it is run in the image: test_image.py)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            env = dict(os.environ, SEGSYNC_HEALTHZ=f"http://127.0.0.1:{server.server_port}/healthz")
+            got = subprocess.run([sys.executable, "-c", healthcheck_code()], env=env,
+                                 capture_output=True, timeout=30)
+        finally:
+            server.shutdown()
+    assert (got.returncode == 0) == healthy, got.stderr
+
+
+def test_kubernetes_example():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes.yaml")
+                                                     .read_text())}
+    assert set(docs) == {"Service", "ConfigMap", "StatefulSet"}
+    sts, service, peers_map = docs["StatefulSet"], docs["Service"], docs["ConfigMap"]
+    assert service["spec"]["clusterIP"] == "None" and service["metadata"]["name"] == \
+        sts["spec"]["serviceName"]
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
+    assert pod["automountServiceAccountToken"] is False  # /var/run/secrets is /run/secrets
+
+    # the image's CMD, plus the pod's name so that its own peers line is skipped
+    cmd = json.loads(next(a for k, a in dockerfile_instructions() if k == "CMD"))
+    argv = container["args"]
+    assert argv[:len(cmd)] == cmd and argv[len(cmd):] == ["--node-name", "$(POD_NAME)"]
+    args = parse_segsync(argv)
+    assert container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+    # every file the CMD reads comes from a volume, mounted whole (updates reach the pod)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert all("subPath" not in m for m in container["volumeMounts"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["/archive"] == "archive" == args.root[1:]
+    assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["archive"]
+    provided = set()
+    for mount_path, name in mounts.items():
+        volume = volumes.get(name)
+        if volume is None:
+            continue
+        sources = volume["projected"]["sources"] if "projected" in volume else [volume]
+        for source in sources:
+            kind = source.get("configMap") or source.get("secret")
+            provided |= {f"{mount_path}/{item['path']}" for item in kind["items"]}
+    assert {args.token_file, args.tls_cert, args.tls_key, args.tls_ca, args.peers_file} \
+        <= provided, provided
+
+    # the peers file names every pod by its stable DNS name; the node itself is skipped
+    entries = parse_node_file(peers_map["data"]["peers"], normalize_peer_url)
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])]
+    assert [e.name for e in entries] == pods
+    assert [e.url for e in entries] == [
+        f"https://{p}.{service['metadata']['name']}:8200" for p in pods]
