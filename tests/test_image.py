@@ -13,6 +13,7 @@ prunes the intermediate images (vfs keeps a full copy of the tree per layer)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
@@ -34,7 +35,10 @@ from protocol.names import downloader_temp_filename
 from tests.helpers import free_port, hours_ago, make_name
 
 REPO = Path(__file__).resolve().parent.parent
-TAG = "localhost/segsync-test:latest"
+TAG = f"localhost/segsync-test:{os.getpid()}"
+# one image test at a time on a machine: another's teardown prune would take the
+# intermediate images of a build in progress (buildah's store is machine-wide)
+LOCK = Path("/var/tmp/segsync-image-test.lock")
 UID = 10001  # the image's user
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 SEGSYNC = Path(sys.executable).parent / "segsync"  # the checkout's entry point
@@ -101,6 +105,8 @@ HASH_INSTALLED = "\n".join([
 def image(tmp_path_factory):
     """The image built from this checkout by the build script `make image` runs."""
     log = tmp_path_factory.mktemp("image-build") / "build.log"
+    lock = open(LOCK, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         with open(log, "w") as out:
             got = subprocess.run([sys.executable, str(REPO / "deploy" / "build_image.py"),
@@ -110,8 +116,9 @@ def image(tmp_path_factory):
         info = json.loads(buildah("inspect", "--type", "image", TAG).stdout)
         yield info
     finally:
-        buildah("rmi", TAG, check=False)
-        buildah("rmi", "--prune", check=False)
+        buildah("rmi", TAG, check=False, timeout=900)
+        buildah("rmi", "--prune", check=False, timeout=900)  # vfs: a full tree per layer
+        lock.close()
 
 
 def agent_pid(parent: int, marker: str) -> int | None:
@@ -231,6 +238,10 @@ def stop_agent(node: Node, timeout: float = 60) -> int | None:
     """SIGTERM to the agent itself; the exit status `buildah run` passes on."""
     if node.proc is None or node.proc.poll() is not None:
         return None if node.proc is None else node.proc.returncode
+    if node.pid is None:  # it never started: nothing inside to stop cleanly
+        node.proc.kill()
+        node.proc.wait(30)
+        return node.proc.returncode
     try:
         os.kill(node.pid, signal.SIGTERM)
     except ProcessLookupError:
