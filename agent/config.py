@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, FileNameError
+from protocol.filesets.extras import validate_extras_dir
 from protocol.peerkind import PeerKind, parse_peer_kind
 
 from .peers.peer_set import normalize_peer_url
@@ -38,6 +39,8 @@ class Config:
     backfill_interval: float = 60.0
     backfill_hours: int = 336
     max_concurrency: int = 5
+    # extras directories replicated beside the segments: ROOT/DIR/... (wubloader's --extras)
+    extras: list[str] = field(default_factory=list)
     log_level: str = "INFO"
     log_format: str = "text"
     # tuning knobs (TOML only)
@@ -96,6 +99,29 @@ def parse_peer_kinds(value: object) -> dict[str, PeerKind]:
             out[normalize_peer_url(str(url))] = parse_peer_kind(kind)
         except ValueError as e:
             raise ConfigError(f"peer-kinds: {url!r}: {e}") from None
+    return out
+
+
+def parse_extras(value: object) -> list[str]:
+    """`--extras` (repeatable, each comma-separated) or TOML `extras = [...]`: the
+    extras directory names, in order, without repeats."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError("extras must be a list of directory names")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError("extras must be a list of directory names")
+        for name in (part.strip() for part in item.split(",")):
+            if not name:
+                continue
+            try:
+                validate_extras_dir(name)
+            except FileNameError as e:
+                raise ConfigError(f"extras: {e}") from None
+            if name not in out:
+                out.append(name)
     return out
 
 
@@ -197,6 +223,7 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(f"root {cfg.root} is not writable")
     cfg.tls_reload_interval = _positive("tls-reload-interval", cfg.tls_reload_interval, float)
     cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
+    cfg.extras = parse_extras(cfg.extras)
     file_peers = []
     if cfg.peers_file is not None:
         file_peers = read_peers_file(cfg.peers_file)  # fail fast at start-up on a bad file

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 
+from .archive.filesets.archive import FileSetArchive
+from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
@@ -25,10 +27,13 @@ from .peers.peers_file import PeersFile
 from .peers.tls import NodeTls, peers_problem
 from .pull.backfill import Backfiller, BackfillSettings
 from .pull.downloads import Downloads
+from .pull.fileset_puller import FileSetPuller
 from .pull.heal import PeerHealer
+from .push.fileset_pusher import FileSetPusher
 from .push.pusher import Pusher, PushSettings
 from .push.recording import DeferralSettings, DownloaderTracker
 from .serve.dashboard import Dashboard
+from .serve.fileset_server import FileSetServer
 from .serve.server import App, ServerSettings
 from .serve.status import StatusReport
 from .telemetry.metrics import Metrics
@@ -40,10 +45,18 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.url: str | None = None
-        self.store = Store(config.root, config.max_segment_bytes)
+        self.store = Store(config.root, config.max_segment_bytes,
+                           not_segments=config.extras)
         self.index = ArchiveIndex()
         self.metrics = Metrics()
         self.ingest = Ingest(self.store, self.index, self.metrics)
+        # what serves, lists and pushes checks the tombstones on disk; one it finds
+        # first takes the watcher's path (indexed, announced)
+        self.disk_tombstones = DiskTombstones(
+            self.store, self.index, found=lambda name: self.local_files.found_tombstone(name))
+        # chat batches and extras directories (agent/archive/filesets)
+        self.files = FileSetArchive(config.root, config.extras, self.metrics.registry,
+                                    config.max_segment_bytes)
         self.peers = PeerSet((Peer.from_url(url) for url in config.peers),
                              this_node=config.node_name, kinds=config.peer_kinds)
         self.tls = NodeTls.from_config(config)
@@ -65,31 +78,43 @@ class Node:
             ScrubSettings.from_config(config))
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
-                             report_rot=self.scrubber.suspect)
+                             report_rot=self.scrubber.suspect,
+                             disk_tombstones=self.disk_tombstones)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
                                       rescan_interval=config.rescan_interval,
                                       observe=self.downloader.file_event)
+        self.file_pusher = FileSetPusher(self.peers, self.clients, self.kinds,
+                                         self.files.tree, self.files.metrics)
+        if config.push:
+            self.files.announce_to(self.file_pusher.push)
+        self.file_puller = FileSetPuller(self.files.index, self.files.ingest,
+                                         self.files.metrics, config.extras,
+                                         config.max_concurrency)
         self.downloads = Downloads(self.ingest, self.store, self.index, self.metrics,
                                    config.max_concurrency, config.max_segment_bytes)
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
                                      self.downloads, self.metrics,
-                                     BackfillSettings.from_config(config), kinds=self.kinds)
+                                     BackfillSettings.from_config(config), kinds=self.kinds,
+                                     files=self.file_puller)
         self.status = StatusReport(
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
             scrub=self.scrubber.status, downloader=self.downloader,
-            tls=self.tls.status)
+            tls=self.tls.status, files=self.files.counts)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
         self.app = App(self.ingest, self.index, self.store, self.metrics,
                        ServerSettings.from_config(config), self.status.probe_and_report,
                        answer_offer=self.downloader.offer_reply, dashboard=self.dashboard,
-                       report_rot=self.scrubber.suspect)
+                       report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
+                       files=FileSetServer(self.files.index, self.files.ingest,
+                                           self.files.tree, self.files.metrics, config.extras,
+                                           config.request_timeout))
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -103,15 +128,18 @@ class Node:
                     # read before the node reports started: its nodes count at start-up
                     await self.node_database.refresh()
                     nursery.start_soon(self.node_database.watch)
-                await nursery.start(self.watcher.run, self.local_files.handle_batch)
+                await nursery.start(self.watcher.run, self._handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
+                await self.files.local.rescan(announce_new=False, remove_temp=True)
                 nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
                 if self.config.push:
                     await nursery.start(self.pusher.run)
+                    await nursery.start(self.file_pusher.run)
                 await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self.local_files.rescan_loop)
+                nursery.start_soon(self.files.rescan_loop, self.config.rescan_interval)
                 if self.config.backfill:
                     nursery.start_soon(self.backfiller.run)
                 if self.tls.reloader is not None:
@@ -120,6 +148,11 @@ class Node:
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")
                 task_status.started(self.url)
+
+    async def _handle_batch(self, batch) -> None:
+        """The watcher's events go to the segments' side and to chat and extras."""
+        await self.local_files.handle_batch(batch)
+        await self.files.handle_batch(batch)
 
     def stop(self) -> None:
         self.cancel_scope.cancel()

@@ -22,17 +22,27 @@ LISTING = "/v1/listing"
 STATUS = "/v1/status"
 FETCH = "/v1/fetch"  # batch download: a framed stream of segments
 SEGMENTS = "/v1/segments"  # GET or PUT SEGMENTS/<segment path>
+# file sets: chat batches and extras files (protocol/filesets/)
+SET_DIGESTS = "/v1/set-digests"
+BUCKET_DIGESTS = "/v1/bucket-digests"
+ENTRIES = "/v1/entries"
+FILE_OFFER = "/v1/file-offer"
+FILE_FETCH = "/v1/file-fetch"  # batch download of small files: a framed reply
+FILE = "/v1/file"  # GET or PUT FILE/<kind>/<key>/<path within the set>
+FILE_SHA256_HEADER = "x-segsync-sha256"  # the bytes' SHA-256, URL-safe base64, unpadded
 
 # plain HTTP
 HEALTHZ = "/healthz"
 METRICS = "/metrics"
 FILES = "/files"  # read-only listing for existing archive tooling: FILES/<channel>/...
 LEGACY_SEGMENTS = "/segments"  # read-only segment bytes: LEGACY_SEGMENTS/<segment path>
+EXTRAS = "/extras"  # wubloader's listing of an extras directory: EXTRAS/<dir>
 
 DASHBOARD = "/dashboard"  # the browser dashboard's files and JSON: DASHBOARD/<name>
 
 ALL = (OFFER, TOMBSTONE, PAIR_DIGESTS, HOUR_DIGESTS, LISTING, STATUS, FETCH, SEGMENTS,
-       HEALTHZ, METRICS, FILES, LEGACY_SEGMENTS, DASHBOARD)
+       HEALTHZ, METRICS, FILES, LEGACY_SEGMENTS, DASHBOARD,
+       SET_DIGESTS, BUCKET_DIGESTS, ENTRIES, FILE_OFFER, FILE_FETCH, FILE, EXTRAS)
 
 PAGE = "/"  # the dashboard's page (not in ALL: its metric label is "other")
 
@@ -51,6 +61,24 @@ def files_url(*parts: str) -> str:
     """A listing of wubloader's read API: FILES/CHANNEL/QUALITY/HOUR, as far as given;
     each part percent-encoded (a channel name may hold any character but '/')."""
     return "/".join([FILES, *(urllib.parse.quote(p, safe="") for p in parts)])
+
+
+def _quoted(path: str) -> str:
+    return "/".join(urllib.parse.quote(p, safe="") for p in path.split("/"))
+
+
+def file_url(kind: str, key: str, rel: str) -> str:
+    """The /v1 URL path of one file of a set: each component percent-encoded."""
+    return f"{FILE}/{_quoted(kind)}/{_quoted(key)}/{_quoted(rel)}"
+
+
+def legacy_file_url(path: str) -> str:
+    """Where a wubloader node serves a chat batch or extras file (`path` under ROOT)."""
+    return f"{LEGACY_SEGMENTS}/{_quoted(path)}"
+
+
+def extras_url(directory: str) -> str:
+    return f"{EXTRAS}/{urllib.parse.quote(directory, safe='')}"
 
 
 def split_endpoint(parts: list[str]) -> tuple[str, list[str]]:

@@ -11,3 +11,8 @@ class ProtocolError(ValueError):
 
 class ConfigError(ValueError):
     """A setting (flag, config key, node file, secret file) that cannot be used."""
+
+
+class FileNameError(ValueError):
+    """A chat batch name or an extras path that must not be replicated: malformed,
+    or hostile (`..`, absolute, backslash, NUL, outside its directory)."""

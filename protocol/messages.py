@@ -20,8 +20,9 @@ from typing import Any, Callable, ClassVar
 
 import msgpack
 
+from .filesets import sets as fs
 from . import limits
-from .errors import ProtocolError, SegmentNameError
+from .errors import FileNameError, ProtocolError, SegmentNameError
 from .names import (
     Kind,
     SegmentName,
@@ -547,6 +548,189 @@ class StatusReply(Message):
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
+    # chat batches and extras files held (absent from nodes before file sets)
+    chat_batches: int | None = wire(optional(integer()), None)
+    chat_tombstones: int | None = wire(optional(integer()), None)
+    extras_files: int | None = wire(optional(integer()), None)
+
+
+# ---- file sets: chat batches and extras files (protocol/filesets/) ----
+
+def _set_kind(value: Any, what: str) -> str:
+    return one_of(fs.KINDS)(value, what)
+
+
+def _check_set_key(values: dict) -> None:
+    try:
+        fs.check_set(values["kind"], values["key"])
+    except FileNameError as e:
+        raise ProtocolError(f"file set: {e}") from None
+
+
+def _bucket(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 16:
+        raise ProtocolError(f"{what} must be a short string")
+    return value
+
+
+@dataclass(frozen=True)
+class SetDigestsRequest(_HourRange, Message):
+    """Top level for file sets: every chat and extras set (chat hours within range)."""
+
+    TYPE: ClassVar[str] = "set_digests_request"
+    first_hour: str = wire(_hour)
+    last_hour: str = wire(_hour)
+
+
+@dataclass(frozen=True)
+class SetDigests(Message):
+    """`sets`: [[kind, key, entries, digest over its bucket digests], ...]."""
+
+    TYPE: ClassVar[str] = "set_digests"
+    sets: list = wire(array(
+        fixed((_set_kind, "kind"), (_str, "key"), (integer(), "entries"),
+              (_digest, "set digest")),
+        "set", fs.MAX_SETS, "too many sets"))
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        for kind, key, _, _ in values["sets"]:
+            _check_set_key({"kind": kind, "key": key})
+
+
+@dataclass(frozen=True)
+class BucketDigestsRequest(_HourRange, Message):
+    TYPE: ClassVar[str] = "bucket_digests_request"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    first_hour: str = wire(_hour)
+    last_hour: str = wire(_hour)
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+        _hour_range(values["first_hour"], values["last_hour"])
+
+
+@dataclass(frozen=True)
+class BucketDigests(Message):
+    """`buckets`: [[bucket, entries, digest], ...] for the set's non-empty buckets."""
+
+    TYPE: ClassVar[str] = "bucket_digests"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    buckets: list = wire(array(
+        fixed((_bucket, "bucket"), (integer(), "entries"), (_digest, "bucket digest")),
+        "bucket", limits.MAX_HOUR_RANGE + 1, "too many buckets"))
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+
+
+@dataclass(frozen=True)
+class EntriesRequest(Message):
+    """The entries of some buckets of a set, in path order, after `after` ("": from
+    the start): a reply that stops short (`complete` false) is continued so."""
+
+    TYPE: ClassVar[str] = "entries_request"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    buckets: list = wire(array(_bucket, "bucket", fs.MAX_ENTRY_BUCKETS,
+                               f"buckets must name 1 to {fs.MAX_ENTRY_BUCKETS} buckets",
+                               min_items=1))
+    after: str = wire(_str)
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+
+
+@dataclass(frozen=True)
+class Entries(Message):
+    """`entries`: [[path within the set, size], ...], sorted by path; every path a
+    replicable entry of the set (a hostile one makes the whole reply invalid)."""
+
+    TYPE: ClassVar[str] = "entries"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    entries: list = wire(array(
+        fixed((_str, "path"), (integer(0, fs.MAX_FILE_BYTES), "size")),
+        "entry", fs.MAX_ENTRIES, "too many entries"))
+    complete: bool = wire(_bool)
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+        for rel, _ in values["entries"]:
+            try:
+                fs.check_entry(values["kind"], values["key"], rel)
+            except FileNameError as e:
+                raise ProtocolError(f"entry: {e}") from None
+
+
+class _SetPath:
+    """Mixin: `path` is a replicable entry of the set (kind, key)."""
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+        try:
+            fs.check_entry(values["kind"], values["key"], values["path"])
+        except FileNameError as e:
+            raise ProtocolError(f"path: {e}") from None
+
+
+@dataclass(frozen=True)
+class FileOffer(_SetPath, Message):
+    """'I have this chat batch or extras file; do you want it?' (reply: OfferReply)."""
+
+    TYPE: ClassVar[str] = "file_offer"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    path: str = wire(_str)
+    size: int = wire(integer(0, fs.MAX_FILE_BYTES))
+
+
+@dataclass(frozen=True)
+class FileFetchRequest(Message):
+    """'Send me these files of one set in one response' (small files, a catch-up)."""
+
+    TYPE: ClassVar[str] = "file_fetch_request"
+    kind: str = wire(_set_kind)
+    key: str = wire(_str)
+    paths: list = wire(array(_str, "path", fs.MAX_BATCH_FILES,
+                             f"paths must hold 1 to {fs.MAX_BATCH_FILES} paths",
+                             min_items=1))
+
+    @classmethod
+    def check_across(cls, values: dict) -> None:
+        _check_set_key(values)
+        for rel in values["paths"]:
+            try:
+                fs.check_entry(values["kind"], values["key"], rel)
+            except FileNameError as e:
+                raise ProtocolError(f"path: {e}") from None
+
+
+@dataclass(frozen=True)
+class FileItem(Message):
+    """Frame header of a file batch: `size` bytes of `path` follow, hashing to
+    `sha256` (raw 32 bytes)."""
+
+    TYPE: ClassVar[str] = "file_item"
+    path: str = wire(_str)
+    size: int = wire(integer(0, fs.MAX_FILE_BYTES))
+    sha256: bytes = wire(_digest)
+
+
+@dataclass(frozen=True)
+class FileMissing(Message):
+    """Frame header of a file batch: `path` is not sent (gone, or over the reply's size)."""
+
+    TYPE: ClassVar[str] = "file_missing"
+    path: str = wire(_str)
+    reason: str = wire(_str)
 
 
 @dataclass(frozen=True)
@@ -564,6 +748,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Offer, OfferReply, OfferLater, Tombstone, Ack, PairDigestsRequest, PairDigests,
         HourDigestsRequest, HourDigests, ListingRequest, Listing, StatusRequest, Error,
         FetchRequest, FetchItem, FetchMissing, StatusReply,
+        SetDigestsRequest, SetDigests, BucketDigestsRequest, BucketDigests, EntriesRequest,
+        Entries, FileOffer, FileFetchRequest, FileItem, FileMissing,
     )
 }
 

@@ -7,6 +7,10 @@ Follows restreamer/restreamer/main.py and common/segments.py `list_segment_files
   non-hidden `.ts` (and chat `.json`) files without a `.tombstone` of the same
   stem, plus the tombstones themselves when `tombstones=true`; another value is
   `400`. Flask sends these lists as `text/html`.
+- `GET /extras/DIR`: JSON list of every file under ROOT/DIR (`os.walk`: hidden and
+  temp files too, symlinks to files listed, relative paths normalized), `[]` when
+  it does not exist. `--extras-listing DIR=FILE` answers with FILE's bytes instead
+  (a hostile node's listing).
 - A path argument starting with `.` is `403`.
 - `GET /segments/PATH`: the file (flask's static route), `404` HTML if absent.
 - Any other path is flask's `404` HTML page; another method on a route is `405`.
@@ -97,9 +101,11 @@ class Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         if parts and parts[-1] == "":
             parts.pop()
-        if not parts or parts[0] not in ("files", "segments"):
+        if not parts or parts[0] not in ("files", "segments", "extras"):
             return self.send(404, NOT_FOUND)
         args = parts[1:]
+        if parts[0] == "extras":
+            return self.send_extras(args)
         if parts[0] == "segments":
             return self.send_segment(args)
         if len(args) > 4:
@@ -122,6 +128,22 @@ class Handler(BaseHTTPRequestHandler):
         for name in self.server.delete_on_list & set(names):
             os.remove(os.path.join(path, name))
 
+    def send_extras(self, args: list[str]) -> None:
+        if len(args) != 1:
+            return self.send(404, NOT_FOUND)
+        if args[0].startswith("."):
+            return self.send(403, b"Bad dir: May not start with a period")
+        canned = self.server.extras_listings.get(args[0])
+        if canned is not None:
+            with open(canned, "rb") as f:
+                return self.send(200, f.read())
+        root = os.path.join(self.server.root, args[0])
+        out = []
+        for path, _, files in os.walk(root):
+            rel = os.path.relpath(path, root)
+            out.extend(os.path.normpath(os.path.join(rel, f)) for f in files)
+        self.send(200, json.dumps(out).encode())
+
     def send_segment(self, args: list[str]) -> None:
         if not args or any(a in ("", ".", "..") for a in args):
             return self.send(404, NOT_FOUND)
@@ -143,7 +165,8 @@ class StandIn(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, root: str, log, fault: str | None, delete_on_list: set[str],
-                 port: int = 0, fault_prefix: str = "/") -> None:
+                 port: int = 0, fault_prefix: str = "/",
+                 extras_listings: dict[str, str] | None = None) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.root = root
         self.log = log
@@ -151,6 +174,7 @@ class StandIn(ThreadingHTTPServer):
         self.fault = fault
         self.fault_prefix = fault_prefix
         self.delete_on_list = delete_on_list
+        self.extras_listings = extras_listings or {}
 
 
 def main() -> None:
@@ -161,10 +185,13 @@ def main() -> None:
     p.add_argument("--fault", choices=("html", "garbage", "error500"))
     p.add_argument("--fault-prefix", default="/", help="only paths under it are faulty")
     p.add_argument("--delete-on-list", action="append", default=[])
+    p.add_argument("--extras-listing", action="append", default=[],
+                   help="DIR=FILE: answer GET /extras/DIR with FILE's bytes")
     args = p.parse_args()
+    canned = dict(item.split("=", 1) for item in args.extras_listing)
     with open(args.log, "a") as log:
         server = StandIn(args.root, log, args.fault, set(args.delete_on_list), args.port,
-                         args.fault_prefix)
+                         args.fault_prefix, canned)
         print(server.server_address[1], flush=True)
         try:
             server.serve_forever()

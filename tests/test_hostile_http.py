@@ -67,8 +67,11 @@ class World:
         if locked:
             token_file = workdir / "token"
             token_file.write_text(TOKEN + "\n")
+        # no scrub pass while the worlds live (its first one, a minute after start-up,
+        # writes ROOT/.segsync/scrub.json: a change of the tree no request made)
         self.agent = AgentProcess(self.root, workdir, token_file=token_file,
                                   protect_reads=locked, backfill=False,
+                                  scrub_start_delay=86400.0,
                                   **(tls.settings() if tls else {}))
         self.tls_context = tls.client_context() if tls else None
         self.agent.start()

@@ -96,6 +96,27 @@ def examples() -> list[Message]:
         FetchItem(SEGMENT_PATH, 0),
         FetchItem(SEGMENT_PATH, limits.MAX_SEGMENT_BYTES),
         FetchMissing(SEGMENT_PATH, "not_found"),
+        *fileset_examples(),
+    ]
+
+
+CHAT_REL = "2026-01-01T00/12:00-" + "A" * 42 + "A.json"
+
+
+def fileset_examples() -> list[Message]:
+    from protocol import messages as mm
+    return [
+        mm.SetDigestsRequest("2026-01-01T00", "2026-01-02T00"),
+        mm.SetDigests([("chat", "desertbus", 3, b"d" * 32), ("extras", "emotes", 0, b"e" * 32)]),
+        mm.BucketDigestsRequest("extras", "media", "2026-01-01T00", "2026-01-01T00"),
+        mm.BucketDigests("chat", "desertbus", [("2026-01-01T00", 2, b"x" * 32)]),
+        mm.EntriesRequest("extras", "emotes", ["00", "ff"], ""),
+        mm.Entries("extras", "emotes", [("123/dark-1.0", 400), ("a b/ü.png", 0)], True),
+        mm.Entries("chat", "desertbus", [(CHAT_REL, 10)], False),
+        mm.FileOffer("chat", "desertbus", CHAT_REL, 10),
+        mm.FileFetchRequest("extras", "media", ["x/y.metadata.json"]),
+        mm.FileItem("x/y", 3, b"h" * 32),
+        mm.FileMissing("x/y", "not_found"),
     ]
 
 
@@ -123,6 +144,8 @@ def status_examples() -> list[StatusReply]:
         StatusReply("c", "https://c:8200", 10, 20, 0, [], tls=TlsStatus(
             "/etc/segsync/tls/node.crt", subject="CN=c", not_after=1_800_000_000.0,
             loaded_at=15.0, problem=None, reload_error="not a usable pair")),
+        StatusReply("f", "http://f:8200", 10, 20, 5, [], chat_batches=20, chat_tombstones=1,
+                    extras_files=50_000),
     ]
 
 
@@ -697,7 +720,9 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
                         "peer_sources", "scrub", "tls",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
-                        "holes_filled_by_push"}
+                        "holes_filled_by_push",
+                        # chat and extras counts (optional)
+                        "chat_batches", "chat_tombstones", "extras_files"}
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
     assert obj["tls"] is None  # plain http
     assert obj["peers"][0] == {
@@ -837,7 +862,9 @@ def test_endpoint_paths_are_distinct_and_absolute():
     assert endpoints.segment_url(SEGMENT_PATH) == "/v1/segments/" + SEGMENT_PATH
     v1 = {e for e in endpoints.ALL if endpoints.is_v1(e)}
     assert v1 == {"/v1/offer", "/v1/tombstone", "/v1/pair-digests", "/v1/hour-digests",
-                  "/v1/listing", "/v1/status", "/v1/fetch", "/v1/segments"}
+                  "/v1/listing", "/v1/status", "/v1/fetch", "/v1/segments",
+                  "/v1/set-digests", "/v1/bucket-digests", "/v1/entries", "/v1/file-offer",
+                  "/v1/file-fetch", "/v1/file"}
 
 
 @pytest.mark.parametrize("parts, expected", [

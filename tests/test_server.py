@@ -128,7 +128,9 @@ async def test_server_routes_every_declared_endpoint(cluster_factory):
     name = make_name(b"x", hours_ago(2))
     request_path = {endpoints.SEGMENTS: endpoints.segment_url(name.path),
                     endpoints.LEGACY_SEGMENTS: f"{endpoints.LEGACY_SEGMENTS}/{name.path}",
-                    endpoints.FILES: f"{endpoints.FILES}/{name.channel}/{name.quality}"}
+                    endpoints.FILES: f"{endpoints.FILES}/{name.channel}/{name.quality}",
+                    endpoints.FILE: endpoints.file_url("extras", "emotes", "1/dark-1.0"),
+                    endpoints.EXTRAS: endpoints.extras_url("emotes")}
     async with cluster_factory(1) as c:
         node = c.nodes[0]
         async with httpx.AsyncClient(base_url=node.url) as http:

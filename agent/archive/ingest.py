@@ -115,10 +115,19 @@ class Ingest:
         return status
 
     async def accept_tombstone(self, name: SegmentName, source: str) -> str:
-        """Create `name`'s tombstone (stored, or have if it was there)."""
+        """Create `name`'s tombstone (stored, or have if it was there). It is indexed
+        before its file appears: from the moment the file is visible, no listing or
+        digest of this node shows the segment (a failed write takes it out again)."""
         self.received.add(name.tombstone_path)
-        created = await trio.to_thread.run_sync(self.store.create_tombstone, name)
+        indexed = self.index.has(name, Kind.TOMBSTONE)
         self.index.add(name, Kind.TOMBSTONE)
+        try:
+            created = await trio.to_thread.run_sync(self.store.create_tombstone, name)
+        except OSError:
+            if not indexed and not await trio.to_thread.run_sync(
+                    self.store.has_tombstone, name):
+                self.index.discard(name, Kind.TOMBSTONE)
+            raise
         status = "stored" if created else "have"
         self.metrics.received.labels("tombstone", status).inc()
         if created:

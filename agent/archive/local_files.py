@@ -121,13 +121,8 @@ class LocalFiles:
             return
         path = name.format(kind)
         if kind is Kind.TOMBSTONE:
-            if not await trio.to_thread.run_sync(self.store.path_of(name, kind).exists):
-                return
-            self.index.add(name, kind)
-            if self.ingest.came_from_peer(path) or path in self.announced:
-                return
-            self.announced.add(path)
-            self.announce(name, kind, seen_at)
+            if await trio.to_thread.run_sync(self.store.path_of(name, kind).exists):
+                self.found_tombstone(name, seen_at)
             return
         if path in self.announced and self.index.has(name, kind):
             return  # a second event of the same file (not one back from quarantine)
@@ -142,6 +137,18 @@ class LocalFiles:
             return
         self.announced.add(path)
         self.announce(name, kind, seen_at)
+
+    def found_tombstone(self, name: SegmentName, seen_at: float | None = None) -> None:
+        """A tombstone that exists on disk (reported by the watcher, or found first by
+        what serves and lists, `DiskTombstones`): indexed, and announced unless a peer
+        sent it or it was announced already."""
+        self.index.add(name, Kind.TOMBSTONE)
+        path = name.tombstone_path
+        if self.ingest.came_from_peer(path) or path in self.announced:
+            return
+        self.announced.add(path)
+        self.announce(name, Kind.TOMBSTONE,
+                      trio.current_time() if seen_at is None else seen_at)
 
     # ---- rescans ----
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from protocol.digests import hour_digest
+from protocol.legacy import NON_SEGMENT_QUALITIES
 from protocol.errors import SegmentNameError
 from protocol.hashing import SegmentHasher
 from protocol.names import (
@@ -306,9 +307,12 @@ class SegmentWriter:
 class Store:
     """One node's archive directory."""
 
-    def __init__(self, root: str | os.PathLike, max_segment_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, root: str | os.PathLike, max_segment_bytes: int = 256 * 1024 * 1024,
+                 not_segments: Iterable[str] = ()):
         self.root = Path(root)
         self.max_segment_bytes = max_segment_bytes
+        # top-level directories that hold no segments (--extras): never scanned here
+        self.not_segments = frozenset(not_segments)
         self._bad_logged: set[str] = set()
         # writes in progress (from worker threads) and the empty directories that
         # ended ones left to remove; see end_write
@@ -397,11 +401,15 @@ class Store:
         return sorted(out)
 
     def channels(self) -> list[str]:
-        return self._subdirs(self.root, lambda n: validate_component(n, "channel"))
+        return [c for c in self._subdirs(self.root, lambda n: validate_component(n, "channel"))
+                if c not in self.not_segments]
 
     def qualities(self, channel: str) -> list[str]:
+        """Segment qualities: wubloader's chat archive (`chat`) is not one."""
         validate_component(channel, "channel")
-        return self._subdirs(self.root / channel, lambda n: validate_component(n, "quality"))
+        return [q for q in self._subdirs(self.root / channel,
+                                         lambda n: validate_component(n, "quality"))
+                if q not in NON_SEGMENT_QUALITIES]
 
     def hours(self, channel: str, quality: str) -> list[str]:
         validate_component(channel, "channel")

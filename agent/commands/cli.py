@@ -49,6 +49,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="seconds between backfill rounds (default 60)")
     p.add_argument("--backfill-hours", type=int, metavar="HOURS",
                    help="how far back backfill compares (default 336)")
+    p.add_argument("--extras", action="append", metavar="DIR[,DIR]",
+                   help="extras directory under the root to replicate too (e.g. emotes, "
+                        "media); repeat or comma-separate")
     p.add_argument("--max-concurrency", type=int, metavar="N",
                    help="parallel backfill downloads per node (default 5)")
     p.add_argument("--scrub-rate", type=float, metavar="MB/S",
@@ -74,6 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
                     help="peer to pull from; repeat for several")
     bf.add_argument("--token-file")
     bf.add_argument("--backfill-hours", type=int, metavar="HOURS")
+    bf.add_argument("--extras", action="append", metavar="DIR[,DIR]",
+                    help="extras directories to pull too (e.g. emotes,media)")
     bf.add_argument("--max-concurrency", type=int, metavar="N")
     bf.add_argument("--recent-window", type=float, metavar="SECONDS")
     bf.add_argument("--log-level")

@@ -14,6 +14,7 @@ from typing import Iterator, TextIO
 import trio
 from tqdm import tqdm
 
+from ..archive.filesets.archive import FileSetArchive
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
 from ..archive.local_files import LocalFiles
@@ -24,6 +25,7 @@ from ..peers.kinds import PeerKinds
 from ..peers.peer_set import Peer, PeerSet
 from ..pull.backfill import Backfiller, BackfillSettings
 from ..pull.downloads import Downloads
+from ..pull.fileset_puller import FileSetPuller
 from ..pull.round_stats import RoundResult
 from ..telemetry.metrics import Metrics
 from ..telemetry.progress import Progress
@@ -103,6 +105,14 @@ def print_summary(results: list[RoundResult], elapsed: float, out: TextIO) -> in
     total = sum(r.total("bytes") for r in results)
     segments = sum(r.total("downloaded") for r in results)
     rate = total / 2**20 / elapsed if elapsed > 0 else 0.0
+    files = [r.files for r in results if r.files is not None]
+    if files:
+        print(f"chat and extras: {sum(f.fetched for f in files)} files "
+              f"({sum(f.bytes for f in files) / 2**20:.1f} MiB), "
+              f"{sum(f.tombstones for f in files)} chat tombstones, "
+              f"{sum(f.gone for f in files)} gone before their download, "
+              f"{sum(f.refused for f in files)} refused paths, "
+              f"{sum(f.failed for f in files)} failed", file=out)
     print(f"done in {elapsed:.1f}s: {segments} segments, {total / 2**20:.1f} MiB, "
           f"{rate:.1f} MiB/s; {'FAILURES: ' + str(failed) if failed else 'no failures'}",
           file=out)
@@ -119,18 +129,21 @@ class OfflineArchive:
     metrics: Metrics
     ingest: Ingest
     peers: PeerSet
+    files: FileSetArchive  # chat batches and extras directories
 
     @classmethod
     async def open(cls, cfg: Config) -> "OfflineArchive":
         """Build the parts and index the archive. Temp files are left alone: an agent
         may be writing into this root right now."""
-        store = Store(cfg.root, cfg.max_segment_bytes)
+        store = Store(cfg.root, cfg.max_segment_bytes, not_segments=cfg.extras)
         index, metrics = ArchiveIndex(), Metrics()
         ingest = Ingest(store, index, metrics)
         peers = PeerSet((Peer.from_url(url) for url in cfg.peers), kinds=cfg.peer_kinds)
         await LocalFiles(store, index, ingest, metrics, announce=lambda *_: None,
                          rescan_interval=cfg.rescan_interval).rescan(announce_new=False)
-        return cls(store, index, metrics, ingest, peers)
+        files = FileSetArchive(cfg.root, cfg.extras, metrics.registry, cfg.max_segment_bytes)
+        await files.local.rescan(announce_new=False)
+        return cls(store, index, metrics, ingest, peers, files)
 
 
 async def run_oneshot(cfg: Config, out: TextIO | None = None,
@@ -145,7 +158,9 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
         Downloads(a.ingest, a.store, a.index, a.metrics, cfg.max_concurrency,
                   cfg.max_segment_bytes),
         a.metrics, BackfillSettings.from_config(cfg),
-        kinds=PeerKinds.probing_with(peers, clients))
+        kinds=PeerKinds.probing_with(peers, clients),
+        files=FileSetPuller(a.files.index, a.files.ingest, a.files.metrics, cfg.extras,
+                            cfg.max_concurrency))
     started = trio.current_time()
     with progress_bar(err, "backfill") as progress:
         results = await backfiller.round_all(peers.peers, progress)

@@ -93,7 +93,10 @@ def render_status(status: StatusReply) -> str:
     lines = [
         f"node {status.node} at {status.url}, "
         f"up {format_uptime(now - float(status.started_at))}, "
-        f"{status.segments} segments",
+        f"{status.segments} segments"
+        + (f", {status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
+           f"tombstoned), {_count(status.extras_files)} extras files"
+           if status.chat_batches is not None else ""),
         *status_lines(status.tls),
         *(source_line(source, now) for source in status.peer_sources or ()),
     ]

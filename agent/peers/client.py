@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import httpx
 import trio
@@ -38,9 +38,14 @@ from .transport import (
     tune_httpcore,
 )
 
-__all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE"]
+__all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE", "Withdrawn"]
 
 READ_CHUNK = 1024 * 1024  # bytes read per thread hop when uploading
+
+
+class Withdrawn(Exception):
+    """An upload stopped before its first byte: the segment may no longer be sent
+    (its tombstone appeared after the offer)."""
 
 
 class PeerClient(TransportClient):
@@ -79,21 +84,31 @@ class PeerClient(TransportClient):
                                 limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
 
-    async def upload(self, name: SegmentName, file_path: Path) -> tuple[str, int]:
+    async def upload(self, name: SegmentName, file_path: Path,
+                     withdrawn: Callable[[], bool] = lambda: False) -> tuple[str, int]:
         """Stream a local segment to the peer. Returns (ack status, bytes sent).
         RottenBytes if the file does not hash to its name: its last chunk is then
-        never sent, so the peer gets no complete copy."""
+        never sent, so the peer gets no complete copy. `withdrawn()` (blocking, asked
+        in the thread that reads the first chunk) True: Withdrawn, and the request
+        ends before its first byte of body (the peer stores nothing)."""
         t = self.transport
         f = await trio.to_thread.run_sync(open, file_path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size
             check = ServedBytesCheck(name.path, name.hash, size)
 
+            def read(nbytes: int, first: bool) -> bytes:
+                if first and withdrawn():
+                    raise Withdrawn(f"{name.path}: withdrawn before its first byte")
+                return read_checked(f, nbytes, check) if nbytes else b""
+
             async def body() -> AsyncIterator[bytes]:
-                left = size
-                while left > 0:
-                    chunk = await trio.to_thread.run_sync(
-                        read_checked, f, min(READ_CHUNK, left), check)
+                left, first = size, True
+                while left > 0 or first:
+                    chunk = await trio.to_thread.run_sync(read, min(READ_CHUNK, left), first)
+                    first = False
+                    if not chunk and not left:
+                        return  # an empty file: nothing to send
                     if not chunk:
                         raise PeerError(self.url, f"{file_path} shrank while sending")
                     left -= len(chunk)

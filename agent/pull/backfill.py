@@ -35,6 +35,7 @@ from ..peers.peer_set import Peer, PeerCapabilities, PeerSet, follow_peers
 from ..telemetry.metrics import Metrics
 from ..telemetry.progress import Progress
 from .downloads import Downloads, PeerFetch
+from .fileset_puller import FileSetPuller
 from .legacy import LegacyPuller
 from .round_stats import PairStats, RoundResult
 
@@ -87,7 +88,9 @@ class Backfiller:
                  ingest: Ingest, downloads: Downloads, metrics: Metrics,
                  settings: BackfillSettings, *, kinds: PeerKinds,
                  clock: Callable[[], dt.datetime] = utc_now,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 files: FileSetPuller | None = None) -> None:
+        self.files = files  # chat batches and extras files, after the segments
         self.peers = peers
         self.clients = clients
         self.index = index
@@ -181,6 +184,15 @@ class Backfiller:
             result.error = str(e)
             if e.status in (404, 405) and self.kinds.known(peer) is PeerKind.SEGSYNC:
                 self.kinds.forget(peer)  # its /v1 is gone: probe it again
+        kind = self.kinds.known(peer)
+        # chat and extras follow, unless the peer failed as a whole (down, no digests)
+        if self.files is not None and kind is not None and (result.ok or result.pairs):
+            files = result.files = await self.files.round_with(
+                peer, kind, self.clients, hour_range(self.clock(), self.settings.hours),
+                self.settings.max_concurrency + 2)
+            if files.errors and result.ok:
+                result.ok = False
+                result.error = f"chat/extras: {files.errors[0]}"
         self._finish_round(peer, state, result, trio.current_time() - started)
         return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocol.replication import FetchPlan
 
@@ -44,10 +45,12 @@ class RoundResult:
     pairs_compared: int = 0
     pairs: dict[tuple[str, str], PairStats] = field(default_factory=dict)
     duration: float = 0.0
+    files: Any = None  # chat and extras (agent.pull.fileset_puller.FileRoundStats)
 
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.pairs.values())
 
     @property
     def failures(self) -> int:
-        return self.total("hash_mismatch") + self.total("failed") + (0 if self.ok else 1)
+        return (self.total("hash_mismatch") + self.total("failed") + (0 if self.ok else 1)
+                + (self.files.failed if self.files is not None else 0))

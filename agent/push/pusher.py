@@ -5,7 +5,9 @@ and backoff, so a down, slow or hostile peer costs only its own work. Tombstones
 jump the queue. A full queue drops (and counts): backfill repairs what is dropped.
 `Pusher` follows the `PeerSet`: a pusher per configured peer, for as long as it is.
 A wubloader node is never pushed to: none for a peer configured so, and a peer of
-unknown kind gets nothing until a probe says it is a segsync agent.
+unknown kind gets nothing until a probe says it is a segsync agent. A segment whose
+tombstone is on disk is not sent: checked before the offer and again at the upload's
+first byte (`DiskTombstones`), whether or not the watcher has reported it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from protocol.names import Kind, SegmentName
 from protocol.peerkind import PeerKind
 from protocol.scrub import RottenBytes
 
+from ..archive.disk_tombstones import DiskTombstones
 from ..archive.store import Store
-from ..peers.client import ClientFactory, PeerClient, PeerError
+from ..peers.client import ClientFactory, PeerClient, PeerError, Withdrawn
 from ..peers.kinds import PeerKinds
 from ..peers.peer_set import Peer, PeerSet, follow_peers
 from ..telemetry.metrics import Metrics
@@ -80,8 +83,10 @@ class PeerPusher:
 
     def __init__(self, peer: Peer, client: PeerClient, store: Store, metrics: Metrics,
                  settings: PushSettings, kinds: PeerKinds,
-                 report_rot: ReportRot = lambda name: None) -> None:
+                 report_rot: ReportRot = lambda name: None, *,
+                 disk_tombstones: DiskTombstones) -> None:
         self.peer = peer
+        self.disk_tombstones = disk_tombstones
         self.kinds = kinds  # None: the peer is a segsync agent
         self.report_rot = report_rot  # a local file whose bytes do not hash to its name
         self.label = peer.name  # metric label
@@ -184,20 +189,33 @@ class PeerPusher:
     async def _push(self, item: PushItem) -> str:
         if item.kind is Kind.TOMBSTONE:
             return await self.client.send_tombstone(item.name)
-        path = self.store.path_of(item.name)
+        name = item.name
+        path = self.store.path_of(name)
 
-        def visible_size() -> int | None:  # one thread hop, not two: it is on the push path
-            return path.stat().st_size if self.store.is_visible(item.name) else None
+        def visible_size() -> int | str:  # one thread hop, not two: it is on the push path
+            if self.disk_tombstones.on_disk(name):
+                return "tombstoned"
+            try:
+                return path.stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                return "removed"
 
         size = await trio.to_thread.run_sync(visible_size)
-        if size is None:
+        if size == "tombstoned":
+            self.disk_tombstones.record(name)
+        if isinstance(size, str):
             return "skipped"  # tombstoned or removed since it was queued
         reply = await self.client.offer_deferrable(item.name, size)
         if isinstance(reply, m.OfferLater):  # the peer's own downloader is about to write it
             return "deferred" if self.reoffers.park(item, reply.retry_after) else "left_to_backfill"
         if reply.status != "want":
             return reply.status
-        status, sent = await self.client.upload(item.name, path)
+        try:
+            status, sent = await self.client.upload(
+                name, path, withdrawn=lambda: self.disk_tombstones.on_disk(name))
+        except Withdrawn:  # tombstoned since the check above: not one byte was sent
+            self.disk_tombstones.record(name)
+            return "skipped"
         self.metrics.bytes.labels("pushed").inc(sent)
         return status
 
@@ -226,8 +244,10 @@ class Pusher:
 
     def __init__(self, peers: PeerSet, clients: ClientFactory, store: Store, metrics: Metrics,
                  settings: PushSettings, kinds: PeerKinds,
-                 report_rot: ReportRot = lambda name: None) -> None:
+                 report_rot: ReportRot = lambda name: None, *,
+                 disk_tombstones: DiskTombstones) -> None:
         self.peers = peers
+        self.disk_tombstones = disk_tombstones
         self.kinds = kinds
         self.report_rot = report_rot
         self.clients = clients
@@ -248,7 +268,8 @@ class Pusher:
             return
         client = self.clients.client(peer, concurrency=self.settings.concurrency)
         pusher = self.pushers[peer] = PeerPusher(peer, client, self.store, self.metrics,
-                                                 self.settings, self.kinds, self.report_rot)
+                                                 self.settings, self.kinds, self.report_rot,
+                                                 disk_tombstones=self.disk_tombstones)
         try:
             await pusher.run()
         finally:

@@ -21,11 +21,13 @@ import trio
 
 from protocol import endpoints, limits
 from protocol import messages as m
+from protocol.filesets.chat import CHAT_QUALITY
 from protocol.errors import ProtocolError, SegmentNameError
 from protocol.fetchstream import frame_header
 from protocol.names import Kind, SegmentName, parse_hour, parse_path, validate_component
 from protocol.scrub import RottenBytes, ServedBytesCheck, empty_file_is_rotten
 
+from ..archive.disk_tombstones import DiskTombstones
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
 from ..archive.served import read_checked
@@ -33,6 +35,8 @@ from ..archive.store import Store, WriteRejected
 from ..peers.transport import MIN_RATE
 from ..telemetry.metrics import Metrics
 from .asgi import ClientGone, HttpError, Request, send_response
+from .fileset_server import V1_ENDPOINTS as FILESET_ENDPOINTS
+from .fileset_server import FileSetServer
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -87,12 +91,17 @@ class App:
     """ASGI application of one node: what peers push goes to `ingest` (offers are
     answered by `answer_offer`); digests, listings and files come from `index` and
     `store`. A file being served whose bytes do not hash to its name goes to
-    `report_rot` (the scrub)."""
+    `report_rot` (the scrub). Serving and listing check the tombstones on disk first
+    (`disk_tombstones`): one not yet indexed hides its segment all the same."""
 
     def __init__(self, ingest: Ingest, index: ArchiveIndex, store: Store, metrics: Metrics,
                  settings: ServerSettings, status: Callable[[], Awaitable[m.StatusReply]],
                  answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
-                 report_rot: Callable[[SegmentName], None] | None = None) -> None:
+                 report_rot: Callable[[SegmentName], None] | None = None, *,
+                 disk_tombstones: DiskTombstones,
+                 files: FileSetServer | None = None) -> None:
+        self.files = files  # chat batches and extras files (agent/serve/fileset_server.py)
+        self.disk_tombstones = disk_tombstones
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/serve/dashboard.py)
         self.report_rot = report_rot  # a served file that does not hash to its name
         self.ingest = ingest
@@ -179,16 +188,26 @@ class App:
         if endpoint == endpoints.FILES:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and len(rest) in (2, 3) and rest[1] == CHAT_QUALITY:
+                return await self.files.chat_files(req, rest, send)
             return await self.compat_files(req, rest, send)
         if endpoint == endpoints.LEGACY_SEGMENTS:
             self._method(req, "GET")
             self._check_read_auth(req)
+            if self.files is not None and self.files.wants_segments_path(rest):
+                return await self.files.serve_legacy(req, rest, send)
             return await self.serve_segment(req, "/".join(rest), send)
+        if endpoint == endpoints.EXTRAS and self.files is not None:
+            self._method(req, "GET")
+            self._check_read_auth(req)
+            return await self.files.extras_listing(req, rest, send)
         if endpoint in (endpoints.PAGE, endpoints.DASHBOARD) and self.dashboard is not None:
             return await self.dashboard.route(req, endpoint, rest, send)
         raise HttpError(404, "not_found", "no such endpoint")
 
     async def route_v1(self, req: Request, endpoint: str, rest: list[str], send) -> None:
+        if self.files is not None and endpoint in FILESET_ENDPOINTS:
+            return await self.files.route_v1(req, endpoint, rest, send)
         if endpoint == endpoints.SEGMENTS and rest:
             path = "/".join(rest)
             if req.method == "PUT":
@@ -257,6 +276,7 @@ class App:
         return m.HourDigests(req.channel, req.quality, hours)
 
     async def on_listing(self, req: m.ListingRequest) -> m.Listing:
+        await self.disk_tombstones.check_hour(req.channel, req.quality, req.hour)
         names = self.index.replicable(req.channel, req.quality, req.hour)
         return m.Listing(req.channel, req.quality, req.hour, names)
 
@@ -301,10 +321,10 @@ class App:
 
     def _open_for_serving(self, name: SegmentName):
         """(open file, size), or None when the segment is not served (absent,
-        tombstoned). An open file keeps its bytes even if the name goes away."""
-        try:
-            f = self.store.open_segment(name)
-        except (FileNotFoundError, NotADirectoryError):
+        tombstoned: its tombstone on disk is checked first, indexed or not). An open
+        file keeps its bytes even if the name goes away."""
+        f = self.disk_tombstones.open_segment(name)
+        if f is None:
             return None
         try:
             size = os.fstat(f.fileno()).st_size
@@ -459,6 +479,7 @@ class App:
                 flag = req.query.get("tombstones", ["false"])
                 if len(flag) != 1 or flag[0] not in ("true", "false"):
                     raise HttpError(400, "bad_query", "tombstones must be true or false")
+                await self.disk_tombstones.check_hour(channel, quality, parts[2])
                 names = self.index.replicable(channel, quality, parts[2])
                 if flag[0] == "false":
                     names = [n for n in names if n.endswith(".ts")]
@@ -467,4 +488,6 @@ class App:
                 raise HttpError(404, "not_found", "use /files/CHANNEL/QUALITY[/HOUR]")
         except SegmentNameError as e:
             raise HttpError(400, "bad_name", str(e)) from None
+        except OSError as e:  # the hour's directory could not be read for tombstones
+            raise HttpError(507, "storage_error", f"could not list: {e.strerror}") from None
         await send_response(send, 200, json_body(body), b"application/json")

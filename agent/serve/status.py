@@ -31,7 +31,9 @@ class StatusReport:
                  sources: Sequence[Callable[[], m.PeerSourceStatus]] = (),
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
-                 tls: Callable[[], m.TlsStatus | None] = lambda: None) -> None:
+                 tls: Callable[[], m.TlsStatus | None] = lambda: None,
+                 files: Callable[[], dict[str, int]] | None = None) -> None:
+        self.files = files  # chat batch and extras file counts
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -100,7 +102,7 @@ class StatusReport:
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
-            **deferral,
+            **deferral, **(self.files() if self.files is not None else {}),
         )
 
     async def probe_and_report(self) -> m.StatusReply:

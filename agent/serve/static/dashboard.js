@@ -105,7 +105,9 @@ async function pollState() {
     const state = await getJSON("/dashboard/state");
     document.getElementById("node-name").textContent = state.node || "";
     document.getElementById("node-summary").textContent =
-      `${state.url} - ${state.segments} segments - updated ${new Date(state.time * 1000).toISOString()}`;
+      `${state.url} - ${state.segments} segments` +
+      (state.chat_batches != null ? ` - ${state.chat_batches} chat batches - ${state.extras_files} extras files` : "") +
+      ` - updated ${new Date(state.time * 1000).toISOString()}`;
     document.getElementById("node-summary").dataset.segments = state.segments;
     renderPeers(state);
     renderSparkline(state.push_latencies || []);
