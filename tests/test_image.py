@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from protocol.names import downloader_temp_filename
-from tests.helpers import free_port, hours_ago, make_name
+from helpers import free_port, hours_ago, make_name
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = f"localhost/segsync-test:{os.getpid()}"
