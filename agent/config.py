@@ -57,6 +57,8 @@ class Config:
     scrub_rate: float = 10.0  # MB/s (10^6 bytes) re-hashed by the periodic scrub
     scrub_interval: float = 86400.0  # seconds from the end of a full pass to the next
     scrub_start_delay: float = 60.0  # seconds after start-up before the first pass
+    # a peer not up yet is logged at INFO for this long after it joined, then WARNING
+    startup_grace: float = 60.0
     # downloader-aware push: answer "later" to a segment our own downloader is about to
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
@@ -170,8 +172,9 @@ def _positive(name: str, value: Any, kind: type, allow_zero: bool = False) -> An
     return value
 
 
-def build_config(values: dict[str, Any]) -> Config:
-    """Validate merged settings (TOML then flags) into a Config."""
+def build_config(values: dict[str, Any], missing_root_ok: bool = False) -> Config:
+    """Validate merged settings (TOML then flags) into a Config. `missing_root_ok`: a
+    root that does not exist yet passes (the command then creates it: `make_root`)."""
     values = dict(values)
     if not values.get("root"):
         raise ConfigError("--root is required")
@@ -217,10 +220,13 @@ def build_config(values: dict[str, Any]) -> Config:
     cfg.log_level = str(cfg.log_level).upper()
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log-format must be text or json")
-    if not cfg.root.is_dir():
+    if missing_root_ok and not os.path.lexists(cfg.root):
+        pass  # a new node's: created once everything else is valid
+    elif not cfg.root.is_dir():
         raise ConfigError(f"root {cfg.root} is not a directory")
-    if not os.access(cfg.root, os.W_OK):
+    elif not os.access(cfg.root, os.W_OK):
         raise ConfigError(f"root {cfg.root} is not writable")
+    cfg.startup_grace = _positive("startup-grace", cfg.startup_grace, float, allow_zero=True)
     cfg.tls_reload_interval = _positive("tls-reload-interval", cfg.tls_reload_interval, float)
     cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
     cfg.extras = parse_extras(cfg.extras)
@@ -233,6 +239,22 @@ def build_config(values: dict[str, Any]) -> Config:
     if problem:
         raise ConfigError(problem)
     return cfg
+
+
+def make_root(root: Path) -> bool:
+    """Create a missing archive root (bootstrapping a new node), parents included;
+    True if it was created. ConfigError if it cannot be."""
+    if root.is_dir():
+        return False
+    try:
+        root.mkdir(parents=True)
+    except FileExistsError:
+        if root.is_dir():
+            return False  # made meanwhile
+        raise ConfigError(f"root {root} is not a directory") from None
+    except OSError as e:
+        raise ConfigError(f"cannot create root {root}: {e.strerror or e}") from None
+    return True
 
 
 def check_node_database(cfg: Config) -> None:

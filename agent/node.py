@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 
+from protocol.backoff import StartupGrace
+
 from .archive.filesets.archive import FileSetArchive
 from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
@@ -76,10 +78,12 @@ class Node:
             PeerHealer(self.peers, self.clients, self.kinds, self.ingest,
                        config.max_segment_bytes),
             ScrubSettings.from_config(config))
+        # which failures to reach a peer are "not up yet" (INFO) rather than a WARNING
+        self.grace = StartupGrace(config.startup_grace)
         self.pusher = Pusher(self.peers, self.clients, self.store, self.metrics,
                              PushSettings.from_config(config), self.kinds,
                              report_rot=self.scrubber.suspect,
-                             disk_tombstones=self.disk_tombstones)
+                             disk_tombstones=self.disk_tombstones, grace=self.grace)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
@@ -98,7 +102,7 @@ class Node:
         self.backfiller = Backfiller(self.peers, self.clients, self.index, self.ingest,
                                      self.downloads, self.metrics,
                                      BackfillSettings.from_config(config), kinds=self.kinds,
-                                     files=self.file_puller)
+                                     files=self.file_puller, grace=self.grace)
         self.status = StatusReport(
             config.node_name, self.peers, self.clients, self.index, self.pusher,
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
@@ -128,6 +132,9 @@ class Node:
                     # read before the node reports started: its nodes count at start-up
                     await self.node_database.refresh()
                     nursery.start_soon(self.node_database.watch)
+                started = trio.current_time()
+                for peer in self.peers:  # the peers known at start-up: their grace starts
+                    self.grace.joined(peer.url, started)
                 await nursery.start(self.watcher.run, self._handle_batch)
                 await self.local_files.rescan(announce_new=False, remove_temp=True)
                 await self.files.local.rescan(announce_new=False, remove_temp=True)

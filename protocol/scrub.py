@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import ProtocolError, SegmentNameError
 from .hashing import hash_bytes
@@ -239,10 +239,43 @@ def quarantine_relpath(segment_path: str, attempt: int = 0) -> str:
     return base if attempt == 0 else f"{base}.{attempt}"
 
 
+def quarantined_segment(relpath: str) -> str | None:
+    """The segment path (CHANNEL/QUALITY/HOUR/NAME.ts) a file under the quarantine
+    was moved from (the inverse of `quarantine_relpath`, `.N` collision suffix
+    included); None for anything that is not a quarantined segment."""
+    prefix = QUARANTINE_DIR + "/"
+    if not relpath.startswith(prefix):
+        return None
+    path = relpath[len(prefix):]
+    head, dot, tail = path.rpartition(".")
+    if dot and tail.isdigit() and tail[0] != "0" and head.endswith(".ts"):
+        path = head
+    try:
+        parse_segment_path(path)
+    except SegmentNameError:
+        return None
+    return path
+
+
+def lost_segments(quarantined: Iterable[str], in_archive: Callable[[str], bool]
+                  ) -> list[str]:
+    """The lost segments: quarantined (relative paths under the root, as listed) with
+    no good copy in the archive (`in_archive(path)`: visible, or tombstoned, which
+    needs no copy). Each once, in the order a pass goes (oldest hour first)."""
+    paths = {p for p in map(quarantined_segment, quarantined) if p is not None}
+
+    def pass_order(path: str) -> tuple[str, str, str, str]:
+        channel, quality, hour, filename = path.split("/")
+        return hour, channel, quality, filename
+
+    return sorted((p for p in paths if not in_archive(p)), key=pass_order)
+
+
 __all__ = [
     "EMPTY", "EMPTY_HASH", "GOOD", "MISMATCH", "QUARANTINE_DIR", "UNREADABLE", "Position",
     "RateBudget", "RottenBytes", "ScrubState", "ScrubStateError", "ServedBytesCheck",
     "advance", "begin_pass", "decode_state", "empty_file_is_rotten", "encode_state",
-    "end_pass", "hour_after_cursor", "hours_oldest_first", "pass_wait", "quarantine_relpath",
+    "end_pass", "hour_after_cursor", "hours_oldest_first", "lost_segments", "pass_wait",
+    "quarantine_relpath", "quarantined_segment",
     "remaining_in_hour", "should_checkpoint", "verdict",
 ]

@@ -146,8 +146,13 @@ def test_peers_file_parsing(tmp_path):
 
 
 def test_cli_reports_bad_config(tmp_path, capsys):
-    assert main(["run", "--root", str(tmp_path / "missing")]) == 2
+    (tmp_path / "file").write_text("")
+    assert main(["run", "--root", str(tmp_path / "file")]) == 2
     assert "not a directory" in capsys.readouterr().err
+    # a missing root is created only once everything else is valid
+    assert main(["run", "--root", str(tmp_path / "missing"), "--listen", "nonsense"]) == 2
+    assert "must be HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -120,3 +120,67 @@ def test_percentile_nearest_rank():
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     with pytest.raises(ValueError):
         percentile(values, 101)
+
+
+DASHBOARD = re.compile(r"^  ([abc])  dashboard (http://127\.0\.0\.1:\d+/)", re.M)
+
+
+def test_demo_prints_each_dashboard_and_keeps_running_until_ctrl_c():
+    """`--keep-running`: after the summary the agents stay up, segments keep arriving
+    and a tombstone hides one, on dashboards whose URLs were printed; Ctrl-C ends it
+    cleanly (status 0: the demo itself went well)."""
+    import httpx
+
+    proc = demo_process("--seconds", "2", "--keep-running")
+    killer = threading.Timer(90, proc.kill)
+    killer.start()
+    seen: list[str] = []
+
+    def read_until(pattern: str) -> re.Match:
+        while True:
+            line = proc.stdout.readline()
+            assert line, "".join(seen) + proc.stderr.read()
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    try:
+        read_until(r"^  c  dashboard ")
+        dashboards = dict(DASHBOARD.findall("".join(seen)))
+        assert set(dashboards) == set("abc"), seen
+        read_until(r"^summary after ")
+        read_until(r"^the agents keep running")
+        # after the summary: a new segment reaches both peers, a tombstone every node
+        number = int(read_until(ARRIVAL.pattern).group(1))
+        tombstoned = int(read_until(r"tombstone for #(\d+) \(.*\) created on c").group(1))
+        gone = set()
+        while gone != set("abc"):  # in any order
+            gone.add(read_until(rf"#{tombstoned} gone from ([abc])'s /files listing")[1])
+        # each dashboard answers, and shows the demo's segments (and the tombstone)
+        for node, url in dashboards.items():
+            page = httpx.get(url, timeout=10)
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            maps = httpx.get(f"{url}dashboard/coverage?hours=2", timeout=10).json()["maps"]
+            assert [(m["channel"], m["quality"]) for m in maps] == [("demo", "source")], node
+            assert "T" in "".join(maps[0]["rows"]), (node, maps)  # a tombstone's cell
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        killer.cancel()
+    out = "".join(seen) + rest
+    assert proc.returncode == 0, out + err
+    assert number > 0 and "Traceback" not in err, err
+    assert re.search(r"^stopped after [\d.]+ s: \d+ segments written, [2-9]\d* tombstones",
+                     out, re.M), out
+    tmp = archive_dir(out)
+    assert f"removed {tmp}" in out and not tmp.exists()
+
+
+def test_demo_mentions_keep_running_and_the_dashboards_by_default():
+    proc = demo_process("--seconds", "1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert set(dict(DASHBOARD.findall(out))) == set("abc")
+    assert "--keep-running" in out
+    assert "the agents keep running" not in out

@@ -219,7 +219,7 @@ async def test_database_outage_keeps_last_list_and_restart_picks_up_changes(
         database_status = source(status, "database")
         assert database_status.ok is False and database_status.peers == 1
         assert "127.0.0.1" in database_status.error
-        shown = render_status(status)
+        shown = " ".join(render_status(status).split())  # lines wrap at 100 columns
         assert "nodes database postgres@127.0.0.1:" in shown
         assert "1 entries, FAILING since" in shown and "keeping the last good list" in shown
         outage_logs = [r for r in caplog.records
@@ -257,7 +257,7 @@ async def test_node_file_names_peers_in_status_and_metrics(tmp_path, cluster_fac
         assert [(p.name, p.url) for p in status.peers] == [("bee", b.url), (cc_name, cc.url)]
         shown = render_status(status)
         assert any(line.split()[:2] == ["bee", b.url] for line in shown.splitlines())
-        assert f"peers file {peers_file}: 3 entries, ok" in shown
+        assert f"peers file {peers_file}: 3 entries, ok" in " ".join(shown.split())
         metrics = a.metrics.render().decode()
         assert 'segsync_push_queue_depth{peer="bee"}' in metrics
         assert f'segsync_push_queue_depth{{peer="{cc_name}"}}' in metrics

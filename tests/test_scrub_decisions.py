@@ -200,9 +200,14 @@ def test_status_shows_the_scrub_and_every_lost_segment():
         scrub=m.ScrubStatus(checked=10, bytes=100, rotten=2, healed=1, lost=1,
                             lost_paths=[lost.path], last_full_pass=3600.0,
                             pass_started=7000.0, position=at.path)))
-    assert (f"scrub: last full pass 60m ago, pass in progress at {at.path}; "
-            "since start 10 checked, 2 rotten, 1 healed, 1 lost") in out
-    assert f"LOST (in quarantine, no peer had a good copy): {lost.path}" in out
+    # wrapped at spaces to 100 columns, segment hashes shortened (`--json` has them whole)
+    short = at.path.replace(at.hash_text, at.hash_text[:8] + "…")
+    assert (f"scrub: last full pass 60m ago, pass in progress at {short}; "
+            "since start 10 checked, 2 rotten, 1 healed, 1 lost") in " ".join(out.split())
+    assert max(map(len, out.splitlines())) <= 100
+    lines = out.splitlines()
+    i = lines.index("  LOST (in quarantine, no peer had a good copy):")
+    assert lines[i + 1] == "    " + lost.path.replace(lost.hash_text, lost.hash_text[:8] + "…")
     idle = render_status(m.StatusReply(
         node="a", url="u", started_at=0, time=7200, segments=3, peers=[],
         scrub=m.ScrubStatus(checked=0, bytes=0, rotten=0, healed=0, lost=0)))

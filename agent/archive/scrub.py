@@ -10,6 +10,9 @@ them). Tombstoned segments are left alone.
 
 Rot found while serving (push, batch fetch, download) comes in through `suspect`:
 such a file is checked at once, outside the pass and its rate.
+
+A lost segment (in quarantine, no good copy in the archive: no peer had one when it
+rotted, or the agent restarted since) is asked for again at the start of every pass.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from prometheus_client import Counter, Gauge
 from protocol import limits
 from protocol import messages as m
 from protocol.hashing import SegmentHasher
-from protocol.names import Kind, SegmentName, parse_filename
+from protocol.names import Kind, SegmentName, parse_filename, parse_segment_path
 from protocol.scrub import (
     GOOD,
+    QUARANTINE_DIR,
     RateBudget,
     ScrubState,
     ScrubStateError,
@@ -41,6 +45,7 @@ from protocol.scrub import (
     end_pass,
     hour_after_cursor,
     hours_oldest_first,
+    lost_segments,
     pass_wait,
     quarantine_relpath,
     remaining_in_hour,
@@ -63,6 +68,7 @@ CHECKPOINT_EVERY = 1.0  # seconds between saves of the resume point during a pas
 MAX_SUSPECTS = 1024  # files reported by serving, waiting for a check
 MAX_LOST_SHOWN = limits.MAX_STATUS_LOST_PATHS  # lost paths kept for status (the count is exact)
 EMPTY_ARCHIVE_RETRY = 60.0  # an empty index is not a pass: look again this much later
+MAX_QUARANTINE_LISTED = 100_000  # quarantined files looked at per pass for lost segments
 
 Heal = Callable[[SegmentName], Awaitable[bool]]
 
@@ -113,10 +119,13 @@ class ScrubReport:
     lost_paths: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=MAX_LOST_SHOWN))
     quarantined: list[str] = field(default_factory=list)  # this report's, for the one-shot
+    retried: int = 0  # lost segments (from before) asked for again
+    recovered: int = 0  # of those, healed
 
     @property
     def unhealed(self) -> int:
-        return self.rotten - self.healed
+        """Rotten, or lost from before, and still without a good copy."""
+        return self.rotten - self.healed + self.retried - self.recovered
 
 
 class _FileHash:
@@ -256,6 +265,7 @@ class Scrubber:
         else:
             log.info("scrub: pass started")
         await self.save_state(state)
+        await self.retry_lost(report)
         last_saved = trio.current_time()
         hours = hours_oldest_first((c, q, self.index.hours(c, q)) for c, q in self.index.pairs())
         hours = [key for key in hours if hour_after_cursor(key, state.cursor)]
@@ -361,6 +371,55 @@ class Scrubber:
                     r.lost_paths.append(name.path)
                 log.error("scrub: %s is lost: no peer gave a good copy; the rotten file "
                           "stays in %s", name.path, moved)
+
+    # ---- lost segments ----
+
+    def _list_quarantine(self) -> list[str]:
+        """Paths (relative to the root) of the files in the quarantine, at most
+        MAX_QUARANTINE_LISTED. Runs in a thread."""
+        top = self.store.root / QUARANTINE_DIR
+        found: list[str] = []
+        for directory, _, files in os.walk(top):
+            rel = Path(directory).relative_to(self.store.root).as_posix()
+            for filename in files:
+                if len(found) >= MAX_QUARANTINE_LISTED:
+                    log.warning("scrub: more than %d files in %s; the rest waits for a "
+                                "later pass", MAX_QUARANTINE_LISTED, top)
+                    return found
+                found.append(f"{rel}/{filename}")
+        return found
+
+    def _in_archive(self, path: str) -> bool:
+        """A good copy is visible, or a tombstone says none is needed."""
+        name = parse_segment_path(path)
+        return self.index.has(name, Kind.SEGMENT) or self.index.has(name, Kind.TOMBSTONE)
+
+    async def retry_lost(self, report: ScrubReport) -> None:
+        """Ask the peers again for every lost segment (in quarantine, no good copy in
+        the archive): a peer that was down when it rotted may have come back."""
+        lost = lost_segments(await trio.to_thread.run_sync(self._list_quarantine),
+                             self._in_archive)
+        for path in lost:
+            async with self._lock:
+                if self._in_archive(path):
+                    continue  # a backfill or a push brought it back meanwhile
+                name = parse_segment_path(path)
+                report.retried += 1
+                if await self.heal(name):
+                    report.recovered += 1
+                    self.total.healed += 1
+                    self.scrub_metrics.healed.inc()
+                    log.info("scrub: %s healed: a good copy came back from a peer (it was "
+                             "lost)", path)
+                else:
+                    report.lost_paths.append(path)
+                    if path not in self.total.lost_paths:  # status lists it
+                        self.total.lost += 1
+                        self.total.lost_paths.append(path)
+        if report.retried:
+            log.log(logging.WARNING if report.recovered < report.retried else logging.INFO,
+                    "scrub: %d lost segments asked for again: %d healed, %d still lost",
+                    report.retried, report.recovered, report.retried - report.recovered)
 
     def _quarantine(self, name: SegmentName) -> str:
         """Move the file to the quarantine, never overwriting (link, then unlink);

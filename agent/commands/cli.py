@@ -10,14 +10,14 @@ from typing import Any, Sequence
 
 import trio
 
-from ..config import Config, ConfigError, build_config, load_toml
+from ..config import Config, ConfigError, build_config, load_toml, make_root
 from . import coverage_cli, tools
 
 log = logging.getLogger("segsync")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", help="archive root directory")
+    p.add_argument("--root", help="archive root directory (created if it does not exist)")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:8200)")
     p.add_argument("--peer", action="append", dest="peers", metavar="URL",
                    help="peer base URL; repeat for several")
@@ -72,7 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run_args(run)
 
     bf = sub.add_parser("backfill", help="one full backfill round from peers, then exit")
-    bf.add_argument("--root", required=True, help="archive root directory")
+    bf.add_argument("--root", required=True,
+                    help="archive root directory (created if it does not exist)")
     bf.add_argument("--from", action="append", dest="peers", required=True, metavar="URL",
                     help="peer to pull from; repeat for several")
     bf.add_argument("--token-file")
@@ -89,13 +90,15 @@ def make_parser() -> argparse.ArgumentParser:
     bf.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
     bf.add_argument("--insecure", action="store_true", default=None,
                     help="allow http:// peers off this machine while holding a token")
+    bf.add_argument("--json", action="store_true",
+                    help="print the summary as JSON (for scripts) instead of a table")
 
     tools.register(sub)
     coverage_cli.register(sub)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, missing_root_ok: bool = False) -> Config:
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_toml(Path(args.config)))
@@ -103,15 +106,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if key in ("command", "config", "func") or value is None:
             continue
         values[key] = value
-    return build_config(values)
+    return build_config(values, missing_root_ok)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..node import run_until_signalled
     from ..telemetry.logs import setup_logging
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, missing_root_ok=True)
     setup_logging(cfg.log_level, cfg.log_format)
+    if make_root(cfg.root):
+        log.info("created the archive root %s (it did not exist)", cfg.root)
     trio.run(run_until_signalled, cfg)
     log.info("stopped")
     return 0
@@ -124,9 +129,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items()
               if k not in ("command", "func") and v is not None}
     values["backfill"] = False
-    cfg = build_config(values)
+    as_json = values.pop("json", False)
+    cfg = build_config(values, missing_root_ok=True)
     setup_logging(cfg.log_level, "text")
-    return trio.run(run_oneshot, cfg)
+    if make_root(cfg.root):
+        print(f"segsync backfill: created the archive root {cfg.root}", file=sys.stderr)
+    return trio.run(run_oneshot, cfg, None, None, as_json)
 
 
 COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}

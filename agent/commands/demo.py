@@ -4,8 +4,11 @@ Everything real: three Nodes serving HTTP on 127.0.0.1 ports, a downloader writi
 real-format segments (random bytes, correct names and hashes, temp name then rename)
 into node a's archive. The terminal shows each segment reaching each peer with its
 latency, then a tombstone created on node c reaching every node and its segment
-vanishing from every node's /files listing, then a summary table. All of it lives in
-a temporary directory that is removed at the end, also after Ctrl-C.
+vanishing from every node's /files listing, then a summary table. Each node's
+dashboard URL is printed first; with `keep_running` the agents stay up after the
+summary (a segment every 2 s, in real time, and a tombstone now and then) until
+Ctrl-C, so a newcomer can watch it all on a dashboard. All of it lives in a temporary
+directory that is removed at the end, also after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ SEGMENT_SECONDS = 2
 MIN_SIZE, MAX_SIZE = 64 * 1024, 384 * 1024
 POLL = 0.002
 DRAIN_TIMEOUT = 10.0  # after the downloader stops: time left for copies and the tombstone
+KEEP_TOMBSTONE_FIRST = 5.0  # kept running: seconds until the first tombstone, then
+KEEP_TOMBSTONE_EVERY = 30.0  # one every this many seconds
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -116,11 +121,16 @@ class DemoResult:
 
 class Demo:
     def __init__(self, seconds: float = 20.0, rate: float = 4.0, out: TextIO | None = None,
-                 base_dir: str | None = None, rng: random.Random | None = None) -> None:
+                 base_dir: str | None = None, rng: random.Random | None = None,
+                 keep_running: bool = False) -> None:
         import sys
 
         self.seconds = seconds
         self.rate = rate
+        self.keep_running = keep_running
+        self.keeping = False  # the timed part is over, the agents run on until Ctrl-C
+        self.tombstones = 0
+        self.tombstoned: set[int] = set()  # segment numbers
         self.out = out or sys.stdout
         self.base_dir = base_dir
         self.rng = rng or random.Random()
@@ -137,8 +147,10 @@ class Demo:
         return f"{trio.current_time() - self.started:7.2f}s"
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop now, still stop the agents, print the summary, remove the files."""
-        self.result.interrupted = True
+        """Ctrl-C: stop now, still stop the agents, print the summary, remove the files.
+        Once kept running, Ctrl-C is the normal end: the run counts as not interrupted."""
+        if not self.keeping:
+            self.result.interrupted = True
         self.cancel_scope.cancel()
 
     # ---- the whole run ----
@@ -152,11 +164,20 @@ class Demo:
                     with self.cancel_scope:
                         await self._start_nodes(nursery, Path(tmp))
                         await self._scenario()
+                        if self.keep_running and not self.result.interrupted:
+                            self.result.seconds = trio.current_time() - self.started
+                            self.say(self.summary())
+                            await self._keep_running()
                 finally:
                     for node in self.nodes:
                         node.stop()
-        self.result.seconds = trio.current_time() - self.started
-        self.say(self.summary())
+        if self.keeping:
+            self.say(f"\nstopped after {trio.current_time() - self.started:.1f} s: "
+                     f"{len(self.result.written)} segments written, "
+                     f"{self.tombstones} tombstones")
+        else:
+            self.result.seconds = trio.current_time() - self.started
+            self.say(self.summary())
         self.say(f"removed {self.result.directory}")
         return self.result
 
@@ -178,7 +199,10 @@ class Demo:
         for i, node in enumerate(self.nodes):
             role = {DOWNLOADER: "  (the downloader writes here)",
                     TOMBSTONER: "  (the operator tombstones here)"}.get(i, "")
-            self.say(f"  {node.config.node_name}  {node.url}{role}")
+            self.say(f"  {node.config.node_name}  dashboard {node.url}/{role}")
+        if not self.keep_running:
+            self.say("  (segsync demo --keep-running keeps the agents up after the summary, "
+                     "to watch a dashboard)")
         self.say(f"writing ~{self.rate:g} segments/s for {self.seconds:g} s; "
                  f"one line per segment reaching a peer\n")
         self.say(f"{'time':>8}  {'seg':>5}  peer  {'latency':>10}  segment")
@@ -257,17 +281,68 @@ class Demo:
                              f"{ms(latency):>7} ms  {short(seg.name)}  {seg.size // 1024} KiB")
             await trio.sleep(POLL)
 
+    # ---- kept running ----
+
+    async def _keep_running(self) -> None:
+        """Until Ctrl-C: a segment every SEGMENT_SECONDS in real time (start times go
+        on from the last one), their arrivals, and a tombstone now and then."""
+        self.keeping = True
+        self.say(f"\nthe agents keep running: a new segment every {SEGMENT_SECONDS} s, a "
+                 f"tombstone in {KEEP_TOMBSTONE_FIRST:g} s and then every "
+                 f"{KEEP_TOMBSTONE_EVERY:g} s.\nWatch them on a dashboard above; Ctrl-C stops "
+                 f"and removes everything.\n")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_arrivals)
+
+            async def tombstones() -> None:
+                await trio.sleep(KEEP_TOMBSTONE_FIRST)
+                while True:
+                    await self._tombstone()
+                    await trio.sleep(KEEP_TOMBSTONE_EVERY)
+
+            nursery.start_soon(tombstones)
+            await self._download_in_real_time()
+
+    async def _download_in_real_time(self) -> None:
+        """Like a live downloader: each segment is written once its 2 s are over."""
+        root = Path(self.nodes[DOWNLOADER].config.root)
+        last = self.result.written[-1] if self.result.written else None
+        start = (last.name.start + dt.timedelta(seconds=SEGMENT_SECONDS) if last
+                 else dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+        number = last.number if last else 0
+        while True:
+            ends = start + dt.timedelta(seconds=SEGMENT_SECONDS)
+            wait = (ends - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            await trio.sleep(max(0.0, wait))
+            number += 1
+            name, data = self._make_segment(number, start)
+            await trio.to_thread.run_sync(self._write_like_a_downloader, root, name, data)
+            seg = Written(number, name, len(data), trio.current_time())
+            self.result.written.append(seg)
+            for j in range(len(self.nodes)):
+                if j != DOWNLOADER:
+                    self.pending[(number, j)] = seg
+            start = ends
+
     # ---- the operator's tombstone ----
 
     async def _tombstone(self) -> None:
         """Tombstone the oldest segment that every peer has, on node c, like an operator."""
         while True:
             arrived = {n for (n, _) in self.pending}
-            done = [w for w in self.result.written if w.number not in arrived]
+            done = [w for w in self.result.written if w.number not in arrived
+                    and w.number not in self.tombstoned]
             if done:
                 break
             await trio.sleep(POLL)
-        seg = self.result.tombstoned = done[0]
+        seg = done[0]
+        self.tombstoned.add(seg.number)
+        self.tombstones += 1
+        reached: dict[str, float | None] = {}  # node -> latency (None: not yet)
+        gone: dict[str, float | None] = {}
+        if self.result.tombstoned is None:  # the first is the summary's
+            self.result.tombstoned = seg
+            reached, gone = self.result.tombstone_reached, self.result.segment_gone
         node = self.nodes[TOMBSTONER]
         path = Path(node.config.root) / seg.name.format(Kind.TOMBSTONE)
         await trio.to_thread.run_sync(path.touch)
@@ -277,24 +352,25 @@ class Demo:
         async with httpx.AsyncClient(timeout=5.0) as http:
             async with trio.open_nursery() as nursery:
                 for other in self.nodes:
-                    nursery.start_soon(self._await_tombstone, other, seg, created)
-                    nursery.start_soon(self._await_gone, http, other, seg, created)
+                    nursery.start_soon(self._await_tombstone, other, seg, created, reached)
+                    nursery.start_soon(self._await_gone, http, other, seg, created, gone)
         self.say("")
 
-    async def _await_tombstone(self, node: Node, seg: Written, created: float) -> None:
+    async def _await_tombstone(self, node: Node, seg: Written, created: float,
+                               reached: dict[str, float | None]) -> None:
         name = node.config.node_name
-        self.result.tombstone_reached[name] = None
+        reached[name] = None
         with trio.move_on_after(DRAIN_TIMEOUT):
             while not node.index.has(seg.name, Kind.TOMBSTONE):
                 await trio.sleep(POLL)
-            latency = self.result.tombstone_reached[name] = trio.current_time() - created
+            latency = reached[name] = trio.current_time() - created
             self.say(f"{self.stamp()}  tombstone on {name} after {ms(latency)} ms")
 
     async def _await_gone(self, http: httpx.AsyncClient, node: Node, seg: Written,
-                          created: float) -> None:
+                          created: float, gone: dict[str, float | None]) -> None:
         """Poll the node's compat /files listing until the segment is no longer listed."""
         name = node.config.node_name
-        self.result.segment_gone[name] = None
+        gone[name] = None
         url = f"{node.url}/files/{CHANNEL}/{QUALITY}/{seg.name.hour}"
         with trio.move_on_after(DRAIN_TIMEOUT):
             while True:
@@ -302,7 +378,7 @@ class Demo:
                 if response.status_code == 200 and seg.name.filename not in response.json():
                     break
                 await trio.sleep(POLL)
-            latency = self.result.segment_gone[name] = trio.current_time() - created
+            latency = gone[name] = trio.current_time() - created
             self.say(f"{self.stamp()}  #{seg.number} gone from {name}'s /files listing "
                      f"after {ms(latency)} ms")
 

@@ -5,10 +5,11 @@ This is how a new node bootstraps. Exit status is non-zero if anything failed.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Iterator, TextIO
 
 import trio
@@ -26,9 +27,10 @@ from ..peers.peer_set import Peer, PeerSet
 from ..pull.backfill import Backfiller, BackfillSettings
 from ..pull.downloads import Downloads
 from ..pull.fileset_puller import FileSetPuller
-from ..pull.round_stats import RoundResult
+from ..pull.round_stats import PairStats, RoundResult
 from ..telemetry.metrics import Metrics
 from ..telemetry.progress import Progress
+from .tables import Column, layout, shorten_url, wrap
 
 
 class BarProgress(Progress):
@@ -82,41 +84,79 @@ def progress_bar(stream: TextIO, desc: str) -> Iterator[BarProgress]:
         progress.close()
 
 
-COLUMNS = [  # (heading, width, RoundResult total)
-    ("listed", 7, "hours_listed"), ("missing", 8, "missing"), ("fetched", 8, "downloaded"),
-    ("tombst", 7, "tombstones"), ("recent", 7, "skipped_recent"), ("temp", 5, "skipped_temp"),
-    ("tombstoned", 10, "skipped_tombstoned"), ("mismatch", 8, "hash_mismatch"),
-    ("failed", 7, "failed"),
+SUMMARY_COUNTS = [  # (heading, RoundResult total), the ones read first first
+    ("missing", "missing"), ("fetched", "downloaded"), ("MiB", "bytes"), ("failed", "failed"),
+    ("mismatch", "hash_mismatch"), ("hours", "hours_listed"), ("tombs", "tombstones"),
+    ("recent", "skipped_recent"), ("temp", "skipped_temp"), ("hidden", "skipped_tombstoned"),
 ]
+SUMMARY_COLUMNS = [Column("peer", max_width=36, shorten=shorten_url), Column("result"),
+                   *(Column(heading, right=True) for heading, _ in SUMMARY_COUNTS)]
 
 
-def print_summary(results: list[RoundResult], elapsed: float, out: TextIO) -> int:
-    """One line per peer and a total; returns the number of failures."""
-    print(f"{'peer':40} {'result':7} "
-          + " ".join(f"{h:>{w}}" for h, w, _ in COLUMNS) + f" {'MiB':>9}", file=out)
-    failed = 0
-    for r in results:
-        failed += r.failures
-        print(f"{r.peer:40} {'ok' if r.ok else 'FAILED':7} "
-              + " ".join(f"{r.total(attr):{w}d}" for _, w, attr in COLUMNS)
-              + f" {r.total('bytes') / 2**20:9.1f}", file=out)
+def _count(r: RoundResult, attr: str) -> str:
+    return f"{r.total(attr) / 2**20:.1f}" if attr == "bytes" else str(r.total(attr))
+
+
+def summary_lines(results: list[RoundResult], elapsed: float) -> list[str]:
+    """One row per peer (its error below it), then the totals: at most 100 columns, a
+    row too wide continuing on an indented line."""
+    rows = [[r.peer, "ok" if r.ok else "FAILED", *(_count(r, attr) for _, attr in SUMMARY_COUNTS)]
+            for r in results]
+    table = layout(SUMMARY_COLUMNS, rows)
+    per_row = len(table) // (len(rows) + 1)
+    lines = table[:per_row]
+    for i, r in enumerate(results):
+        lines.extend(table[per_row * (i + 1): per_row * (i + 2)])
         if r.error:
-            print(f"  error: {r.error}", file=out)
+            lines.extend(wrap(f"error: {r.error}", indent="  "))
+    failed = sum(r.failures for r in results)
     total = sum(r.total("bytes") for r in results)
     segments = sum(r.total("downloaded") for r in results)
     rate = total / 2**20 / elapsed if elapsed > 0 else 0.0
     files = [r.files for r in results if r.files is not None]
     if files:
-        print(f"chat and extras: {sum(f.fetched for f in files)} files "
-              f"({sum(f.bytes for f in files) / 2**20:.1f} MiB), "
-              f"{sum(f.tombstones for f in files)} chat tombstones, "
-              f"{sum(f.gone for f in files)} gone before their download, "
-              f"{sum(f.refused for f in files)} refused paths, "
-              f"{sum(f.failed for f in files)} failed", file=out)
-    print(f"done in {elapsed:.1f}s: {segments} segments, {total / 2**20:.1f} MiB, "
-          f"{rate:.1f} MiB/s; {'FAILURES: ' + str(failed) if failed else 'no failures'}",
-          file=out)
-    return failed
+        lines.extend(wrap(
+            f"chat and extras: {sum(f.fetched for f in files)} files "
+            f"({sum(f.bytes for f in files) / 2**20:.1f} MiB), "
+            f"{sum(f.tombstones for f in files)} chat tombstones, "
+            f"{sum(f.gone for f in files)} gone before their download, "
+            f"{sum(f.refused for f in files)} refused paths, "
+            f"{sum(f.failed for f in files)} failed"))
+    lines.extend(wrap(
+        f"done in {elapsed:.1f}s: {segments} segments, {total / 2**20:.1f} MiB, "
+        f"{rate:.1f} MiB/s; {'FAILURES: ' + str(failed) if failed else 'no failures'}"))
+    return lines
+
+
+def summary_json(results: list[RoundResult], elapsed: float) -> dict:
+    """The summary for scripts (`--json`): nothing shortened, every count of every
+    (channel, quality) of every peer."""
+    counts = [f.name for f in fields(PairStats) if f.type in ("int", int)]
+    return {
+        "elapsed": elapsed,
+        "segments": sum(r.total("downloaded") for r in results),
+        "bytes": sum(r.total("bytes") for r in results),
+        "failures": sum(r.failures for r in results),
+        "peers": [{
+            "url": r.peer, "name": r.name, "ok": r.ok, "error": r.error,
+            "pairs_compared": r.pairs_compared, "duration": r.duration,
+            "totals": {attr: r.total(attr) for attr in counts},
+            "pairs": [{"channel": c, "quality": q, **asdict(stats)}
+                      for (c, q), stats in sorted(r.pairs.items())],
+            "files": asdict(r.files) if r.files is not None else None,  # chat and extras
+        } for r in results],
+    }
+
+
+def print_summary(results: list[RoundResult], elapsed: float, out: TextIO,
+                  as_json: bool = False) -> int:
+    """The summary table (or JSON); returns the number of failures."""
+    if as_json:
+        json.dump(summary_json(results, elapsed), out, indent=2)
+        out.write("\n")
+    else:
+        out.write("\n".join(summary_lines(results, elapsed)) + "\n")
+    return sum(r.failures for r in results)
 
 
 @dataclass
@@ -147,8 +187,9 @@ class OfflineArchive:
 
 
 async def run_oneshot(cfg: Config, out: TextIO | None = None,
-                      err: TextIO | None = None) -> int:
-    """One round with every configured peer into `cfg.root`; 0 if nothing failed."""
+                      err: TextIO | None = None, as_json: bool = False) -> int:
+    """One round with every configured peer into `cfg.root`; 0 if nothing failed.
+    `as_json`: the summary as JSON."""
     out = out or sys.stdout
     err = err or sys.stderr
     a = await OfflineArchive.open(cfg)
@@ -164,5 +205,5 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     started = trio.current_time()
     with progress_bar(err, "backfill") as progress:
         results = await backfiller.round_all(peers.peers, progress)
-    failed = print_summary(results, trio.current_time() - started, out)
+    failed = print_summary(results, trio.current_time() - started, out, as_json)
     return 1 if failed or len(results) < len(peers) else 0

@@ -21,6 +21,9 @@ def print_summary(report: ScrubReport, elapsed: float, out: TextIO) -> None:
     print(f"checked {report.files} files, {report.bytes / 2**20:.1f} MiB in {elapsed:.1f}s "
           f"({rate:.1f} MiB/s): rotten {report.rotten}, healed {report.healed}, "
           f"lost {report.lost}", file=out)
+    if report.retried:
+        print(f"lost segments from before (in quarantine) asked for again: {report.retried}, "
+              f"healed {report.recovered}", file=out)
     for path in report.quarantined:
         print(f"  quarantined: {path}", file=out)
     for path in report.lost_paths:
@@ -29,10 +32,10 @@ def print_summary(report: ScrubReport, elapsed: float, out: TextIO) -> None:
 
 async def run_scrub(cfg: Config, rate: float | None, out: TextIO | None = None,
                     err: TextIO | None = None) -> int:
-    """One full pass over `cfg.root`, healing from `cfg.peers`; 0 if nothing is left
-    rotten. Builds only the parts a pass uses: store, index, metrics, ingest (the
-    healed copies come in through it), the peers, their kinds and clients, the
-    scrubber."""
+    """One full pass over `cfg.root`, healing from `cfg.peers` (the lost segments in
+    its quarantine first); 0 if nothing is left rotten or lost. Builds only the parts a
+    pass uses: store, index, metrics, ingest (the healed copies come in through it),
+    the peers, their kinds and clients, the scrubber."""
     from ..archive.scrub import Scrubber, ScrubSettings
     from ..peers.client import ClientFactory
     from ..peers.kinds import PeerKinds

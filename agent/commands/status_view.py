@@ -6,12 +6,16 @@ the network right now, not the operator's.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from protocol.messages import PeerSourceStatus, PeerStatus, ScrubStatus, StatusReply
 
 from ..peers.client import ClientFactory
 from ..peers.tls import ClientTls, status_lines
+from .tables import (
+    INDENT, WIDTH, Column, layout, shorten_end, shorten_hashes, shorten_url, wrap,
+)
 
 DEFAULT_NODE = "http://127.0.0.1:8200"
 
@@ -60,16 +64,6 @@ def _count(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(r, widths))]
-        out.append("  ".join(cells).rstrip())
-    return out
-
-
 SOURCE_NAMES = {"file": "peers file", "database": "nodes database"}
 
 
@@ -87,33 +81,51 @@ def source_line(source: PeerSourceStatus, now: float) -> str:
             f"{_count(source.peers)} entries, {state}")
 
 
+PEER_COLUMNS = [
+    Column("peer", max_width=24), Column("url", max_width=36, shorten=shorten_url),
+    Column("kind"), Column("reachable"), Column("last push"), Column("last round"),
+    Column("result"), Column("queue", right=True), Column("missing", right=True),
+]
+
+
+def _node_line(status: StatusReply, now: float) -> list[str]:
+    """The node, its uptime and counts; the chat and extras counts kept on one line."""
+    head = (f"node {shorten_end(status.node, 40)} at {shorten_url(status.url, 50)}, "
+            f"up {format_uptime(now - float(status.started_at))}, "
+            f"{status.segments} segments")
+    if status.chat_batches is None:
+        return wrap(head)
+    files = (f"{status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
+             f"tombstoned), {_count(status.extras_files)} extras files")
+    if len(head) + 2 + len(files) <= WIDTH:
+        return [f"{head}, {files}"]
+    return [*wrap(head + ","), INDENT + files]
+
+
 def render_status(status: StatusReply) -> str:
-    """The table an operator reads: one row per peer, then the errors in full."""
+    """The table an operator reads, at most 100 columns: one row per peer (a long name
+    or URL shortened, a row too wide continuing on an indented line), then the errors
+    in full, wrapped at spaces. `--json` shows everything unshortened."""
     now = float(status.time)
     lines = [
-        f"node {status.node} at {status.url}, "
-        f"up {format_uptime(now - float(status.started_at))}, "
-        f"{status.segments} segments"
-        + (f", {status.chat_batches} chat batches ({_count(status.chat_tombstones)} "
-           f"tombstoned), {_count(status.extras_files)} extras files"
-           if status.chat_batches is not None else ""),
-        *status_lines(status.tls),
-        *(source_line(source, now) for source in status.peer_sources or ()),
+        *_node_line(status, now),
+        *(line for text in status_lines(status.tls) for line in wrap(text)),
+        *(line for source in status.peer_sources or ()
+          for line in wrap(source_line(source, now))),
     ]
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
-        lines.append(
+        lines.extend(wrap(
             f"downloader-aware push {'on' if status.defer_push else 'off'}: "
             f"{_count(status.deferred_offers)} offers deferred, "
             f"{_count(status.deferral_saved)} saved by our downloader, "
-            f"{_count(status.holes_filled_by_push)} holes filled by push")
+            f"{_count(status.holes_filled_by_push)} holes filled by push"))
     peers = status.peers
     if not peers:
         lines.append("no peers configured")
         return "\n".join(lines) + "\n"
-    rows = [["peer", "url", "kind", "reachable", "last push", "last round", "result", "queue",
-             "missing"]]
+    rows = []
     for p in peers:
         rows.append([
             p.name or p.url, p.url, p.kind or "-", _reachable(p), format_age(p.last_push, now),
@@ -121,17 +133,18 @@ def render_status(status: StatusReply) -> str:
             _count(p.queue_depth), _count(p.missing),
         ])
     lines.append("")
-    lines.extend(table(rows, right={7, 8}))
+    lines.extend(layout(PEER_COLUMNS, rows))
     problems = []
     for p in peers:
+        who = shorten_end(p.name or p.url, PEER_COLUMNS[0].max_width)  # as in the table
         for error, what in ((p.reach_error, "unreachable"), (p.push_error, "last push failed"),
                             (p.round_error, "last round failed")):
             if error:
                 why = error.removeprefix(f"{p.url}: ")  # PeerError names the peer
-                problems.append(f"  {p.name or p.url}: {what}: {why}")
+                problems.extend(wrap(f"{who}: {what}: {why}", indent="  "))
         if p.push_dropped:
-            problems.append(f"  {p.name or p.url}: {p.push_dropped} pushes dropped "
-                            "(queue full; backfill repairs them)")
+            problems.extend(wrap(f"{who}: {p.push_dropped} pushes dropped "
+                                 "(queue full; backfill repairs them)", indent="  "))
     if problems:
         lines.append("")
         lines.extend(problems)
@@ -139,18 +152,23 @@ def render_status(status: StatusReply) -> str:
 
 
 def scrub_lines(scrub: ScrubStatus, now: float) -> list[str]:
-    """The scrub's line (and every lost segment) for `segsync status`."""
-    where = (f"pass in progress at {scrub.position}" if scrub.position
+    """The scrub's line and every lost segment (hash shortened) for `segsync status`."""
+    where = (f"pass in progress at {shorten_hashes(scrub.position)}" if scrub.position
              else "pass in progress" if scrub.pass_started else "idle")
-    lines = [
+    lines = wrap(
         f"scrub: last full pass {format_age(scrub.last_full_pass, now)}, {where}; "
         f"since start {_count(scrub.checked)} checked, "
         f"{_count(scrub.rotten)} rotten, {_count(scrub.healed)} healed, "
-        f"{_count(scrub.lost)} lost"
-    ]
-    for path in scrub.lost_paths or []:
-        lines.append(f"  LOST (in quarantine, no peer had a good copy): {path}")
+        f"{_count(scrub.lost)} lost")
+    if scrub.lost_paths:
+        lines.append("  LOST (in quarantine, no peer had a good copy):")
+        lines.extend(f"    {shorten_hashes(path)}" for path in scrub.lost_paths)
     return lines
+
+
+def status_json(status: StatusReply) -> str:
+    """`segsync status --json`: the node's reply as it came, nothing shortened."""
+    return json.dumps(status.to_obj(), indent=2) + "\n"
 
 
 async def fetch_status(url: str, token: str | None, timeout: float = 10.0,

@@ -39,7 +39,7 @@ def _root(value: str) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status_view import fetch_status, render_status
+    from .status_view import fetch_status, render_status, status_json
 
     url, token, tls = _node_url(args), _token(args), client_tls(args)
     try:
@@ -47,7 +47,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except PeerError as e:
         print(f"segsync status: cannot reach node {e}", file=sys.stderr)
         return 1
-    sys.stdout.write(render_status(status))
+    sys.stdout.write(status_json(status) if args.json else render_status(status))
     return 0
 
 
@@ -87,7 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.rate <= 0:
         raise ConfigError("--seconds and --rate must be > 0")
     setup_logging(args.log_level, "text")
-    result = trio.run(demo_until_signalled, Demo(args.seconds, args.rate))
+    result = trio.run(demo_until_signalled,
+                      Demo(args.seconds, args.rate, keep_running=args.keep_running))
     return exit_status(result)
 
 
@@ -97,6 +98,8 @@ def register(sub) -> None:
                    help=f"the agent to ask (default {DEFAULT_NODE})")
     p.add_argument("--token-file", help="file holding the shared bearer token")
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true",
+                   help="print the node's reply as JSON (for scripts), nothing shortened")
     add_client_tls_args(p)
     p.set_defaults(func=cmd_status)
 
@@ -129,6 +132,9 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="three local agents: watch segments and a tombstone replicate")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the downloader runs")
     p.add_argument("--rate", type=float, default=4.0, help="segments written per second")
+    p.add_argument("--keep-running", action="store_true",
+                   help="after the summary, keep the agents up (a segment every 2 s, a "
+                        "tombstone now and then) to watch a dashboard; Ctrl-C stops")
     p.add_argument("--log-level", default="WARNING", type=str.upper,
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="the agents' log level")
     p.set_defaults(func=cmd_demo)

@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from protocol.backoff import Backoff, jittered
+from protocol.backoff import Backoff, StartupGrace, jittered
 from protocol.digests import hour_range
 from protocol.peerkind import PeerKind
 from protocol.replication import FetchPlan, differing_keys, newest_first, plan_hour
@@ -89,7 +89,10 @@ class Backfiller:
                  settings: BackfillSettings, *, kinds: PeerKinds,
                  clock: Callable[[], dt.datetime] = utc_now,
                  rng: random.Random | None = None,
-                 files: FileSetPuller | None = None) -> None:
+                 files: FileSetPuller | None = None,
+                 grace: StartupGrace | None = None) -> None:
+        """`grace`: which failures to reach a peer are still "not up yet" (INFO, not
+        WARNING), shared with the pusher; trio's clock is its time."""
         self.files = files  # chat batches and extras files, after the segments
         self.peers = peers
         self.clients = clients
@@ -102,6 +105,7 @@ class Backfiller:
         self.rng = rng or random.Random()
         self.states: dict[str, PeerState] = {}  # by peer URL
         self.kinds = kinds
+        self.grace = grace or StartupGrace()
         self.legacy = LegacyPuller(index, self._store_tombstones, settings.recent_window)
 
     def as_peer(self, peer: Peer | str) -> Peer:
@@ -143,6 +147,7 @@ class Backfiller:
         finally:
             if self.peers.by_url(peer.url) is None:
                 self.states.pop(peer.url, None)
+                self.grace.forget(peer.url)
 
     async def round_all(self, peers: Iterable[Peer | str], progress: Progress | None = None
                         ) -> list[RoundResult]:
@@ -174,6 +179,7 @@ class Backfiller:
         state = self._state(peer)
         result = RoundResult(peer.url, peer.name)
         started = trio.current_time()
+        unreachable = False  # no answer at all: the peer may just not be up yet
         try:
             if await self.kinds.kind(peer) is PeerKind.WUBLOADER:
                 await self._legacy_round(peer, result, progress)
@@ -182,6 +188,7 @@ class Backfiller:
         except PeerError as e:
             result.ok = False
             result.error = str(e)
+            unreachable = e.status is None
             if e.status in (404, 405) and self.kinds.known(peer) is PeerKind.SEGSYNC:
                 self.kinds.forget(peer)  # its /v1 is gone: probe it again
         kind = self.kinds.known(peer)
@@ -193,7 +200,7 @@ class Backfiller:
             if files.errors and result.ok:
                 result.ok = False
                 result.error = f"chat/extras: {files.errors[0]}"
-        self._finish_round(peer, state, result, trio.current_time() - started)
+        self._finish_round(peer, state, result, trio.current_time() - started, unreachable)
         return result
 
     async def _segsync_round(self, peer: Peer, result: RoundResult,
@@ -233,21 +240,29 @@ class Backfiller:
                                        self.legacy.compare_pair)
 
     def _finish_round(self, peer: Peer, state: PeerState, result: RoundResult,
-                      duration: float) -> None:
+                      duration: float, unreachable: bool = False) -> None:
         errors = [s.error for s in result.pairs.values() if s.error]
         if result.ok and errors:
             result.ok = False
             result.error = f"{len(errors)} of {len(result.pairs)} pairs failed: {errors[0]}"
         result.duration = duration
         self.metrics.round_duration.observe(duration)
+        if not unreachable:
+            self.grace.answered(peer.url)
         if result.ok:
             state.backoff.success()
             state.last_round = time.time()
             self.metrics.last_round.labels(peer.name).set(state.last_round)
         else:
-            delay = state.backoff.failure(trio.current_time())
-            log.warning("backfill from %s failed: %s; next try in %.0fs", peer, result.error,
-                        delay)
+            now = trio.current_time()
+            delay = state.backoff.failure(now)
+            if unreachable and self.grace.expected(peer.url, now):
+                log.info("backfill from %s failed: %s; not up yet? (a warning if it is "
+                         "still down %.0fs after start-up)", peer, result.error,
+                         self.grace.grace)
+            else:
+                log.warning("backfill from %s failed: %s; next try in %.0fs", peer,
+                            result.error, delay)
         state.last_result = result
         self._log_round(peer, result)
 

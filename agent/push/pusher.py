@@ -21,7 +21,7 @@ from typing import Callable
 import trio
 
 from protocol import messages as m
-from protocol.backoff import Backoff
+from protocol.backoff import Backoff, StartupGrace
 from protocol.names import Kind, SegmentName
 from protocol.peerkind import PeerKind
 from protocol.scrub import RottenBytes
@@ -84,10 +84,12 @@ class PeerPusher:
     def __init__(self, peer: Peer, client: PeerClient, store: Store, metrics: Metrics,
                  settings: PushSettings, kinds: PeerKinds,
                  report_rot: ReportRot = lambda name: None, *,
-                 disk_tombstones: DiskTombstones) -> None:
+                 disk_tombstones: DiskTombstones,
+                 grace: StartupGrace | None = None) -> None:
         self.peer = peer
         self.disk_tombstones = disk_tombstones
         self.kinds = kinds  # None: the peer is a segsync agent
+        self.grace = grace or StartupGrace()  # a peer not up yet is no warning at start-up
         self.report_rot = report_rot  # a local file whose bytes do not hash to its name
         self.label = peer.name  # metric label
         self.client = client
@@ -171,6 +173,7 @@ class PeerPusher:
                 self.metrics.pushes.labels(self.label, item.label, "error").inc()
                 continue
             self.backoff.success()
+            self.grace.answered(self.peer.url)
             self.last_success = time.time()
             self.last_error = None
             metrics = self.metrics
@@ -224,8 +227,11 @@ class PeerPusher:
         item.attempts += 1
         permanent = status is not None and 400 <= status < 500 and status not in (401, 408, 429)
         if permanent or item.attempts >= MAX_ATTEMPTS:
-            log.warning("giving up push of %s to %s (backfill will repair): %s",
-                        item.name.path, self.peer, why)
+            not_up_yet = status is None and self.grace.expected(self.peer.url,
+                                                                trio.current_time())
+            log.log(logging.INFO if not_up_yet else logging.WARNING,
+                    "giving up push of %s to %s (backfill will repair): %s",
+                    item.name.path, self.peer, why)
             self.metrics.pushes.labels(self.label, item.label, "failed").inc()
             if not permanent:
                 self.backoff.failure(trio.current_time())
@@ -245,10 +251,12 @@ class Pusher:
     def __init__(self, peers: PeerSet, clients: ClientFactory, store: Store, metrics: Metrics,
                  settings: PushSettings, kinds: PeerKinds,
                  report_rot: ReportRot = lambda name: None, *,
-                 disk_tombstones: DiskTombstones) -> None:
+                 disk_tombstones: DiskTombstones,
+                 grace: StartupGrace | None = None) -> None:
         self.peers = peers
         self.disk_tombstones = disk_tombstones
         self.kinds = kinds
+        self.grace = grace or StartupGrace()
         self.report_rot = report_rot
         self.clients = clients
         self.store = store
@@ -269,7 +277,8 @@ class Pusher:
         client = self.clients.client(peer, concurrency=self.settings.concurrency)
         pusher = self.pushers[peer] = PeerPusher(peer, client, self.store, self.metrics,
                                                  self.settings, self.kinds, self.report_rot,
-                                                 disk_tombstones=self.disk_tombstones)
+                                                 disk_tombstones=self.disk_tombstones,
+                                                 grace=self.grace)
         try:
             await pusher.run()
         finally:
