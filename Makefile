@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scrub.py
 	$(BIN)/python bench/legacy_backfill.py
 	$(BIN)/python bench/coverage_render.py
+	$(BIN)/python bench/bandwidth.py
 
 # segsync:latest with Docker where its engine answers, else buildah (vfs storage); makes
 # the debian:13 base with mmdebstrap where no registry is reachable; prints size, layers

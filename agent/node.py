@@ -15,12 +15,14 @@ from protocol.backoff import StartupGrace
 from .archive.filesets.archive import FileSetArchive
 from .archive.disk_tombstones import DiskTombstones
 from .archive.index import ArchiveIndex
+from .archive.index_keeper import IndexKeeper
 from .archive.ingest import Ingest
 from .archive.local_files import LocalFiles
 from .archive.scrub import Scrubber, ScrubSettings
 from .archive.store import Store
 from .archive.watcher import ArchiveWatcher
-from .config import Config
+from .config import Config, read_limits
+from .peers.bandwidth import Bandwidth, BandwidthFile
 from .peers.client import ClientFactory
 from .peers.kinds import PeerKinds
 from .peers.node_database import NodeDatabase, NodeDatabaseSource
@@ -32,6 +34,7 @@ from .pull.downloads import Downloads
 from .pull.fileset_puller import FileSetPuller
 from .pull.heal import PeerHealer
 from .push.fileset_pusher import FileSetPusher
+from .push.hole_repair import HoleRepairer
 from .push.pusher import Pusher, PushSettings
 from .push.recording import DeferralSettings, DownloaderTracker
 from .serve.dashboard import Dashboard
@@ -51,6 +54,9 @@ class Node:
                            not_segments=config.extras)
         self.index = ArchiveIndex()
         self.metrics = Metrics()
+        self.index_keeper = IndexKeeper(
+            self.store, self.index, self.metrics.registry,
+            flush_interval=config.index_flush_interval, max_hot_hours=config.max_hot_hours)
         self.ingest = Ingest(self.store, self.index, self.metrics)
         # what serves, lists and pushes checks the tombstones on disk; one it finds
         # first takes the watcher's path (indexed, announced)
@@ -71,7 +77,14 @@ class Node:
                 self.peers, self.metrics, interval=config.backfill_interval,
                 rule=self._peers_rule)
             if config.node_database else None)
-        self.clients = ClientFactory.from_config(config, tls=self.tls.client)
+        self.bandwidth = Bandwidth.from_config(config)
+        self.metrics.registry.register(self.bandwidth)  # its collect(): read at scrape time
+        self.bandwidth_file = (
+            BandwidthFile(config.config_file, self.bandwidth,
+                          lambda: read_limits(config.config_file), config.fixed_limits)
+            if config.config_file else None)
+        self.clients = ClientFactory.from_config(config, tls=self.tls.client,
+                                                 bandwidth=self.bandwidth)
         self.kinds = PeerKinds.probing_with(self.peers, self.clients)
         self.scrubber = Scrubber(
             self.store, self.index, self.metrics,
@@ -86,10 +99,14 @@ class Node:
                              disk_tombstones=self.disk_tombstones, grace=self.grace)
         self.downloader = DownloaderTracker(self.ingest, self.index, self.metrics,
                                             DeferralSettings.from_config(config))
+        self.hole_repairer = HoleRepairer(self.peers, self.clients, self.kinds, self.ingest,
+                                          self.metrics, config.max_segment_bytes)
+        self.downloader.repair_holes_with(self.hole_repairer)
         self.local_files = LocalFiles(self.store, self.index, self.ingest, self.metrics,
                                       announce=self.pusher.push,
                                       rescan_interval=config.rescan_interval,
-                                      observe=self.downloader.file_event)
+                                      observe=self.downloader.file_event,
+                                      keeper=self.index_keeper)
         self.file_pusher = FileSetPusher(self.peers, self.clients, self.kinds,
                                          self.files.tree, self.files.metrics)
         if config.push:
@@ -108,7 +125,8 @@ class Node:
             self.backfiller, url=lambda: self.url, kinds=self.kinds,
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
             scrub=self.scrubber.status, downloader=self.downloader,
-            tls=self.tls.status, files=self.files.counts)
+            tls=self.tls.status, files=self.files.counts,
+            index_status=self.index_keeper.status, bandwidth=self.bandwidth.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
@@ -118,7 +136,8 @@ class Node:
                        report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
                        files=FileSetServer(self.files.index, self.files.ingest,
                                            self.files.tree, self.files.metrics, config.extras,
-                                           config.request_timeout))
+                                           config.request_timeout),
+                       bandwidth=self.bandwidth)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -136,7 +155,9 @@ class Node:
                 for peer in self.peers:  # the peers known at start-up: their grace starts
                     self.grace.joined(peer.url, started)
                 await nursery.start(self.watcher.run, self._handle_batch)
-                await self.local_files.rescan(announce_new=False, remove_temp=True)
+                await self.index_keeper.start(remove_temp=True)
+                self.metrics.indexed_segments.set(self.index.segment_count())
+                await nursery.start(self.index_keeper.run)
                 await self.files.local.rescan(announce_new=False, remove_temp=True)
                 nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
@@ -144,6 +165,7 @@ class Node:
                 if self.config.push:
                     await nursery.start(self.pusher.run)
                     await nursery.start(self.file_pusher.run)
+                await nursery.start(self.hole_repairer.run)
                 await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self.local_files.rescan_loop)
                 nursery.start_soon(self.files.rescan_loop, self.config.rescan_interval)
@@ -151,6 +173,8 @@ class Node:
                     nursery.start_soon(self.backfiller.run)
                 if self.tls.reloader is not None:
                     nursery.start_soon(self.tls.reloader.run)
+                if self.bandwidth_file is not None:
+                    nursery.start_soon(self.bandwidth_file.watch)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")

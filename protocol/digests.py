@@ -17,11 +17,11 @@ EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 def hour_digest(names: Iterable[str]) -> bytes:
     """Digest of one hour's replicable listing (segment and tombstone file names)."""
-    sha = hashlib.sha256()
-    for name in sorted(names):
-        sha.update(name.encode("utf-8", "surrogateescape"))
-        sha.update(b"\n")
-    return sha.digest()
+    ordered = sorted(names)
+    if not ordered:
+        return EMPTY_DIGEST
+    # each name and a newline: hashed as one buffer (one C call, not two per name)
+    return hashlib.sha256(("\n".join(ordered) + "\n").encode("utf-8", "surrogateescape")).digest()
 
 
 def pair_digest(hour_digests: Iterable[tuple[str, bytes]]) -> bytes:

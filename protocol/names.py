@@ -159,12 +159,22 @@ def _parse_duration(text: str) -> Decimal:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_component(value: str, what: str) -> str:
+    # a listing or a scan checks the same channel and quality for every name
+    # (a third of a scan's time, uncached); errors are not cached
+    return validate_component(value, what)
+
+
 def parse_filename(
     channel: str, quality: str, hour: str, filename: str
 ) -> tuple[SegmentName, Kind]:
     """Parse a file name found in CHANNEL/QUALITY/HOUR into a name and its kind."""
-    validate_component(channel, "channel")
-    validate_component(quality, "quality")
+    for value, what in ((channel, "channel"), (quality, "quality")):
+        if isinstance(value, str):
+            _valid_component(value, what)
+        else:
+            validate_component(value, what)
     hour_start = parse_hour(hour)
     if not isinstance(filename, str):
         raise SegmentNameError("file name must be a string")

@@ -6,6 +6,13 @@ about to write (the recent window's reason, applied to push): it answers an offe
 "later". It still wants at once a segment the downloader has already passed (a
 hole), and a node that records nothing wants everything at once. No I/O, no clock:
 callers pass `now` (any monotonic clock, in seconds) to every time-dependent call.
+
+A downloader that falls behind fetches several segments at once (wubloader's does),
+and creates a temp file only once a response's headers arrive: a later segment can
+land while an earlier one is still in flight with no temp file to show for it. So a
+segment the downloader passed is a hole only once the downloader has had the time it
+lately took to write segments out of order (its reorder lag, learned from its own
+late writes: none for a downloader that writes in order).
 """
 
 from __future__ import annotations
@@ -30,6 +37,14 @@ MAX_RETRY_AFTER = 5.0
 TEMP_TTL = 30.0
 MAX_PAIRS = 1024        # (channel, quality) pairs whose downloader state is kept
 MAX_TEMPS_PER_PAIR = 64  # downloads in progress remembered per pair
+MAX_PASSES = 256         # frontier advances remembered per pair (when a start was passed)
+MAX_REORDERS = 16        # late (out of order) writes remembered per pair
+REORDER_MEMORY = 300.0   # seconds a late write keeps its lag in the hole grace
+MAX_HOLE_GRACE = 10.0    # longest a passed segment is waited for before it is a hole
+GRACE_FACTOR = 1.5       # margin over the longest lag seen
+# the grace while the downloader fetches several segments at once (two or more temp
+# files open together), before any late write has taught it a lag
+BURST_GRACE = 2.0
 
 
 def near_duplicate(name: SegmentName, local: Iterable[SegmentName]) -> bool:
@@ -89,12 +104,22 @@ class PairRecording:
     # starts of downloads in progress (temp files) -> `now` when seen
     temps: collections.OrderedDict[dt.datetime, float] = field(
         default_factory=collections.OrderedDict)
+    # (start, `now`) of every frontier advance, oldest first: when a start was passed
+    passes: collections.deque[tuple[dt.datetime, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_PASSES))
+    # (`now`, lag) of late writes: how long after passing a start the downloader wrote it
+    reorders: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_REORDERS))
+    # `now` when two or more of its downloads were last seen in progress together
+    concurrent_at: float = float("-inf")
 
 
 @dataclass(frozen=True)
 class OfferDecision:
     status: str                      # "want" or "later"
-    reason: str                      # "idle", "old", "hole", "ahead", "in_progress"
+    # "idle", "old", "hole", "ahead", "in_progress", "passing" (passed lately, may
+    # still be in flight: the downloader has written segments out of order)
+    reason: str
     retry_after: float | None = None
 
 
@@ -133,13 +158,23 @@ class RecordingState:
         pair.last_seen = now
         if pair.frontier is None or name.start > pair.frontier:
             pair.frontier = name.start
+            pair.passes.append((name.start, now))
+        else:
+            _note_late(pair, name.start, now)
         _drop_temp(pair, name.start)
 
     def temp_appeared(self, name: SegmentName, now: float) -> None:
+        """A download began (wubloader's downloader creates its temp file once the
+        response headers arrived). One of a start already passed teaches the reorder
+        lag too: it is learned even when a peer's copy won the race and the
+        downloader's own final file then looks like the peer's."""
         pair = self._pair(name)
         pair.last_seen = now
+        _note_late(pair, name.start, now)
         pair.temps[name.start] = now
         pair.temps.move_to_end(name.start)
+        if sum(now - seen <= self.temp_ttl for seen in pair.temps.values()) > 1:
+            pair.concurrent_at = now  # fetching several at once: it has fallen behind
         while len(pair.temps) > MAX_TEMPS_PER_PAIR:
             pair.temps.popitem(last=False)
 
@@ -156,10 +191,71 @@ class RecordingState:
         return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
                               wall_now, self.idle_after, self.temp_ttl, self.recent_window)
 
+    def hole_at(self, name: SegmentName, now: float) -> float | None:
+        """When (`now`'s clock) `name` counts as a hole of the local downloader; None
+        while it is ahead of it or being downloaded, or the pair is not recorded."""
+        pair = self._pairs.get((name.channel, name.quality))
+        if pair is None or now - pair.last_seen > self.idle_after:
+            return None
+        return hole_at(name, pair, now, self.temp_ttl)
+
+
+def _note_late(pair: PairRecording, start: dt.datetime, now: float) -> None:
+    """The downloader is at `start` (a temp file or a final one) after it had already
+    passed it: remember how late."""
+    if pair.frontier is None or start >= pair.frontier - NEAR_DUPLICATE:
+        return
+    passed = passed_at(pair, start)
+    if passed is not None and passed > float("-inf"):
+        pair.reorders.append((now, now - passed))
+
 
 def _drop_temp(pair: PairRecording, start: dt.datetime) -> None:
     for t in [t for t in pair.temps if abs(t - start) <= NEAR_DUPLICATE]:
         del pair.temps[t]
+
+
+def passed_at(pair: PairRecording, start: dt.datetime) -> float | None:
+    """The `now` at which the downloader first wrote a segment starting at or after
+    `start` (within NEAR_DUPLICATE); None if it has not got that far. Before the
+    remembered advances: the oldest one's time (a later bound, so a longer wait)."""
+    if pair.frontier is None or start > pair.frontier + NEAR_DUPLICATE:
+        return None
+    when = None
+    for passed, seen in reversed(pair.passes):
+        if passed < start - NEAR_DUPLICATE:
+            break
+        when = seen
+    return float("-inf") if when is None else when
+
+
+def hole_grace(pair: PairRecording, now: float) -> float:
+    """How long after passing a start the downloader may still write it: its longest
+    recent reorder lag with a margin, at least BURST_GRACE while it lately fetched
+    several segments at once (0 for a downloader that writes in order, one at a
+    time)."""
+    lags = [lag for seen, lag in pair.reorders if now - seen <= REORDER_MEMORY]
+    burst = BURST_GRACE if now - pair.concurrent_at <= REORDER_MEMORY else 0.0
+    return min(MAX_HOLE_GRACE, max(max(lags, default=0.0) * GRACE_FACTOR, burst))
+
+
+def in_progress(pair: PairRecording, start: dt.datetime, now: float, temp_ttl: float) -> bool:
+    """A download of that start is under way here (a temp file younger than temp_ttl)."""
+    return any(abs(t - start) <= NEAR_DUPLICATE and now - seen <= temp_ttl
+               for t, seen in pair.temps.items())
+
+
+def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float
+            ) -> float | None:
+    """When `name` becomes a hole the downloader left: once it was passed and the
+    downloader's reorder lag has gone by (may be in the past: a hole now). None while
+    it is ahead of the frontier or being downloaded."""
+    if in_progress(pair, name.start, now, temp_ttl):
+        return None
+    passed = passed_at(pair, name.start)
+    if passed is None:
+        return None
+    return passed + hole_grace(pair, now)
 
 
 def offer_decision(
@@ -175,6 +271,8 @@ def offer_decision(
     - a download of that start is in progress here (a temp file younger than
       `temp_ttl`): later;
     - it starts after everything our downloader wrote (its frontier): later;
+    - our downloader passed it less than its reorder lag ago (`hole_grace`): later,
+      until then;
     - otherwise our downloader passed it without writing it, a hole: want.
     """
     if pair is None or now - pair.last_seen > idle_after:
@@ -182,11 +280,15 @@ def offer_decision(
     if left_to_backfill(name, wall_now, recent_window):
         return OfferDecision("want", "old")
     retry = retry_after_for(name)
-    for start, seen in pair.temps.items():
-        if abs(start - name.start) <= NEAR_DUPLICATE and now - seen <= temp_ttl:
-            return OfferDecision("later", "in_progress", retry)
-    if pair.frontier is None or name.start > pair.frontier + NEAR_DUPLICATE:
+    if in_progress(pair, name.start, now, temp_ttl):
+        return OfferDecision("later", "in_progress", retry)
+    passed = passed_at(pair, name.start)
+    if passed is None:
         return OfferDecision("later", "ahead", retry)
+    wait = passed + hole_grace(pair, now) - now
+    if wait > 0:
+        return OfferDecision("later", "passing",
+                             min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, wait)))
     return OfferDecision("want", "hole")
 
 
@@ -223,3 +325,98 @@ class DeferredQueue(Generic[T]):
         while self._heap and self._heap[0][0] <= now:
             out.append(heapq.heappop(self._heap)[2])
         return out
+
+
+# ---- hole repair: offers answered "later" that the downloader then passed ----
+# Once the local downloader has passed a deferred offer without writing it (a hole,
+# `hole_at`), the segment is fetched at once from a node that offered it, instead of
+# waiting for that node's re-offer timer. `HoleWatch` remembers the deferred offers
+# (bounded, oldest forgotten first) with the nodes that offered them, and says which
+# are due for repair and when.
+
+MAX_WATCHED = 4096  # deferred offers watched for holes, per node
+MAX_SENDERS = 8     # nodes remembered per watched segment (who offered it)
+
+
+@dataclass
+class Watched:
+    """A segment offered to us and answered "later", and the nodes that offered it,
+    most recent last."""
+
+    name: SegmentName
+    senders: list[str] = field(default_factory=list)
+    scheduled: float | None = None  # `now` of the repair already planned, if any
+
+
+class HoleWatch:
+    def __init__(self, max_items: int = MAX_WATCHED) -> None:
+        self.max_items = max_items
+        self._items: collections.OrderedDict[str, Watched] = collections.OrderedDict()
+        # (channel, quality) -> paths watched of that pair
+        self._by_pair: dict[tuple[str, str], set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._items
+
+    def get(self, path: str) -> Watched | None:
+        return self._items.get(path)
+
+    def deferred(self, name: SegmentName, sender: str | None) -> None:
+        """`sender` (a node name; None if it did not say) offered `name` and was told
+        later."""
+        item = self._items.get(name.path)
+        if item is None:
+            item = self._items[name.path] = Watched(name)
+            self._by_pair.setdefault((name.channel, name.quality), set()).add(name.path)
+            while len(self._items) > self.max_items:
+                self.forget(next(iter(self._items)))
+        self._items.move_to_end(name.path)
+        if sender:
+            if sender in item.senders:
+                item.senders.remove(sender)
+            item.senders.append(sender)
+            del item.senders[:-MAX_SENDERS]
+
+    def forget(self, path: str) -> None:
+        """Settled: written here (by the downloader or a peer), or given up."""
+        item = self._items.pop(path, None)
+        if item is None:
+            return
+        key = (item.name.channel, item.name.quality)
+        paths = self._by_pair.get(key)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._by_pair[key]
+
+    def paths_of(self, channel: str, quality: str) -> list[str]:
+        return list(self._by_pair.get((channel, quality), ()))
+
+    def plan(self, state: RecordingState, channel: str, quality: str, now: float,
+             wall_now: dt.datetime, recent_window: float) -> list[tuple[Watched, float]]:
+        """After the downloader wrote a segment of this pair: the watched segments that
+        are holes now or will be (each with the `now` it becomes one) and have no
+        repair planned for that time yet. Those older than the recent window are
+        forgotten (left to backfill)."""
+        out = []
+        for path in self.paths_of(channel, quality):
+            item = self._items[path]
+            if left_to_backfill(item.name, wall_now, recent_window):
+                self.forget(path)
+                continue
+            at = state.hole_at(item.name, now)
+            if at is None or (item.scheduled is not None and item.scheduled <= at):
+                continue
+            item.scheduled = at
+            out.append((item, at))
+        return out
+
+
+def repair_order(senders: list[str], peers: list[str]) -> list[str]:
+    """Whom to ask for a hole, in turn: the nodes that offered it (latest first) among
+    our peers, then every other peer (a node may be known to us under another name)."""
+    offered = [s for s in reversed(senders) if s in peers]
+    return offered + [p for p in peers if p not in offered]

@@ -164,11 +164,16 @@ def audit_archive(root: Path) -> Audit:
     return audit
 
 
+STATE_DIR = ".segsync"  # the agent's own state (index, scrub resume point): not archive
+
+
 def tree_snapshot(base: Path) -> dict[str, tuple]:
-    """relative path -> ('dir',) or ('file', size, sha256) for everything under base."""
+    """relative path -> ('dir',) or ('file', size, sha256) for everything under base,
+    but the agent's own state directories (ROOT/.segsync/, which it writes as it runs)."""
     out: dict[str, tuple] = {}
     base = Path(base)
     for dirpath, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if d != STATE_DIR]
         for d in dirs:
             out[str((Path(dirpath) / d).relative_to(base))] = ("dir",)
         for f in files:

@@ -323,6 +323,8 @@ def is_clear_error(status: int, headers: dict, body: bytes) -> bool:
     if ctype == b"application/msgpack":
         err = m.decode(body, m.Error)
         return bool(err.code and err.message)
+    if status == 401 and ctype == b"text/html; charset=utf-8" and b"log in" in body:
+        return True  # the dashboard's login page (GET / of a locked node)
     # framing errors are answered by hypercorn itself, before any application code
     return ctype is None and body == b"" and status in (400, 413, 431)
 

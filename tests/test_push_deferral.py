@@ -230,3 +230,60 @@ async def test_downloader_writing_a_near_duplicate_name_saves_the_deferred_push(
         assert b.downloader.deferral_saved == 1
         assert received_bytes(b) == 0
         assert not (c.root(1) / s1.path).exists()
+
+
+def long_stream(count: int, seconds: int = 10) -> list[tuple[object, bytes]]:
+    """Segments long enough that a deferred sender waits MAX_RETRY_AFTER (5 s) before
+    offering again: what arrives before that came by hole repair."""
+    base = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60)).replace(microsecond=0)
+    return [(make_name(data, base + dt.timedelta(seconds=seconds * i), duration=f"{seconds}.0"),
+             data) for i, data in enumerate(os.urandom(40_000 + i) for i in range(count))]
+
+
+def repaired(node) -> float:
+    return node.metrics.push_holes_repaired._value.get()
+
+
+async def test_a_deferred_segment_the_downloader_passes_is_fetched_at_once(cluster_factory):
+    """Issue 25: once the downloader writes a later segment, the deferred one is a
+    known hole: node 1 fetches it from node 0 at once, not at node 0's next offer."""
+    async with cluster_factory(3, **DEFER) as c:
+        a, b, _ = c.nodes
+        (s0, d0), (s1, d1), (s2, d2) = long_stream(3)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        assert s1.path in b.downloader.watch
+        downloader_writes(c.root(1), s2, d2)  # passes s1 without it: a hole
+        await wait_until(lambda: repaired(b) == 1)
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        assert pushes(a, b, "stored") == 0  # node 0 never sent it: node 1 fetched it
+        assert b.downloader.holes_filled_by_push == 1
+        assert s1.path not in b.downloader.watch
+        # node 0's re-offer, when it comes, is answered "have"
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=20)
+        assert received_bytes(b) == len(d1)
+
+
+async def test_a_download_begun_late_is_waited_for_not_repaired(cluster_factory):
+    """A downloader that fell behind and wrote out of order is given its lag: the
+    segment it passed, whose download then begins (temp file), is not fetched."""
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1), (s2, d2), (s3, d3), (s4, d4) = long_stream(5)
+        downloader_writes(c.root(1), s0, d0)
+        downloader_writes(c.root(1), s2, d2)
+        await wait_until(lambda: frontier(b) == s2.start)
+        downloader_writes(c.root(1), s1, d1)  # late: it learns the downloader's lag
+        await wait_until(lambda: b.downloader.state.get(*PAIR).reorders)
+        write_segment_file(c.root(0), s3, d3)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        downloader_writes(c.root(1), s4, d4)  # passes s3: within its lag, not a hole yet
+        await wait_until(lambda: frontier(b) == s4.start)
+        temp = start_download(c.root(1), s3, d3)  # its download began after all
+        await wait_until(lambda: b.downloader.state.get(*PAIR).temps)
+        finish_download(temp, c.root(1), s3)
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=20)
+        assert repaired(b) == 0 and received_bytes(b) == 0
+        assert b.downloader.deferral_saved >= 1

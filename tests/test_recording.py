@@ -270,3 +270,83 @@ def test_backfill_skips_a_peers_downloader_temp_files_as_temp_not_invalid():
     plan = plan_hour("desertbus", "source", "2019-11-13T02", listed, set(),
                      T0 + dt.timedelta(hours=1), 0)
     assert (plan.skipped_temp, plan.invalid, len(plan.fetch)) == (2, 0, 1)
+
+
+# ---- a downloader that falls behind writes out of order (issue 25) ----
+
+def test_a_downloader_writing_in_order_leaves_a_hole_at_once():
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.segment_written(seg(14), now=2.0)
+    assert s.hole_at(seg(12), now=2.0) == 2.0  # passed at 2.0, no reorder lag
+    assert s.decide(seg(12), now=2.0).reason == "hole"
+    assert s.hole_at(seg(16), now=2.0) is None  # ahead
+    s.temp_appeared(temp(12), now=2.1)
+    assert s.hole_at(seg(12), now=2.2) is None  # being downloaded after all
+
+
+def test_late_writes_teach_how_long_a_passed_segment_may_still_come():
+    """wubloader's downloader, behind, fetches several segments at once and creates a
+    temp file only when headers arrive: 14 lands while 12 is still in flight with no
+    temp file. Once it has done so, a passed segment waits out that lag (with a margin)
+    before it counts as a hole."""
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.segment_written(seg(14), now=10.0)
+    s.segment_written(seg(12), now=11.0)  # 1 s after 14 passed it
+    assert s.get("desertbus", "source").frontier == seg(14).start
+    s.segment_written(seg(20), now=20.0)  # passes 16 and 18
+    d = s.decide(seg(16), now=20.5)
+    assert (d.status, d.reason) == ("later", "passing")
+    assert d.retry_after == pytest.approx(1.0)  # 20 + 1.5 * 1 s - 20.5
+    assert s.hole_at(seg(18), now=20.5) == pytest.approx(21.5)
+    assert s.decide(seg(16), now=21.5).reason == "hole"
+
+
+def test_the_reorder_lag_is_capped_and_forgotten():
+    from protocol.recording import MAX_HOLE_GRACE, REORDER_MEMORY, hole_grace
+    s = state(idle=1e9)
+    s.segment_written(seg(10), now=0.0)
+    s.segment_written(seg(14), now=1.0)
+    s.segment_written(seg(12), now=100.0)  # a retry, 99 s later
+    pair = s.get("desertbus", "source")
+    assert hole_grace(pair, now=100.0) == MAX_HOLE_GRACE
+    assert hole_grace(pair, now=100.0 + REORDER_MEMORY + 1) == 0.0
+
+
+def test_a_passed_start_before_the_remembered_advances_waits_from_the_oldest():
+    from protocol.recording import MAX_PASSES, passed_at
+    s = state(idle=1e9)
+    for i in range(MAX_PASSES + 10):
+        s.segment_written(seg(10 + 2 * i), now=float(i))
+    pair = s.get("desertbus", "source")
+    assert len(pair.passes) == MAX_PASSES
+    assert passed_at(pair, seg(11).start) == 10.0  # the oldest remembered advance
+    assert passed_at(pair, seg(10 + 2 * 100).start) == 100.0
+    assert passed_at(pair, seg(10 + 2 * (MAX_PASSES + 10)).start) is None
+
+
+def test_a_late_temp_file_teaches_the_lag_too():
+    """A peer's copy may win the race; the downloader's own file then has the peer's
+    name (and looks like the peer's), but its temp file came first."""
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.segment_written(seg(14), now=10.0)
+    s.temp_appeared(temp(12), now=12.0)  # 2 s after 14 passed it
+    s.segment_written(seg(20), now=20.0)
+    assert s.hole_at(seg(16), now=20.0) == pytest.approx(23.0)
+
+
+def test_downloads_in_progress_together_mean_a_burst_before_any_lag_is_learned():
+    from protocol.recording import BURST_GRACE
+    s = state()
+    s.segment_written(seg(10), now=0.0)
+    s.temp_appeared(temp(12), now=1.0)
+    s.segment_written(seg(12), now=1.2)
+    s.segment_written(seg(16), now=3.0)  # one download at a time: in order, no grace
+    assert s.hole_at(seg(14), now=3.0) == 3.0
+    s.temp_appeared(temp(18), now=10.0)
+    s.temp_appeared(temp(20), now=10.1)  # two at once: it fell behind
+    s.segment_written(seg(22), now=10.5)
+    assert s.hole_at(seg(19), now=10.5) == pytest.approx(10.5 + BURST_GRACE)
+    assert s.decide(seg(19), now=11.0).reason == "passing"

@@ -192,9 +192,9 @@ async def test_push_sends_no_byte_of_a_segment_tombstoned_after_its_offer(cluste
         a, b = c.nodes
         answer = b.app.answer_offer
 
-        async def touching_first(name, accepts_later):
+        async def touching_first(name, *how):  # (accepts_later, sender)
             touch_tombstone(c.root(0), name)
-            return await answer(name, accepts_later)
+            return await answer(name, *how)
 
         b.app.answer_offer = touching_first
         base = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=5)

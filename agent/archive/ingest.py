@@ -51,12 +51,25 @@ class Ingest:
         Returns stored, have or tombstoned; raises WriteRejected (bad bytes) or
         OSError (storage). `sync_dir=False`: the caller fsyncs the hour directory
         later (see `SegmentWriter.commit`), once for many segments."""
+        received = await self.receive_segment(name, size, chunks, source)
+        if isinstance(received, str):
+            return received
+        return await received.commit(sync_dir)
+
+    async def receive_segment(
+        self, name: SegmentName, size: int | None, chunks: AsyncIterator[bytes], source: str,
+    ) -> "ReceivedSegment | str":
+        """The first half of `accept_segment`: stream the bytes into a temp file and
+        verify them (size, SHA-256); nothing is visible yet. Returns a
+        `ReceivedSegment` to commit (fsync, rename, index), or have / tombstoned when
+        there is nothing to write. A catch-up commits one segment while the next
+        streams in: their fsyncs overlap instead of queueing behind the stream."""
         metrics = self.metrics
         writer: SegmentWriter | None = None
 
         def write(batch: list[bytes], last: bool) -> str | None:
             """One thread hop: open the temp file with the first batch (unless the
-            segment is tombstoned or here already), write, and commit after the last.
+            segment is tombstoned or here already), write, and verify after the last.
             The checks run in the thread too: a lookup of a name not yet in the
             directory waits for its lock, which a rename stuck behind a journal commit
             holds."""
@@ -69,7 +82,9 @@ class Ingest:
                 writer = self.store.open_writer(name, size)
             if batch:
                 writer.write_many(batch)
-            return writer.commit(sync_dir) if last else None
+            if last:
+                writer.verify()
+            return None
 
         try:
             status = await self._write_batches(name, chunks, write)
@@ -85,20 +100,18 @@ class Ingest:
                 writer.abort()
             metrics.received.labels("segment", "error").inc()
             raise
-        if status == "stored":
-            self.index.add(name, Kind.SEGMENT)
-            metrics.indexed_segments.inc()
-            assert writer is not None
-            metrics.bytes.labels("received" if source == "push" else "pulled").inc(writer.size)
-        metrics.received.labels("segment", status).inc()
-        return status
+        if status is not None:
+            metrics.received.labels("segment", status).inc()
+            return status
+        assert writer is not None
+        return ReceivedSegment(self, writer, name, source)
 
     async def _write_batches(self, name: SegmentName, chunks: AsyncIterator[bytes],
-                             write) -> str:
+                             write) -> str | None:
         """Chunks are batched as they come (no copying) and each batch is written in
         one thread hop; a segment of up to UPLOAD_BUFFER bytes takes a single hop for
-        open, write and commit: a hop costs more than writing a few hundred KiB to the
-        page cache."""
+        open, write and verify: a hop costs more than writing a few hundred KiB to the
+        page cache. Returns have / tombstoned if the segment needs no writing."""
         batch: list[bytes] = []
         batched = 0
         async for chunk in chunks:
@@ -110,9 +123,7 @@ class Ingest:
                     return status
                 batch, batched = [], 0
         self.received.add(name.path)  # before the rename: the watcher sees an echo
-        status = await trio.to_thread.run_sync(write, batch, True)
-        assert status is not None
-        return status
+        return await trio.to_thread.run_sync(write, batch, True)
 
     async def accept_tombstone(self, name: SegmentName, source: str) -> str:
         """Create `name`'s tombstone (stored, or have if it was there). It is indexed
@@ -132,4 +143,44 @@ class Ingest:
         self.metrics.received.labels("tombstone", status).inc()
         if created:
             log.info("tombstone %s (from %s)", name.tombstone_path, source)
+        return status
+
+
+class ReceivedSegment:
+    """A segment streamed into its temp file and verified, not yet visible: `commit`
+    makes it so (fsync, rename, index), or `abort` drops it."""
+
+    def __init__(self, ingest: Ingest, writer: SegmentWriter, name: SegmentName,
+                 source: str) -> None:
+        self.ingest = ingest
+        self.writer = writer
+        self.name = name
+        self.source = source
+
+    @property
+    def size(self) -> int:
+        return self.writer.size
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+    async def commit(self, sync_dir: bool = True) -> str:
+        """stored, or have (a copy arrived meanwhile); raises WriteRejected
+        (tombstoned meanwhile) or OSError. See `SegmentWriter.commit`."""
+        metrics = self.ingest.metrics
+        try:
+            status = await trio.to_thread.run_sync(self.writer.commit, sync_dir)
+        except WriteRejected as e:
+            metrics.received.labels("segment", e.reason).inc()
+            raise
+        except BaseException:
+            self.writer.abort()
+            metrics.received.labels("segment", "error").inc()
+            raise
+        if status == "stored":
+            self.ingest.index.add(self.name, Kind.SEGMENT)
+            metrics.indexed_segments.inc()
+            metrics.bytes.labels("received" if self.source == "push" else "pulled").inc(
+                self.writer.size)
+        metrics.received.labels("segment", status).inc()
         return status

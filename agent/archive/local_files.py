@@ -22,6 +22,7 @@ from protocol.names import Kind, SegmentName, parse_path
 
 from ..telemetry.metrics import Metrics
 from .index import ArchiveIndex
+from .index_keeper import IndexKeeper
 from .ingest import Ingest
 from .recent import RecentSet
 from .store import Store, classify_hour
@@ -54,7 +55,7 @@ class LocalFiles:
 
     def __init__(self, store: Store, index: ArchiveIndex, ingest: Ingest, metrics: Metrics,
                  announce: Announce, rescan_interval: float,
-                 observe: Observe | None = None) -> None:
+                 observe: Observe | None = None, keeper: IndexKeeper | None = None) -> None:
         self.store = store
         self.root = str(store.root)
         self.index = index
@@ -63,6 +64,7 @@ class LocalFiles:
         self.announce = announce
         self.rescan_interval = rescan_interval
         self.observe = observe  # the downloader tracker (downloader-aware push)
+        self.keeper = keeper  # the persistent index: rescans are mtime sweeps
         self.announced = RecentSet(100_000)  # paths already announced for push
         self._rescan_wanted = trio.Event()
         self._rescan_reason = "start"
@@ -165,7 +167,39 @@ class LocalFiles:
             self._rescan_wanted = trio.Event()
             self.metrics.watcher_rescans.labels(reason).inc()
             log.info("rescanning the archive (%s)", reason)
-            await self.rescan(announce_new=True)
+            if self.keeper is not None:
+                await self.sweep()
+            else:
+                await self.rescan(announce_new=True)
+
+    async def sweep(self) -> int:
+        """The mtime sweep (periodic, and after lost watcher events): only the hour
+        directories whose stamp moved since the index's listing are listed; what
+        they hold and the index lacks is indexed and announced, what the index holds
+        and the disk does not is dropped. Returns how many names were new."""
+        assert self.keeper is not None
+        listed, gone = await self.keeper.sweep()
+        new: list[tuple[SegmentName, Kind]] = []
+        vanished: list[tuple[SegmentName, Kind]] = []
+        for (channel, quality, hour), names in listed.items():
+            known = self.index.names(channel, quality, hour)
+            on_disk = set(names)
+            base = f"{channel}/{quality}/{hour}/"
+            new.extend(parse_path(base + f) for f in names if f not in known)
+            vanished.extend(parse_path(base + f) for f in known if f not in on_disk)
+            self.index.mark_unsaved((channel, quality, hour))
+        for name, kind in vanished:  # gone from the listing: gone now too?
+            if not await trio.to_thread.run_sync(self.store.path_of(name, kind).exists):
+                self.index.discard(name, kind)
+        for channel, quality, hour in gone:
+            if not await trio.to_thread.run_sync(
+                    self.store.hour_dir(channel, quality, hour).exists):
+                self.index.drop_hour(channel, quality, hour)
+        now = trio.current_time()
+        for name, kind in new:
+            await self.appeared(name, kind, now)
+        self.metrics.indexed_segments.set(self.index.segment_count())
+        return len(new)
 
     async def rescan(self, announce_new: bool, remove_temp: bool = False) -> int:
         """Full scan into a fresh index; announce what the watcher never reported.

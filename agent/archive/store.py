@@ -232,13 +232,9 @@ class SegmentWriter:
         for chunk in chunks:
             self._hasher.update(chunk)
 
-    def commit(self, sync_dir: bool = True) -> str:
-        """Verify, fsync, rename into place. Returns 'stored' or 'have'.
-
-        `sync_dir=False` leaves the directory's fsync (which makes the rename itself
-        durable) to the caller, who can then sync a directory once for many files
-        (`Store.sync_dirs`). Until then a crash can lose the rename, never expose a
-        partial file: the data was synced before the name appeared."""
+    def verify(self) -> None:
+        """WriteRejected (and the temp file removed) unless every byte is here and
+        the bytes hash to the name."""
         try:
             if self.expected_size is not None and self._hasher.size != self.expected_size:
                 raise WriteRejected(
@@ -252,6 +248,19 @@ class SegmentWriter:
                     f"{self.name.path}: bytes hash to {self._hasher.text()}, "
                     f"not to the name's {self.name.hash_text}",
                 )
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self, sync_dir: bool = True) -> str:
+        """Verify, fsync, rename into place. Returns 'stored' or 'have'.
+
+        `sync_dir=False` leaves the directory's fsync (which makes the rename itself
+        durable) to the caller, who can then sync a directory once for many files
+        (`Store.sync_dirs`). Until then a crash can lose the rename, never expose a
+        partial file: the data was synced before the name appeared."""
+        try:
+            self.verify()
             assert self._fd is not None
             os.fsync(self._fd)
             os.close(self._fd)

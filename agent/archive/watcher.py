@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,40 @@ warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWa
 # The handler takes a move as "source gone, destination appeared", paired or not,
 # so never wait: an unpaired half comes out at once as a delete or a create.
 InotifyMoveEventGrouper.delay = 0
+
+# watchdog registers a recursive watch with os.walk, which reads every directory in
+# full: every file name of the archive, at each start (seconds at millions of
+# segments, in the thread that starts the observer). An hour directory holds files
+# only, so it is watched without being read; everything else as watchdog does it.
+_HOUR_DIR = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}\Z")
+
+
+def _is_hour_dir(path: bytes | str) -> bool:
+    return _HOUR_DIR.match(os.fsencode(os.path.basename(path))) is not None
+
+
+def _add_all_callbacks(self, path: bytes) -> None:
+    is_dir = os.path.isdir(path)
+    self._add_callback(path)
+    if not (is_dir and self.is_recursive) or _is_hour_dir(path):
+        return
+    pending = [path]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as it:
+                subdirs = [e.path for e in it
+                           if e.is_dir(follow_symlinks=self.follow_symlink)
+                           and (self.follow_symlink or not e.is_symlink())]
+        except OSError:  # gone or unreadable meanwhile: as os.walk, skipped
+            continue
+        for sub in subdirs:
+            self._add_callback(sub)
+            if not _is_hour_dir(sub):
+                pending.append(sub)
+
+
+if hasattr(InotifyWatchGroup, "_add_all_callbacks"):
+    InotifyWatchGroup._add_all_callbacks = _add_all_callbacks
 
 # watchdog logs (and then swallows) inotify's IN_Q_OVERFLOW under this logger.
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"

@@ -34,7 +34,7 @@ from ..peers.kinds import PeerKinds
 from ..peers.peer_set import Peer, PeerCapabilities, PeerSet, follow_peers
 from ..telemetry.metrics import Metrics
 from ..telemetry.progress import Progress
-from .downloads import Downloads, PeerFetch
+from .downloads import Downloads, PeerFetch, connections_for
 from .fileset_puller import FileSetPuller
 from .legacy import LegacyPuller
 from .round_stats import PairStats, RoundResult
@@ -206,7 +206,7 @@ class Backfiller:
     async def _segsync_round(self, peer: Peer, result: RoundResult,
                              progress: Progress | None) -> None:
         async with self.clients.client(
-                peer, concurrency=self.settings.max_concurrency + 2) as client:
+                peer, concurrency=connections_for(self.settings.max_concurrency)) as client:
             now = self.clock()
             hours = hour_range(now, self.settings.hours)
             remote = await client.pair_digests(*hours)
@@ -226,7 +226,7 @@ class Backfiller:
         """A wubloader node: every (channel, quality) it holds is a unit, compared by
         listings; downloads one GET each (it has no batch fetch)."""
         async with self.clients.wubloader_client(
-                peer, concurrency=self.settings.max_concurrency + 2) as client:
+                peer, concurrency=connections_for(self.settings.max_concurrency)) as client:
             now = self.clock()
             hours = hour_range(now, self.settings.hours)
             pairs = await self.legacy.pairs(client)

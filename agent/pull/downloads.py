@@ -6,6 +6,11 @@ fetched once. Each unit of work runs a bounded number of workers; a worker takes
 limiter with `async with` for each exchange (a batch fetch, or one segment from a
 peer without batch fetch). What the peer sends goes through `Ingest` (verified,
 atomic); what happened is counted in the unit's `PairStats`.
+
+A segment is committed (fsync, rename, index) in a task of its own while the next one
+streams in, up to COMMITS_IN_FLIGHT for the node: fsyncs that run side by side share
+the filesystem's journal commits (measured here: 200 x 1 MiB written and fsynced one
+at a time 1.6 s, five at a time 0.23 s), and the stream does not wait for the disk.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from protocol.names import Kind, SegmentName
 from protocol.replication import fetch_batches
 
 from ..archive.index import ArchiveIndex
-from ..archive.ingest import Ingest
+from ..archive.ingest import Ingest, ReceivedSegment
 from ..archive.store import Store, WriteRejected
 from ..peers.client import PeerClient, PeerError
 from ..peers.legacy_client import LegacyClient
@@ -33,6 +38,18 @@ log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_ERRORS = 5  # broken exchanges in a row: stop this unit, retry next round
 FETCH_BATCH = 32  # most segments asked in one batch fetch (protocol limit: 64)
+COMMITS_IN_FLIGHT = 16  # verified segments being fsynced and renamed at once, per node
+# segments a peer without batch fetch (a wubloader node: one GET each) is asked for at
+# once within one exchange slot: its GETs are small exchanges, and a batch fetch keeps
+# a whole batch coming in one. A client of such a peer needs this many connections
+# per exchange slot (`connections_for`).
+GETS_PER_EXCHANGE = 2
+
+
+def connections_for(max_concurrency: int) -> int:
+    """Connections a pull client needs: every exchange slot's GETs, and two more (the
+    listings and digests of the round itself)."""
+    return max_concurrency * GETS_PER_EXCHANGE + 2
 
 
 class PeerFetch:
@@ -59,6 +76,9 @@ class Downloads:
         self.max_concurrency = max_concurrency
         self.max_segment_bytes = max_segment_bytes
         self.limiter = trio.Semaphore(max_concurrency)
+        # verified segments waiting for their fsync and rename (each holds an open
+        # file, no bytes in memory)
+        self.commit_slots = trio.Semaphore(COMMITS_IN_FLIGHT)
         self.in_flight: dict[str, trio.Event] = {}  # segment path -> download finished
 
     async def fetch(self, peer: PeerFetch, names: list[SegmentName]) -> None:
@@ -129,34 +149,12 @@ class Downloads:
 
     async def _download_batch(self, peer: PeerFetch, names: list[SegmentName]) -> None:
         """Fetch `names` in one response; one by one from a peer without batch fetch.
-        Either way the hour directories are fsynced once for the whole batch."""
+        Either way the hour directories are fsynced once for the whole batch, after
+        every segment of it was committed."""
         stored_dirs: set[Path] = set()
         try:
-            if peer.capabilities.batch_fetch is False:
-                await self._download_each(peer, names, stored_dirs)
-                return
-            settled = 0
-            try:
-                async with peer.client.fetch(names, self.max_segment_bytes) as items:
-                    async for name, size, chunks in items:
-                        if chunks is None:  # gone at the peer since its listing
-                            peer.stats.failed += 1
-                            self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
-                        elif await self._store(peer, name, size, chunks, sync_dir=False):
-                            stored_dirs.add(self.store.path_of(name).parent)
-                        settled += 1
-                peer.capabilities.batch_fetch = True
-            except PeerError as e:
-                if settled == 0 and e.status in (404, 405):
-                    log.info("backfill: %s has no batch fetch; fetching one by one", peer.peer)
-                    peer.capabilities.batch_fetch = False
-                    await self._download_each(peer, names, stored_dirs)
-                    return
-                # every segment not settled failed, but as one exchange with the peer: a
-                # single broken response must not count as several failures in a row
-                for name in names[settled:]:
-                    self._segment_failed(peer, name, e)
-                self._exchange_failed(peer.stats, e)
+            async with trio.open_nursery() as commits:
+                await self._stream_batch(peer, names, _Commits(commits, stored_dirs))
         finally:
             # one directory fsync per hour for the whole batch, not one per segment
             if stored_dirs:
@@ -166,22 +164,57 @@ class Downloads:
                     except OSError as e:  # the files are there; only the renames may not last
                         log.error("backfill: syncing hour directories: %s", e)
 
-    async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
-                             stored_dirs: set[Path]) -> None:
-        for name in names:
-            if await self._download(peer, name, sync_dir=False):
-                stored_dirs.add(self.store.path_of(name).parent)
+    async def _stream_batch(self, peer: PeerFetch, names: list[SegmentName],
+                            commits: "_Commits") -> None:
+        if peer.capabilities.batch_fetch is False:
+            await self._download_each(peer, names, commits)
+            return
+        settled = 0
+        try:
+            async with peer.client.fetch(names, self.max_segment_bytes) as items:
+                async for name, size, chunks in items:
+                    if chunks is None:  # gone at the peer since its listing
+                        peer.stats.failed += 1
+                        self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
+                    else:
+                        await self._store(peer, name, size, chunks, commits)
+                    settled += 1
+            peer.capabilities.batch_fetch = True
+        except PeerError as e:
+            if settled == 0 and e.status in (404, 405):
+                log.info("backfill: %s has no batch fetch; fetching one by one", peer.peer)
+                peer.capabilities.batch_fetch = False
+                await self._download_each(peer, names, commits)
+                return
+            # every segment not settled failed, but as one exchange with the peer: a
+            # single broken response must not count as several failures in a row
+            for name in names[settled:]:
+                self._segment_failed(peer, name, e)
+            self._exchange_failed(peer.stats, e)
 
-    async def _download(self, peer: PeerFetch, name: SegmentName, sync_dir: bool = True
-                        ) -> bool:
-        """One segment by itself; True if it was stored."""
+    async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
+                             commits: "_Commits") -> None:
+        """One GET per segment, GETS_PER_EXCHANGE at a time, in order."""
+        pending = collections.deque(names)
+
+        async def getter() -> None:
+            while pending and peer.stats.error is None:
+                await self._download(peer, pending.popleft(), commits)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(GETS_PER_EXCHANGE, len(pending))):
+                nursery.start_soon(getter)
+
+    async def _download(self, peer: PeerFetch, name: SegmentName,
+                        commits: "_Commits | None" = None) -> None:
+        """One segment by itself (committed in `commits`, else before this returns,
+        its directory fsynced too)."""
         try:
             async with peer.client.download(name, self.max_segment_bytes) as (size, chunks):
-                return await self._store(peer, name, size, chunks, sync_dir=sync_dir)
+                await self._store(peer, name, size, chunks, commits)
         except PeerError as e:
             self._segment_failed(peer, name, e)
             self._exchange_failed(peer.stats, e)
-            return False
 
     def _segment_failed(self, peer: PeerFetch, name: SegmentName, e: PeerError) -> None:
         peer.stats.failed += 1
@@ -197,15 +230,47 @@ class Downloads:
             stats.error = f"{stats.download_errors} downloads in a row broke: {e}"
 
     async def _store(self, peer: PeerFetch, name: SegmentName, size: int | None, chunks,
-                     sync_dir: bool = True) -> bool:
-        """Store one segment as its bytes arrive, and count what happened; True if it
-        was stored. A PeerError (the transfer broke) propagates; what the store refuses
+                     commits: "_Commits | None") -> None:
+        """Receive one segment as its bytes arrive (verified into its temp file), then
+        commit it in `commits` (else here, its directory fsynced too), and count what
+        happened. A PeerError (the transfer broke) propagates; what the store refuses
         is counted here."""
-        stats, pulls = peer.stats, self.metrics.pulls
         try:
-            status = await self.ingest.accept_segment(name, size, chunks, source="pull",
-                                                      sync_dir=sync_dir)
-        except WriteRejected as e:
+            received = await self.ingest.receive_segment(name, size, chunks, source="pull")
+        except (WriteRejected, OSError) as e:
+            self._refused(peer, name, e)
+            return
+        peer.stats.download_errors = 0  # the peer answered: it is up
+        if isinstance(received, str):
+            self._count(peer, name, received, size)
+            return
+        if commits is None:
+            await self._commit(peer, name, received, None, sync_dir=True)
+            return
+        await self.commit_slots.acquire()
+        commits.nursery.start_soon(self._commit, peer, name, received, commits, False)
+
+    async def _commit(self, peer: PeerFetch, name: SegmentName, received: ReceivedSegment,
+                      commits: "_Commits | None", sync_dir: bool) -> None:
+        """Make a received segment visible and count it; holds a commit slot when
+        `commits` is given. Shielded: a verified file is not left half-done."""
+        try:
+            with trio.CancelScope(shield=True):
+                try:
+                    status = await received.commit(sync_dir)
+                except (WriteRejected, OSError) as e:
+                    self._refused(peer, name, e)
+                    return
+                if status == "stored" and commits is not None:
+                    commits.stored_dirs.add(self.store.path_of(name).parent)
+                self._count(peer, name, status, received.size)
+        finally:
+            if commits is not None:
+                self.commit_slots.release()
+
+    def _refused(self, peer: PeerFetch, name: SegmentName, e: Exception) -> None:
+        stats, pulls = peer.stats, self.metrics.pulls
+        if isinstance(e, WriteRejected):
             stats.download_errors = 0  # the peer answered: it is up
             if e.reason == "hash_mismatch":
                 stats.hash_mismatch += 1
@@ -217,17 +282,17 @@ class Downloads:
                 stats.failed += 1
                 log.warning("backfill: %s from %s refused: %s", name.path, peer.peer, e)
             pulls.labels(peer.label, "segment", e.reason).inc()
-            return False
-        except OSError as e:
-            stats.failed += 1
-            log.error("backfill: storing %s: %s", name.path, e)
-            pulls.labels(peer.label, "segment", "storage_error").inc()
-            return False
-        stats.download_errors = 0
-        pulls.labels(peer.label, "segment", status).inc()
+            return
+        stats.failed += 1
+        log.error("backfill: storing %s: %s", name.path, e)
+        pulls.labels(peer.label, "segment", "storage_error").inc()
+
+    def _count(self, peer: PeerFetch, name: SegmentName, status: str, size: int | None
+               ) -> None:
+        stats = peer.stats
+        self.metrics.pulls.labels(peer.label, "segment", status).inc()
         if status == "stored":
-            if size is None:  # a peer that did not say: what was written
-                size = (await trio.to_thread.run_sync(self.store.path_of(name).stat)).st_size
+            assert size is not None
             stats.downloaded += 1
             stats.bytes += size
             if peer.progress is not None:
@@ -236,4 +301,12 @@ class Downloads:
             stats.skipped_tombstoned += 1
         else:
             stats.elsewhere += 1
-        return status == "stored"
+
+
+class _Commits:
+    """Where one batch's segments are committed: the nursery, and the hour
+    directories to fsync once they all are."""
+
+    def __init__(self, nursery: trio.Nursery, stored_dirs: set[Path]) -> None:
+        self.nursery = nursery
+        self.stored_dirs = stored_dirs

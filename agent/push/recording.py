@@ -4,6 +4,11 @@
 downloader's temp files); `App` asks it how to answer an offer: want, have,
 tombstoned or, to a sender that understands it, `OfferLater`. The decisions are
 pure (`protocol.recording`); this is the I/O shell around them.
+
+Offers answered "later" are watched (`protocol.recording.HoleWatch`): when the
+downloader writes a later segment and so passes one of them without writing it, the
+hole goes to the `HoleRepairer` (agent/push/hole_repair.py), which fetches it at once
+from a node that offered it.
 """
 
 from __future__ import annotations
@@ -13,14 +18,23 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import trio
+
 from protocol import messages as m
 from protocol.names import Kind, SegmentName
-from protocol.recording import TEMP_TTL, NearDuplicates, RecordingState
+from protocol.recording import (
+    MIN_RETRY_AFTER,
+    TEMP_TTL,
+    HoleWatch,
+    NearDuplicates,
+    RecordingState,
+)
 
 from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
 from ..archive.recent import RecentSet
 from ..telemetry.metrics import Metrics
+from .hole_repair import HoleRepairer
 from .reoffer import utc_now
 
 REMEMBERED = 10_000  # deferred offers and wanted holes remembered, to count what they became
@@ -70,8 +84,42 @@ class DownloaderTracker:
         self.deferred_offers = 0
         self.deferral_saved = 0
         self.holes_filled_by_push = 0
+        self.recent_window = settings.recent_window
+        self.watch = HoleWatch()  # offers answered later: holes to repair at once
+        self.repairer: HoleRepairer | None = None
 
-    # ---- the watcher's view ----
+    def repair_holes_with(self, repairer: HoleRepairer) -> None:
+        """Hand the holes of deferred offers to `repairer` (the node runs it)."""
+        self.repairer = repairer
+        repairer.verdict = self.hole_verdict
+
+    async def hole_verdict(self, name: SegmentName) -> str:
+        """For the repairer, when a planned repair comes due: "repair" (a hole of our
+        downloader), "wait" (not yet: a download of it began, or the downloader's
+        lag grew) or "drop" (no longer ours to repair: our downloader wrote it under
+        a near-duplicate name, the pair stopped being recorded, or the segment is
+        older than the recent window)."""
+        if name.path not in self.watch:
+            return "drop"
+        decision = self.state.decide(name, self.clock(), self.wall_clock())
+        if decision.status == "later":
+            return "wait"
+        store = self.ingest.store
+
+        def near_duplicate_on_disk() -> bool:  # the index may not have it yet
+            names = store.raw_filenames(name.channel, name.quality, name.hour)
+            return name in NearDuplicates(name.channel, name.quality, name.hour, names)
+
+        if await trio.to_thread.run_sync(near_duplicate_on_disk):
+            self.watch.forget(name.path)
+            return "drop"
+        if name.path not in self.watch:  # settled meanwhile
+            return "drop"
+        self.watch.forget(name.path)
+        if decision.reason == "hole":
+            self._holes.add(name.path)
+            return "repair"
+        return "drop"
 
     def file_event(self, name: SegmentName, kind: Kind, deleted: bool) -> None:
         """A final or temp file appeared (or went) in the archive."""
@@ -86,13 +134,19 @@ class DownloaderTracker:
         if deleted:
             return
         path = name.path
+        self.watch.forget(path)
         if self.ingest.came_from_peer(path):  # a peer sent it: not our downloader's
             if path in self._holes:
                 self._holes.discard(path)
                 self.metrics.push_holes_filled.inc()
                 self.holes_filled_by_push += 1
             return
-        self.state.segment_written(name, self.clock())
+        now = self.clock()
+        self.state.segment_written(name, now)
+        if self.repairer is not None:
+            for item, at in self.watch.plan(self.state, name.channel, name.quality, now,
+                                            self.wall_clock(), self.recent_window):
+                self.repairer.schedule(item, at - now)
         if _bytes_key(name) in self._deferred:
             self._deferred.discard(_bytes_key(name))
             self.metrics.push_deferral_saved.inc()
@@ -100,9 +154,13 @@ class DownloaderTracker:
 
     # ---- offers ----
 
-    async def offer_reply(self, name: SegmentName, accepts_later: bool
-                          ) -> m.OfferReply | m.OfferLater:
-        """want / have / tombstoned, or OfferLater (only to a sender that `accepts_later`)."""
+    async def offer_reply(self, name: SegmentName, accepts_later: bool,
+                          sender: str | None = None) -> m.OfferReply | m.OfferLater:
+        """want / have / tombstoned, or OfferLater (only to a sender that `accepts_later`).
+        `sender`: the offering node's name, if it said (whom to ask for a hole)."""
+        if accepts_later and self.repairer is not None \
+                and name.path in self.repairer.in_flight:
+            return m.OfferLater(MIN_RETRY_AFTER)  # being fetched as a hole right now
         status = await self.ingest.offer_status(name)
         if status != "want":
             return m.OfferReply(status)
@@ -118,6 +176,14 @@ class DownloaderTracker:
             self.metrics.push_deferred.inc()
             self.deferred_offers += 1
             self._deferred.add(_bytes_key(name))
+            if self.repairer is not None:
+                self.watch.deferred(name, sender)
+                at = self.state.hole_at(name, self.clock())
+                if at is not None:  # passed already: due once the downloader's lag is over
+                    item = self.watch.get(name.path)
+                    if item is not None and (item.scheduled is None or item.scheduled > at):
+                        item.scheduled = at
+                        self.repairer.schedule(item, at - self.clock())
             return m.OfferLater(decision.retry_after)
         if decision.reason == "hole":
             self._holes.add(name.path)

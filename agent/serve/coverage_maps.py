@@ -66,14 +66,19 @@ async def warm_spans(index: ArchiveIndex, now: dt.datetime, hours: int) -> None:
     the event loop must go on serving meanwhile. A change while the thread runs
     voids that hour's result (it is parsed again when next needed)."""
     first, last = _window_bounds(now, hours)
-    claims = [(entry, claim) for pair in index.pairs()
-              for entry in index.entries(*pair, first, last)
+    claims = [(key, entry, claim) for pair in index.pairs()
+              for key, entry in index.keyed_entries(*pair, first, last)
               if (claim := entry.claim_spans()) is not None]
     if not claims:
         return
-    spans = await trio.to_thread.run_sync(
-        lambda: [hour_spans(names) for _, (_, names) in claims])
-    for (entry, (token, _)), result in zip(claims, spans):
+    load = index.loader  # a cold hour's names are read in the thread, not kept
+
+    def compute() -> list[HourSpans]:
+        return [hour_spans(names if names is not None else (load(key) or ()) if load else ())
+                for key, _, (_, names) in claims]
+
+    spans = await trio.to_thread.run_sync(compute)
+    for (_, entry, (token, _)), result in zip(claims, spans):
         entry.offer_spans(token, result)
 
 

@@ -32,8 +32,11 @@ class StatusReport:
                  scrub: Callable[[], m.ScrubStatus] | None = None,
                  downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None,
-                 files: Callable[[], dict[str, int]] | None = None) -> None:
+                 files: Callable[[], dict[str, int]] | None = None,
+                 index_status: Callable[[], m.IndexStatus | None] = lambda: None,
+                 bandwidth: Callable[[], list[m.BandwidthStatus]] | None = None) -> None:
         self.files = files  # chat batch and extras file counts
+        self.bandwidth = bandwidth  # the limits, rates and waits per direction
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -46,6 +49,7 @@ class StatusReport:
         self.scrub = scrub  # the scrub's counts and lost segments
         self.downloader = downloader  # downloader-aware push counters
         self.tls = tls  # the served certificate as status shows it (agent/peers/tls.py)
+        self.index_status = index_status  # the index's own (agent/archive/index_keeper.py)
         self.started_at = time.time()
 
     async def probe_peers(self, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
@@ -102,6 +106,8 @@ class StatusReport:
             segments=self.index.segment_count(), peers=peers,
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
+            index=self.index_status(),
+            bandwidth=self.bandwidth() if self.bandwidth is not None else None,
             **deferral, **(self.files() if self.files is not None else {}),
         )
 

@@ -65,6 +65,9 @@ class Metrics:
         self.push_holes_filled = Counter(
             "segsync_push_holes_filled", "Segments our downloader skipped that a push "
             "then filled", registry=r)
+        self.push_holes_repaired = Counter(
+            "segsync_push_holes_repaired", "Holes of our downloader in segments we had "
+            "deferred, fetched at once from a node that offered them", registry=r)
         self.push_near_duplicates = Counter(
             "segsync_push_near_duplicates", "Offers refused as near-duplicates of a local "
             "segment (start within 1 ms, same duration, type and hash)", registry=r)

@@ -1,0 +1,300 @@
+"""The persistent index's file: ROOT/.segsync/index.sqlite3 (stdlib sqlite3, WAL).
+
+One row per (channel, quality, hour) directory: the stamp of the listing its names
+were checked against (or none), the hour digest, counts, coverage spans and the
+names (one blob, last column, so reading the other columns never touches it). All
+writes are single transactions: a kill -9 leaves the rows of the last commit, each
+one either a listing that its stamp vouches for or marked unverified (see
+protocol/index/listing_stamp.py for when a warm start trusts a row).
+
+Blocking I/O: the trio side calls it through worker threads, except the load of
+one cold hour's names (one indexed row, ~1 ms). Two connections: the writer's
+(worker threads, one at a time) and the reader's (cold loads), so a long write
+never holds up a load (WAL lets them run side by side).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from protocol.coverage import HourSpans
+from protocol.index.schema import (
+    APPLICATION_ID, SCHEMA_VERSION, HourCounts, IndexFormatError, decode_names,
+    decode_spans, encode_names, encode_spans, index_usable,
+)
+from protocol.index.listing_stamp import DirStamp, ListingStamp
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".segsync"
+INDEX_FILE = "index.sqlite3"
+CLOCK_FILE = "clock"
+
+HourKey = tuple[str, str, str]  # channel, quality, hour
+
+_SCHEMA = """
+CREATE TABLE hours (
+    channel TEXT NOT NULL, quality TEXT NOT NULL, hour TEXT NOT NULL,
+    mtime_ns INTEGER, ctime_ns INTEGER, listed_at_ns INTEGER,
+    digest BLOB NOT NULL,
+    segments INTEGER NOT NULL, hidden INTEGER NOT NULL, tombstones INTEGER NOT NULL,
+    spans BLOB,
+    names BLOB NOT NULL,
+    PRIMARY KEY (channel, quality, hour)
+)
+"""
+
+
+class IndexUnavailable(Exception):
+    """ROOT/.segsync/ cannot hold an index (read-only, full, not a directory)."""
+
+
+class IndexCorrupt(Exception):
+    """The file is damaged: it is set aside and the index rebuilt."""
+
+
+class IndexWriteFailed(Exception):
+    """A write did not commit (disk full, read-only now): the rows stay as they were."""
+
+
+@dataclass(slots=True)
+class HourRow:
+    """One hour as stored. `listing` None: the names were not checked against a listing
+    of the directory (a warm start lists it again). `names` only when written or loaded."""
+
+    key: HourKey
+    listing: ListingStamp | None
+    digest: bytes
+    counts: HourCounts
+    spans: HourSpans | None = None
+    names: list[str] | None = None
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return "full" in text or "readonly" in text or "read-only" in text or "disk i/o" in text
+
+
+class IndexDb:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.dir = Path(root) / STATE_DIR
+        self.path = self.dir / INDEX_FILE
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    # ---- opening ----
+
+    def open(self) -> str | None:
+        """Open (or create) the file. Returns None when its rows may be used, else why
+        they may not (then the table is empty and a full scan fills it). Raises
+        IndexUnavailable when the directory cannot hold an index at all."""
+        try:
+            self.dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise IndexUnavailable(f"cannot create {self.dir}: {e}") from None
+        existed = self.path.exists()
+        reason: str | None = None if existed else "no index yet"
+        try:
+            conn = self._connect()
+            if existed:
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                reason = index_usable(app_id, version)
+                if reason is None:
+                    conn.execute("SELECT count(*) FROM hours").fetchone()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and _is_full(e):
+                raise IndexUnavailable(f"{self.path}: {e}") from None
+            reason = f"unreadable ({e})"
+            conn = None
+        if reason is not None:
+            if conn is not None:
+                conn.close()
+            conn = self._recreate()
+        self._writer = conn
+        try:
+            self._reader = self._connect()
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"{self.path}: {e}") from None
+        return reason
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=10)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise IndexUnavailable(f"{self.path}: WAL journal refused ({mode})")
+            # WAL with synchronous=NORMAL: a process crash loses nothing committed, a
+            # power cut at most the last commits; the file is never damaged either way
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _recreate(self) -> sqlite3.Connection:
+        """A fresh, empty file in place of a missing, damaged or foreign one."""
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(f"{self.path}{suffix}")
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise IndexUnavailable(f"cannot replace {self.path}: {e}") from None
+        try:
+            conn = self._connect()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return conn
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"cannot create {self.path}: {e}") from None
+
+    def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._reader = self._writer = None
+
+    # ---- reading ----
+
+    def summaries(self) -> list[HourRow]:
+        """Every row without its names. A row that cannot be ours is left out (its
+        hour is then listed again); a damaged file raises IndexCorrupt."""
+        out = []
+        try:
+            with self._read_lock:
+                assert self._reader is not None
+                rows = self._reader.execute(
+                    "SELECT channel, quality, hour, mtime_ns, ctime_ns, listed_at_ns, digest,"
+                    " segments, hidden, tombstones, spans FROM hours").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise IndexCorrupt(str(e)) from None
+        for (channel, quality, hour, mtime, ctime, listed_at, digest, segments, hidden,
+             tombstones, spans) in rows:
+            try:
+                if not (isinstance(digest, bytes) and len(digest) == 32):
+                    raise IndexFormatError("digest")
+                counts = HourCounts(int(segments), int(hidden), int(tombstones))
+                if min(counts.segments, counts.hidden, counts.tombstones) < 0:
+                    raise IndexFormatError("counts")
+                listing = (ListingStamp(DirStamp(int(mtime), int(ctime)), int(listed_at))
+                           if None not in (mtime, ctime, listed_at) else None)
+                out.append(HourRow((str(channel), str(quality), str(hour)), listing, digest,
+                                   counts, decode_spans(spans) if spans else None))
+            except (IndexFormatError, TypeError, ValueError):
+                log.warning("index: row %s/%s/%s unreadable: its hour is listed again",
+                            channel, quality, hour)
+        return out
+
+    def names(self, key: HourKey) -> list[str] | None:
+        """One hour's names (None: no such row). IndexCorrupt when unreadable."""
+        try:
+            with self._read_lock:
+                assert self._reader is not None
+                row = self._reader.execute(
+                    "SELECT names FROM hours WHERE channel=? AND quality=? AND hour=?",
+                    key).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise IndexCorrupt(str(e)) from None
+        if row is None:
+            return None
+        try:
+            return decode_names(row[0])
+        except (IndexFormatError, TypeError) as e:
+            raise IndexCorrupt(f"{'/'.join(key)}: {e}") from None
+
+    # ---- writing ----
+
+    def write(self, rows: Iterable[HourRow] = (), deleted: Iterable[HourKey] = (),
+              spans: Iterable[tuple[HourKey, HourSpans]] = (), clear: bool = False) -> None:
+        """One transaction: `clear` empties the table first; rows (with names) replace
+        theirs; deleted rows go; `spans` updates only the spans of existing rows."""
+        with self._write_lock:
+            conn = self._writer
+            assert conn is not None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if clear:
+                        conn.execute("DELETE FROM hours")
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO hours VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (_row_values(r) for r in rows))
+                    conn.executemany(
+                        "DELETE FROM hours WHERE channel=? AND quality=? AND hour=?", deleted)
+                    conn.executemany(
+                        "UPDATE hours SET spans=? WHERE channel=? AND quality=? AND hour=?",
+                        ((encode_spans(s), *k) for k, s in spans))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLITE_FULL may have rolled it back
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if _is_full(e):
+                    raise IndexWriteFailed(str(e)) from None
+                raise IndexCorrupt(str(e)) from None
+            except sqlite3.DatabaseError as e:
+                raise IndexCorrupt(str(e)) from None
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the file (at shutdown: the next start reads one file)."""
+        with self._write_lock:
+            if self._writer is not None:
+                try:
+                    self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+
+    # ---- the file system's clock, and the size on disk ----
+
+    def fs_now(self) -> int:
+        """Now on the clock that stamps the archive's directories (a network file
+        system's server clock): the mtime of a file touched now. Falls back to this
+        host's clock when the file cannot be touched."""
+        path = self.dir / CLOCK_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.utime(fd)
+                return os.fstat(fd).st_mtime_ns
+            finally:
+                os.close(fd)
+        except OSError:
+            return time.time_ns()
+
+    def size_on_disk(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except OSError:
+                pass
+        return total
+
+
+def _row_values(row: HourRow) -> tuple:
+    assert row.names is not None
+    stamp = row.listing
+    return (*row.key,
+            stamp.stamp.mtime_ns if stamp else None, stamp.stamp.ctime_ns if stamp else None,
+            stamp.listed_at_ns if stamp else None,
+            row.digest, row.counts.segments, row.counts.hidden, row.counts.tombstones,
+            encode_spans(row.spans) if row.spans is not None else None,
+            encode_names(row.names))

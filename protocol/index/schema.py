@@ -1,0 +1,96 @@
+"""The persistent index's file format: schema version and the encoding of a row.
+
+One row per (channel, quality, hour) directory. The names are one blob (sorted,
+newline-separated, zlib level 1): a row a name would make a 2M-segment index five
+times bigger and its cold start minutes long. An index whose version is not
+`SCHEMA_VERSION` (older, newer, or not ours) is never read: it is rebuilt from a full
+scan.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..coverage import HourSpans
+from ..names import SEGMENT_SUFFIX, TOMBSTONE_SUFFIX, tombstone_filename_for
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x53454753  # "SEGS": SQLite's application_id, marks the file as ours
+
+MAX_NAMES_BLOB = 64 * 1024 * 1024  # decompressed bytes of one hour's names, at most
+
+
+class IndexFormatError(ValueError):
+    """A stored row that cannot be ours: the index is rebuilt."""
+
+
+def index_usable(application_id: int, user_version: int) -> str | None:
+    """None when a file with these header fields may be read; else why not."""
+    if application_id == 0 and user_version == 0:
+        return "empty or new"
+    if application_id != APPLICATION_ID:
+        return f"not a segsync index (application_id {application_id:#x})"
+    if user_version != SCHEMA_VERSION:
+        return f"schema version {user_version}, this agent reads {SCHEMA_VERSION}"
+    return None
+
+
+def encode_names(names: Iterable[str]) -> bytes:
+    return zlib.compress("\n".join(sorted(names)).encode("utf-8", "surrogateescape"), 1)
+
+
+def decode_names(blob: bytes) -> list[str]:
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(blob, MAX_NAMES_BLOB)
+        if d.unconsumed_tail or not d.eof:
+            raise IndexFormatError("names blob too large or truncated")
+    except zlib.error as e:
+        raise IndexFormatError(f"names blob: {e}") from None
+    if not raw:
+        return []
+    return raw.decode("utf-8", "surrogateescape").split("\n")
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    """Files of one hour, by kind: what gauges and status sum instead of names."""
+
+    segments: int = 0     # visible .ts
+    hidden: int = 0       # .ts with a tombstone
+    tombstones: int = 0
+
+    @property
+    def files(self) -> int:
+        return self.segments + self.hidden + self.tombstones
+
+
+def count_names(names: Iterable[str]) -> HourCounts:
+    names = names if isinstance(names, (set, frozenset, dict)) else set(names)
+    tombstones = sum(1 for n in names if n.endswith(TOMBSTONE_SUFFIX))
+    segments = hidden = 0
+    for n in names:
+        if n.endswith(SEGMENT_SUFFIX):
+            if tombstones and tombstone_filename_for(n) in names:
+                hidden += 1
+            else:
+                segments += 1
+    return HourCounts(segments, hidden, tombstones)
+
+
+def encode_spans(spans: HourSpans) -> bytes:
+    return json.dumps([spans.full, spans.any, spans.tombstones],
+                      separators=(",", ":")).encode()
+
+
+def decode_spans(blob: bytes) -> HourSpans:
+    try:
+        full, any_, tombstones = json.loads(blob)
+        return HourSpans(tuple((float(a), float(b)) for a, b in full),
+                         tuple((float(a), float(b)) for a, b in any_),
+                         tuple(float(t) for t in tombstones))
+    except (ValueError, TypeError) as e:
+        raise IndexFormatError(f"spans: {e}") from None
