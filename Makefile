@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/scrub.py
 	$(BIN)/python bench/legacy_backfill.py
 	$(BIN)/python bench/coverage_render.py
+	$(BIN)/python bench/bandwidth.py
+
+# segsync:latest with Docker where its engine answers, else buildah (vfs storage); makes
+# the debian:13 base with mmdebstrap where no registry is reachable; prints size, layers
+image:
+	$(PYTHON) deploy/build_image.py $(IMAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

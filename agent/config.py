@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.bandwidth import DEFAULT_LIVE_WINDOW, RateError, parse_live_window, parse_rate
 from protocol.errors import ConfigError, FileNameError
 from protocol.filesets.extras import validate_extras_dir
 from protocol.peerkind import PeerKind, parse_peer_kind
@@ -73,6 +74,14 @@ class Config:
     tls_ca: Path | None = None
     tls_client_auth: bool = False
     tls_reload_interval: float = 5.0
+    # bandwidth limits (agent/peers/bandwidth.py), MB/s for the whole node, 0: none;
+    # re-read from the config file while the agent runs
+    max_upload_rate: float = 0.0
+    max_download_rate: float = 0.0
+    live_window: float = DEFAULT_LIVE_WINDOW  # seconds: younger segments are live traffic
+    # not settings: the TOML file this came from, and the limits flags fixed
+    config_file: Path | None = None
+    fixed_limits: frozenset[str] = frozenset()  # "upload", "download"
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -80,9 +89,12 @@ class Config:
 
 
 # keys a TOML file may hold, with the flag name they mirror
-TOML_KEYS = {f.name.replace("_", "-"): f.name for f in fields(Config)} | {
+TOML_KEYS = {f.name.replace("_", "-"): f.name for f in fields(Config)
+             if f.name not in ("config_file", "fixed_limits")} | {
     "token-file": "token_file", "peer": "peers",
 }
+# the bandwidth limits' keys, by direction: what the running agent re-reads
+LIMIT_KEYS = {"upload": "max-upload-rate", "download": "max-download-rate"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -165,6 +177,18 @@ def load_toml(path: Path) -> dict[str, Any]:
     return out
 
 
+def read_limits(path: Path) -> dict[str, float | None]:
+    """The bandwidth limits a config file holds now, by direction, in bytes per second
+    (None: no limit; a key left out is no limit). A ConfigError if the file cannot be
+    used (unreadable, not TOML, an unknown key, a bad limit)."""
+    values = load_toml(path)
+    try:
+        return {direction: parse_rate(values.get(TOML_KEYS[key]), key)
+                for direction, key in LIMIT_KEYS.items()}
+    except RateError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+
+
 def _positive(name: str, value: Any, kind: type, allow_zero: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number")
@@ -235,6 +259,12 @@ def build_config(values: dict[str, Any], missing_root_ok: bool = False) -> Confi
         raise ConfigError(f"root {cfg.root} is not writable")
     cfg.startup_grace = _positive("startup-grace", cfg.startup_grace, float, allow_zero=True)
     cfg.tls_reload_interval = _positive("tls-reload-interval", cfg.tls_reload_interval, float)
+    try:
+        for key in LIMIT_KEYS.values():
+            parse_rate(getattr(cfg, TOML_KEYS[key]), key)
+        cfg.live_window = parse_live_window(cfg.live_window)
+    except RateError as e:
+        raise ConfigError(str(e)) from None
     cfg.peer_kinds = parse_peer_kinds(cfg.peer_kinds)
     cfg.extras = parse_extras(cfg.extras)
     file_peers = []

@@ -21,7 +21,8 @@ from .archive.local_files import LocalFiles
 from .archive.scrub import Scrubber, ScrubSettings
 from .archive.store import Store
 from .archive.watcher import ArchiveWatcher
-from .config import Config
+from .config import Config, read_limits
+from .peers.bandwidth import Bandwidth, BandwidthFile
 from .peers.client import ClientFactory
 from .peers.kinds import PeerKinds
 from .peers.node_database import NodeDatabase, NodeDatabaseSource
@@ -76,7 +77,14 @@ class Node:
                 self.peers, self.metrics, interval=config.backfill_interval,
                 rule=self._peers_rule)
             if config.node_database else None)
-        self.clients = ClientFactory.from_config(config, tls=self.tls.client)
+        self.bandwidth = Bandwidth.from_config(config)
+        self.metrics.registry.register(self.bandwidth)  # its collect(): read at scrape time
+        self.bandwidth_file = (
+            BandwidthFile(config.config_file, self.bandwidth,
+                          lambda: read_limits(config.config_file), config.fixed_limits)
+            if config.config_file else None)
+        self.clients = ClientFactory.from_config(config, tls=self.tls.client,
+                                                 bandwidth=self.bandwidth)
         self.kinds = PeerKinds.probing_with(self.peers, self.clients)
         self.scrubber = Scrubber(
             self.store, self.index, self.metrics,
@@ -118,7 +126,7 @@ class Node:
             sources=[s.status for s in (self.peers_file, self.node_database) if s is not None],
             scrub=self.scrubber.status, downloader=self.downloader,
             tls=self.tls.status, files=self.files.counts,
-            index_status=self.index_keeper.status)
+            index_status=self.index_keeper.status, bandwidth=self.bandwidth.status)
         self.dashboard = Dashboard(self.index, self.status.probe_and_report,
                                    self.metrics.recent_push_latencies, self.peers, self.clients,
                                    config.token, config.protect_reads, kinds=self.kinds)
@@ -128,7 +136,8 @@ class Node:
                        report_rot=self.scrubber.suspect, disk_tombstones=self.disk_tombstones,
                        files=FileSetServer(self.files.index, self.files.ingest,
                                            self.files.tree, self.files.metrics, config.extras,
-                                           config.request_timeout))
+                                           config.request_timeout, self.bandwidth),
+                       bandwidth=self.bandwidth)
         self.watcher = ArchiveWatcher(Path(config.root))
         self.cancel_scope = trio.CancelScope()
 
@@ -164,6 +173,8 @@ class Node:
                     nursery.start_soon(self.backfiller.run)
                 if self.tls.reloader is not None:
                     nursery.start_soon(self.tls.reloader.run)
+                if self.bandwidth_file is not None:
+                    nursery.start_soon(self.bandwidth_file.watch)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")

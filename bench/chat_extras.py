@@ -8,8 +8,9 @@ round, and how fast a fresh node catches up on extras.
    extras files (default 50k, half in emotes/ID/dark-1.0-style paths, half in
    media/HASH/...), B's copy hard-linked to A's. B pulls from A every
    `--interval` s through a byte-counting proxy. Measured twice in the same run:
-   the baseline (agents without `--extras`, chat directories moved aside: the
-   segment-only round of today) and with chat and `--extras emotes,media`.
+   the baseline (agents without `--extras`, chat directories moved aside; with
+   `--baseline-code DIR`, also the agents of a checkout from before chat and
+   extras: today's segment-only round) and with chat and `--extras emotes,media`.
    Reported per round: bytes on the wire and CPU of each process (idle subtracted).
 2. Catch-up. A fresh root pulls A's extras with the one-shot
    `segsync backfill --root NEW --from A --extras emotes,media` (the whole process);
@@ -30,6 +31,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,12 +109,28 @@ def hide_chat(base: Path, hide: bool) -> None:
             dst.rename(src)
 
 
-def in_sync(base: Path, args, with_filesets: bool) -> dict:
+def in_sync(base: Path, args, with_filesets: bool, code: str | None = None) -> dict:
+    """One in-sync measurement; `code`: a checkout whose agent runs instead (the
+    baseline of today's segment-only code)."""
     hide_chat(base, not with_filesets)
+    saved = os.environ.get("SEGSYNC_BENCH_WRAP")
+    if code:
+        os.environ["SEGSYNC_BENCH_WRAP"] = f"env PYTHONPATH={code} {sys.executable}"
+    try:
+        return _in_sync(base, args, with_filesets)
+    finally:
+        if saved is None:
+            os.environ.pop("SEGSYNC_BENCH_WRAP", None)
+        else:
+            os.environ["SEGSYNC_BENCH_WRAP"] = saved
+
+
+def _in_sync(base: Path, args, with_filesets: bool) -> dict:
     extra = ["--extras", "emotes,media"] if with_filesets else []
     common = ["--log-level", args.log_level, "--backfill-hours", str(args.backfill_hours)]
     port_a, port_b = benchlib.free_ports(2)
-    tag = "with" if with_filesets else "base"
+    tag = ("with" if with_filesets else "base") + ("-old" if os.environ.get(
+        "SEGSYNC_BENCH_WRAP") else "")
     a = Agent(f"a-{tag}", base / "a", port_a, [], base,
               common + extra + ["--backfill-interval", "3600"])
     out: dict = {}
@@ -201,6 +219,10 @@ def main() -> int:
     p.add_argument("--build-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--ready-timeout", type=float, default=900.0)
     p.add_argument("--archive-cache", help="keep the built archive here and reuse it")
+    p.add_argument("--baseline-code", metavar="DIR",
+                   help="a checkout of the code before chat and extras (e.g. `git archive` "
+                        "of main before issue 19): its agents give a third row, today's "
+                        "segment-only round")
     benchlib.add_common_arguments(p, "chat_extras", "10k segments, 500 chat, 2k extras")
     args = p.parse_args()
     if args.quick:
@@ -215,14 +237,19 @@ def main() -> int:
         base.mkdir(parents=True, exist_ok=True)
         results["archive"] = build(base, args)
         print(f"  archive: {results['archive']}")
+        if args.baseline_code:
+            results["baseline_old_code"] = in_sync(base, args, with_filesets=False,
+                                                   code=args.baseline_code)
         results["baseline"] = in_sync(base, args, with_filesets=False)
         results["with_filesets"] = in_sync(base, args, with_filesets=True)
         hide_chat(base, False)
         results["catch_up"] = catch_up(base, args)
+    measured = [("segments only, code before chat/extras", results.get("baseline_old_code")),
+                ("segments only (no chat, no --extras)", results["baseline"]),
+                ("+ chat + extras", results["with_filesets"])]
     rows = [[name, r["rounds"], round(r["wire_bytes_per_round"]),
              1000 * r["cpu_b_per_round"], 1000 * r["cpu_a_per_round"]]
-            for name, r in (("segments only (baseline)", results["baseline"]),
-                            ("+ chat + extras", results["with_filesets"]))]
+            for name, r in measured if r is not None]
     print_table(["in-sync round", "rounds", "wire B", "CPU puller ms", "CPU served ms"], rows,
                 title="in-sync round, per peer (idle CPU subtracted)")
     c = results["catch_up"]

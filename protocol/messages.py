@@ -526,6 +526,31 @@ class TlsStatus(Record):
 
 
 @dataclass(frozen=True)
+class BandwidthStatus(Record):
+    """One direction's bandwidth limit as the node sees it (its status reply's
+    `bandwidth`; absent from older nodes). Rates in bytes per second, over the last
+    seconds; bytes and seconds waited for the limiter since the agent started, per
+    class (live, catch-up). Open like PeerStatus."""
+
+    OPEN: ClassVar[bool] = True
+    direction: str = wire(one_of(("upload", "download")))
+    limit: float | None = wire(optional(_number), None)  # None: no limit
+    live_rate: float = wire(_number, 0.0)
+    catchup_rate: float = wire(_number, 0.0)
+    live_bytes: int = wire(integer(), 0)
+    catchup_bytes: int = wire(integer(), 0)
+    live_waited: float = wire(_number, 0.0)
+    catchup_waited: float = wire(_number, 0.0)
+    live_waiting: int = wire(integer(), 0)  # transfers waiting for the limiter now
+    catchup_waiting: int = wire(integer(), 0)
+    problem: str | None = wire(optional(_str), None)  # a change of the limits refused: why
+
+    def __post_init__(self) -> None:
+        if isinstance(self.problem, str):
+            object.__setattr__(self, "problem", clip(self.problem))
+
+
+@dataclass(frozen=True)
 class IndexStatus(Record):
     """The archive index (its status reply's `index`): saved under ROOT/.segsync/ or
     in memory only (`problem` says why), hours, hot hours (names in memory), cold
@@ -574,6 +599,7 @@ class StatusReply(Message):
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
+    bandwidth: list | None = wire(optional(records(BandwidthStatus, 2)), None)
     index: IndexStatus | None = wire(optional(record(IndexStatus)), None)
     # chat batches and extras files held (absent from nodes before file sets)
     chat_batches: int | None = wire(optional(integer()), None)

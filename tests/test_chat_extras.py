@@ -395,3 +395,44 @@ async def test_hostile_requests_to_the_file_endpoints(cluster_factory, tmp_path)
         assert (root / "emotes/2/x").read_bytes() == data
         assert (tmp_path / "canary.txt").read_bytes() == secret
         assert not (tmp_path / "evil").exists() and not (root / "evil").exists()
+
+
+async def test_chat_tombstone_travels_and_hides_its_batch(cluster_factory):
+    async with cluster_factory(2) as c:
+        a, b = c.nodes
+        ra, rb = c.root(0), c.root(1)
+        [path] = await trio.to_thread.run_sync(
+            wub.write_minutes, str(chat_dir(ra)), wub.received(recent_chat(1), "a", 0))
+        rel = Path(path).relative_to(ra)
+        await wait_until(lambda: (rb / rel).exists())
+        (ra / rel).with_suffix(".tombstone").touch()  # an operator hides the batch on A
+        await wait_until(lambda: (rb / rel).with_suffix(".tombstone").exists())
+        hour, name = rel.parts[-2], rel.parts[-1]
+        async with httpx.AsyncClient(base_url=b.url) as http:
+            await wait_until(lambda: b.files.index.has("chat", CHANNEL,
+                                                       f"{hour}/{name[:-5]}.tombstone"))
+            r = await http.get(f"/segments/{CHANNEL}/chat/{hour}/{name}")
+            assert r.status_code == 404
+            names = (await http.get(f"/files/{CHANNEL}/chat/{hour}",
+                                    params={"tombstones": "true"})).json()
+            assert names == [name[:-5] + ".tombstone"]
+        # a third node that never had it gets the tombstone, never the batch
+        c3 = await c.start_node()
+        await c3.backfiller.round_all([a.url])
+        r3 = c.root(2)
+        assert (r3 / rel).with_suffix(".tombstone").exists() and not (r3 / rel).exists()
+
+
+async def test_chat_has_no_recent_window(cluster_factory, tmp_path):
+    with legacy_node(tmp_path / "wub") as w:
+        now = time.time()
+        written = wub.write_minutes(str(chat_dir(w.root)), wub.received(
+            [(now - 1, "just said", "id-now")], "w", 0))
+        async with cluster_factory(1, connect=False, backfill=False,
+                                   recent_window=600) as c:
+            node = c.nodes[0]
+            await node.set_peers([w.url])
+            [result] = await node.backfiller.round_all([w.url])
+            assert result.ok, result.error
+            rel = Path(written[0]).relative_to(w.root)
+            assert (c.root(0) / rel).read_bytes() == Path(written[0]).read_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 
 import pytest
 
@@ -128,13 +127,12 @@ def test_names_round_trip_and_bad_blobs_are_errors():
     names = ["b.ts", "a.tombstone", "a.ts", "caf\udce9.ts"]
     assert decode_names(encode_names(names)) == sorted(names)
     assert decode_names(encode_names([])) == []
-    blob = encode_names(names)
     with pytest.raises(IndexFormatError):
-        decode_names(blob[:-3])  # truncated
+        decode_names(b"a.ts\n\nb.ts")  # an empty name: not a blob of ours
     with pytest.raises(IndexFormatError):
-        decode_names(b"not zlib at all")
+        decode_names(b"x" * (65 * 1024 * 1024))  # bigger than any hour
     with pytest.raises(IndexFormatError):
-        decode_names(zlib.compress(b"x" * (65 * 1024 * 1024)))  # a bomb is refused
+        decode_names("a.ts")
 
 
 def test_counts_by_kind():

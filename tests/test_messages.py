@@ -21,6 +21,7 @@ from protocol.messages import (
     MESSAGE_TYPES,
     OFFER_STATUSES,
     Ack,
+    BandwidthStatus,
     Error,
     FetchItem,
     FetchMissing,
@@ -146,6 +147,12 @@ def status_examples() -> list[StatusReply]:
             loaded_at=15.0, problem=None, reload_error="not a usable pair")),
         StatusReply("f", "http://f:8200", 10, 20, 5, [], chat_batches=20, chat_tombstones=1,
                     extras_files=50_000),
+        StatusReply("g", "http://g:8200", 10, 20, 0, [], bandwidth=[
+            BandwidthStatus("upload", limit=20e6, live_rate=150_000.0, catchup_rate=19.8e6,
+                            live_bytes=3_000_000, catchup_bytes=900_000_000,
+                            live_waited=0.5, catchup_waited=120.25, live_waiting=0,
+                            catchup_waiting=5, problem="max-upload-rate must be >= 0"),
+            BandwidthStatus("download")]),
     ]
 
 
@@ -636,7 +643,7 @@ def test_protocol_error_is_value_error():
 
 # ---- messages declared once: the generic decoder ----
 
-RECORD_TYPES = [*MESSAGE_TYPES.values(), PeerStatus, ScrubStatus]
+RECORD_TYPES = [*MESSAGE_TYPES.values(), PeerStatus, ScrubStatus, BandwidthStatus]
 # Encodings from before messages were declared once: the wire form must not move.
 WIRE = [
     (Offer(SEGMENT_PATH, 1234567), "84a17601a474797065a56f66666572a470617468d963646573657274627573"
@@ -723,7 +730,10 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
                         "holes_filled_by_push",
                         # chat and extras counts (optional)
                         "chat_batches", "chat_tombstones", "extras_files",
-                        "index"}  # the archive index (issue 20: optional)
+                        "index",  # the archive index (issue 20: optional)
+                        # bandwidth limits (optional: older readers ignore it)
+                        "bandwidth"}
+    assert obj["bandwidth"] is None  # a node that does not say (older, or a test part)
     assert obj["scrub"] is None  # a node without a scrub (added by issue 14: optional)
     assert obj["index"] is None
     assert obj["tls"] is None  # plain http
@@ -732,6 +742,22 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
         "push_dropped": 0, "push_deferred": None, "last_round": 12.0, "round_ok": True,
         "round_error": None, "missing": 0, "reachable": True, "reach_error": None,
     }
+
+
+def test_status_reply_bandwidth_is_optional_and_open():
+    message = status_examples()[-1]
+    obj = obj_of(message)
+    assert obj["bandwidth"][1] == {
+        "direction": "download", "limit": None, "live_rate": 0.0, "catchup_rate": 0.0,
+        "live_bytes": 0, "catchup_bytes": 0, "live_waited": 0.0, "catchup_waited": 0.0,
+        "live_waiting": 0, "catchup_waiting": 0, "problem": None}
+    obj["bandwidth"][0]["added_later"] = 1
+    obj["bandwidth"][1] = {"direction": "download"}  # fields added later are optional
+    assert decode(pack(obj), StatusReply, BIG) == message
+    obj["bandwidth"][1] = {"direction": "sideways"}
+    rejects(pack(obj), "direction must be one of", expect=StatusReply, max_bytes=BIG)
+    obj["bandwidth"] = [{"direction": "upload"}] * 3
+    rejects(pack(obj), "more than 2", expect=StatusReply, max_bytes=BIG)
 
 
 def test_status_reply_ignores_unknown_keys():

@@ -149,7 +149,9 @@ async def test_counters_move_as_segments_flow(cluster_factory):
                         continue
                     assert not re.search(r"\d{4}-\d{2}-\d{2}T\d{2}|\.ts$|\.tombstone$|/", val)
                     assert key in {"peer", "kind", "outcome", "direction", "source", "reason",
-                                   "endpoint", "le", "phase"}, key
+                                   "endpoint", "le", "phase", "class"}, key
+                    if key == "class":  # bandwidth: the two transfer classes
+                        assert val in ("live", "catchup"), val
         nursery.cancel_scope.cancel()  # the lying peer
 
 

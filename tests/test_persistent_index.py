@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,8 @@ async def test_a_racily_clean_listing_is_listed_again(tmp_path, racy):
     missing = name.filename
     kept = [n for n in disk_state(tmp_path)[key] if n != missing]
     listed_at = max(st.st_mtime_ns, st.st_ctime_ns) + (0 if racy else RACY_MARGIN_NS + 1)
-    forge_row(tmp_path, key, names=encode_names(kept), mtime_ns=st.st_mtime_ns,
+    blob = encode_names(kept)
+    forge_row(tmp_path, key, names=blob, names_crc=zlib.crc32(blob), mtime_ns=st.st_mtime_ns,
               ctime_ns=st.st_ctime_ns, listed_at_ns=listed_at)
     k2 = await started(tmp_path)
     assert k2.index.has(name, Kind.SEGMENT) is racy
@@ -215,6 +217,28 @@ async def test_names_in_memory_only_for_hot_hours(tmp_path):
     assert sorted(k.index.names("desertbus", "source", hour)) == \
         disk_state(tmp_path)[("desertbus", "source", hour)]
     await stopped(k)
+
+
+async def test_a_names_blob_that_fails_its_crc_is_not_used(tmp_path, caplog):
+    """SQLite checks no page: a flipped byte inside a names blob is caught by the
+    row's CRC, and the hour's names come from its directory instead."""
+    make_archive(tmp_path, hours=(30, 31), qualities=("source",))
+    k = await started(tmp_path)
+    await stopped(k)
+    key = next(iter(disk_state(tmp_path)))
+    conn = sqlite3.connect(tmp_path / ".segsync" / "index.sqlite3")
+    with conn:
+        (blob,) = conn.execute("SELECT names FROM hours WHERE channel=? AND quality=? AND "
+                               "hour=?", key).fetchone()
+        rotten = blob[:5] + bytes([blob[5] ^ 0x01]) + blob[6:]  # one bit
+        conn.execute("UPDATE hours SET names=? WHERE channel=? AND quality=? AND hour=?",
+                     (rotten, *key))
+    conn.close()
+    k2 = await started(tmp_path)
+    assert k2.start_report.kind == "warm"
+    assert index_state(k2.index) == disk_state(tmp_path)
+    assert "do not match their checksum" in caplog.text
+    await stopped(k2)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "version", "foreign"])

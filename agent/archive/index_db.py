@@ -2,7 +2,8 @@
 
 One row per (channel, quality, hour) directory: the stamp of the listing its names
 were checked against (or none), the hour digest, counts, coverage spans and the
-names (one blob, last column, so reading the other columns never touches it). All
+names (one blob with its CRC-32, last column, so reading the other columns never
+touches it; SQLite itself checks no page, a damaged blob fails its CRC). All
 writes are single transactions: a kill -9 leaves the rows of the last commit, each
 one either a listing that its stamp vouches for or marked unverified (see
 protocol/index/listing_stamp.py for when a warm start trusts a row).
@@ -20,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -46,6 +48,7 @@ CREATE TABLE hours (
     digest BLOB NOT NULL,
     segments INTEGER NOT NULL, hidden INTEGER NOT NULL, tombstones INTEGER NOT NULL,
     spans BLOB,
+    names_crc INTEGER NOT NULL,
     names BLOB NOT NULL,
     PRIMARY KEY (channel, quality, hour)
 )
@@ -208,14 +211,17 @@ class IndexDb:
             with self._read_lock:
                 assert self._reader is not None
                 row = self._reader.execute(
-                    "SELECT names FROM hours WHERE channel=? AND quality=? AND hour=?",
+                    "SELECT names_crc, names FROM hours WHERE channel=? AND quality=? AND hour=?",
                     key).fetchone()
         except sqlite3.DatabaseError as e:
             raise IndexCorrupt(str(e)) from None
         if row is None:
             return None
+        crc, blob = row
+        if not isinstance(blob, bytes) or zlib.crc32(blob) != crc:
+            raise IndexCorrupt(f"{'/'.join(key)}: names do not match their checksum")
         try:
-            return decode_names(row[0])
+            return decode_names(blob)
         except (IndexFormatError, TypeError) as e:
             raise IndexCorrupt(f"{'/'.join(key)}: {e}") from None
 
@@ -234,7 +240,7 @@ class IndexDb:
                     if clear:
                         conn.execute("DELETE FROM hours")
                     conn.executemany(
-                        "INSERT OR REPLACE INTO hours VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT OR REPLACE INTO hours VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (_row_values(r) for r in rows))
                     conn.executemany(
                         "DELETE FROM hours WHERE channel=? AND quality=? AND hour=?", deleted)
@@ -291,10 +297,11 @@ class IndexDb:
 
 def _row_values(row: HourRow) -> tuple:
     assert row.names is not None
+    blob = encode_names(row.names)  # with a CRC: SQLite checks no page of it
     stamp = row.listing
     return (*row.key,
             stamp.stamp.mtime_ns if stamp else None, stamp.stamp.ctime_ns if stamp else None,
             stamp.listed_at_ns if stamp else None,
             row.digest, row.counts.segments, row.counts.hidden, row.counts.tombstones,
             encode_spans(row.spans) if row.spans is not None else None,
-            encode_names(row.names))
+            zlib.crc32(blob), blob)

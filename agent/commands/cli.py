@@ -58,9 +58,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="MB/s the scrub re-hashes segments at (default 10)")
     p.add_argument("--scrub-interval", type=float, metavar="SECONDS",
                    help="seconds from the end of a full scrub pass to the next (default 86400)")
+    p.add_argument("--max-upload-rate", type=float, metavar="MB/S",
+                   help="most MB/s (10^6 bytes) this node sends, to all peers together "
+                        "(default 0: no limit); live traffic goes first")
+    p.add_argument("--max-download-rate", type=float, metavar="MB/S",
+                   help="most MB/s this node receives, from all peers together "
+                        "(default 0: no limit); live traffic goes first")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")
-    p.add_argument("--config", help="TOML file with the same keys; flags override it")
+    p.add_argument("--config", help="TOML file with the same keys; flags override it; "
+                   "its max-upload-rate and max-download-rate are re-read on change")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -82,6 +89,8 @@ def make_parser() -> argparse.ArgumentParser:
                     help="extras directories to pull too (e.g. emotes,media)")
     bf.add_argument("--max-concurrency", type=int, metavar="N")
     bf.add_argument("--recent-window", type=float, metavar="SECONDS")
+    bf.add_argument("--max-download-rate", type=float, metavar="MB/S",
+                    help="most MB/s (10^6 bytes) to receive, from all peers together")
     bf.add_argument("--log-level")
     bf.add_argument("--tls-ca", metavar="FILE",
                     help="CA certificate(s) trusted for https:// peers (default: system bundle)")
@@ -102,10 +111,14 @@ def config_from_args(args: argparse.Namespace, missing_root_ok: bool = False) ->
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_toml(Path(args.config)))
+        values["config_file"] = Path(args.config)
     for key, value in vars(args).items():
         if key in ("command", "config", "func") or value is None:
             continue
         values[key] = value
+    values["fixed_limits"] = frozenset(  # a flag wins over the file, re-read or not
+        direction for direction in ("upload", "download")
+        if getattr(args, f"max_{direction}_rate", None) is not None)
     return build_config(values, missing_root_ok)
 
 

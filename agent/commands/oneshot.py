@@ -21,6 +21,7 @@ from ..archive.ingest import Ingest
 from ..archive.local_files import LocalFiles
 from ..archive.store import Store
 from ..config import Config
+from ..peers.bandwidth import Bandwidth
 from ..peers.client import ClientFactory
 from ..peers.kinds import PeerKinds
 from ..peers.peer_set import Peer, PeerSet
@@ -193,7 +194,7 @@ async def run_oneshot(cfg: Config, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     a = await OfflineArchive.open(cfg)
-    peers, clients = a.peers, ClientFactory.from_config(cfg)
+    peers, clients = a.peers, ClientFactory.from_config(cfg, bandwidth=Bandwidth.from_config(cfg))
     backfiller = Backfiller(
         peers, clients, a.index, a.ingest,
         Downloads(a.ingest, a.store, a.index, a.metrics, cfg.max_concurrency,

@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.messages import PeerSourceStatus, PeerStatus, ScrubStatus, StatusReply
+from protocol.messages import (
+    BandwidthStatus,
+    PeerSourceStatus,
+    PeerStatus,
+    ScrubStatus,
+    StatusReply,
+)
 
 from ..peers.client import ClientFactory
 from ..peers.tls import ClientTls, status_lines
@@ -117,6 +123,10 @@ def render_status(status: StatusReply) -> str:
         lines.extend(wrap(index_line(status.index)))
     if status.scrub is not None:
         lines.extend(scrub_lines(status.scrub, now))
+    for limit in status.bandwidth or ():  # nodes before bandwidth limits lack these
+        lines.append(bandwidth_line(limit))
+    if status.bandwidth and status.bandwidth[0].problem:
+        lines.append(f"  bandwidth limits: {status.bandwidth[0].problem}")
     if status.defer_push is not None:  # nodes before downloader-aware push lack these
         lines.extend(wrap(
             f"downloader-aware push {'on' if status.defer_push else 'off'}: "
@@ -151,6 +161,18 @@ def render_status(status: StatusReply) -> str:
         lines.append("")
         lines.extend(problems)
     return "\n".join(lines) + "\n"
+
+
+def _mb(rate: float) -> str:
+    return f"{rate / 1e6:.2f} MB/s"
+
+
+def bandwidth_line(b: BandwidthStatus) -> str:
+    """One direction: its limit, what each class moves now and has waited for it."""
+    limit = "no limit" if b.limit is None else f"limit {_mb(b.limit)}"
+    return (f"{b.direction}: {limit}; live {_mb(b.live_rate)} (waited "
+            f"{b.live_waited:.1f}s), catch-up {_mb(b.catchup_rate)} (waited "
+            f"{b.catchup_waited:.1f}s)")
 
 
 def index_line(index) -> str:

@@ -9,7 +9,7 @@ iterator of its chunks.
 from __future__ import annotations
 
 from collections import deque
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import httpx
 import trio
@@ -21,9 +21,12 @@ from .transport import MIN_RATE, PeerError, Transport
 
 
 async def fetched_items(t: Transport, response: httpx.Response,
-                        by_path: dict[str, SegmentName], max_bytes: int):
+                        by_path: dict[str, SegmentName], max_bytes: int,
+                        pace: Callable[[int, SegmentName], Awaitable[float]] | None = None):
     """Yield `(name, size, chunks)` per asked segment, in order; `(name, None, None)` for
-    one the peer does not serve. Bytes a consumer leaves unread are skipped."""
+    one the peer does not serve. Bytes a consumer leaves unread are skipped. `pace`
+    waits for the node's bandwidth limit before a chunk is handed on (the wait moves
+    the segment's deadline)."""
     reader = FetchStreamReader(list(by_path), max_bytes)
     raw = response.aiter_raw()
     pending: deque = deque()
@@ -52,18 +55,22 @@ async def fetched_items(t: Transport, response: httpx.Response,
         deadline = trio.current_time() + t.transfer_deadline(event.size)
         ended = False
 
+        name = by_path[event.path]
+
         async def chunks() -> AsyncIterator[bytes]:
-            nonlocal ended
+            nonlocal ended, deadline
             while not ended:
                 item = await next_event()
                 if isinstance(item, ItemEnd):
                     ended = True
                 else:
+                    if pace is not None:
+                        deadline += await pace(len(item.data), name)
                     yield item.data
 
         body = chunks()
         try:
-            yield by_path[event.path], event.size, body
+            yield name, event.size, body
             async for _ in body:  # the consumer stopped early: skip the rest
                 pass
         finally:

@@ -25,6 +25,7 @@ from protocol.names import SegmentName
 from protocol.scrub import ServedBytesCheck
 
 from ..archive.served import read_checked
+from .bandwidth import Bandwidth, PeerPacing, requester_key
 from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peer_set import Peer
@@ -32,6 +33,7 @@ from .tls import ClientTls
 from .transport import (
     CALL_DEADLINE_FACTOR,
     MIN_RATE,
+    MovableDeadline,
     PeerError,
     Transport,
     TransportClient,
@@ -80,8 +82,9 @@ class PeerClient(TransportClient):
         return reply  # type: ignore[return-value]
 
     async def send_tombstone(self, name: SegmentName) -> str:
-        reply = await self.call(ep.TOMBSTONE, m.Tombstone(name.tombstone_path), m.Ack,
-                                limits.MAX_REQUEST_BYTES)
+        message = m.Tombstone(name.tombstone_path)
+        await self.pacing.send(len(m.encode(message)), None)  # live, ahead of catch-up
+        reply = await self.call(ep.TOMBSTONE, message, m.Ack, limits.MAX_REQUEST_BYTES)
         return reply.status  # type: ignore[attr-defined]
 
     async def upload(self, name: SegmentName, file_path: Path,
@@ -93,6 +96,7 @@ class PeerClient(TransportClient):
         ends before its first byte of body (the peer stores nothing)."""
         t = self.transport
         f = await trio.to_thread.run_sync(open, file_path, "rb")
+        moved = MovableDeadline()
         try:
             size = os.fstat(f.fileno()).st_size
             check = ServedBytesCheck(name.path, name.hash, size)
@@ -112,13 +116,15 @@ class PeerClient(TransportClient):
                     if not chunk:
                         raise PeerError(self.url, f"{file_path} shrank while sending")
                     left -= len(chunk)
+                    moved.move(await self.pacing.send(len(chunk), name))
                     yield chunk
 
             # a reply is an Ack or an Error: never read more than that
             status, data = await t.exchange(
                 "PUT", ep.segment_url(name.path), content=body(),
                 max_reply=limits.MAX_REQUEST_BYTES, deadline=t.transfer_deadline(size),
-                headers={"content-length": str(size), "content-type": "video/mp2t"})
+                headers={"content-length": str(size), "content-type": "video/mp2t"},
+                moved=moved)
         finally:
             f.close()
         ack = t.decode_reply(status, data, m.Ack, limits.MAX_REQUEST_BYTES)
@@ -153,7 +159,8 @@ class PeerClient(TransportClient):
 
     def download(self, name: SegmentName, max_bytes: int):
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
-        return self.transport.stream_segment(ep.segment_url(name.path), name.path, max_bytes)
+        return self.transport.stream_segment(ep.segment_url(name.path), name.path, max_bytes,
+                                             pace=lambda n: self.pacing.receive(n, name))
 
     async def probe(self, hour: str) -> tuple[int, bytes]:
         """A pair-digests request over one hour, whatever the answer: (status, body).
@@ -173,7 +180,7 @@ class PeerClient(TransportClient):
         body = m.encode(m.FetchRequest(list(by_path)))
         t = self.transport
         async with t.stream("POST", ep.FETCH, content=body) as response:
-            items = fetched_items(t, response, by_path, max_bytes)
+            items = fetched_items(t, response, by_path, max_bytes, self.pacing.receive)
             try:
                 yield items
             finally:
@@ -186,8 +193,9 @@ class ClientFactory:
 
     def __init__(self, token: str | None = None, node_name: str = "",
                  timeout: float = 10.0, connect_timeout: float = 2.0,
-                 tls: ClientTls | None = None) -> None:
+                 tls: ClientTls | None = None, bandwidth: Bandwidth | None = None) -> None:
         tune_httpcore()
+        self.bandwidth = bandwidth  # the node's limits every client's transfers take from
         self.token = token
         self.node_name = node_name
         self.timeout = timeout
@@ -197,11 +205,18 @@ class ClientFactory:
         self.tls = tls or ClientTls()
 
     @classmethod
-    def from_config(cls, cfg, tls: ClientTls | None = None) -> "ClientFactory":
+    def from_config(cls, cfg, tls: ClientTls | None = None,
+                    bandwidth: Bandwidth | None = None) -> "ClientFactory":
         """`tls`: a node's own (kept current by its reloader); else built from the
-        configuration's tls-ca/tls-cert/tls-key."""
+        configuration's tls-ca/tls-cert/tls-key. `bandwidth`: the node's limits."""
         return cls(cfg.token, cfg.node_name, timeout=cfg.request_timeout,
-                   tls=tls or ClientTls.from_config(cfg))
+                   tls=tls or ClientTls.from_config(cfg), bandwidth=bandwidth)
+
+    def pacing(self, peer: Peer | str) -> PeerPacing:
+        """What a client of `peer` takes from the node's limits. Its fair-share key is
+        the one the server gives the same node when it asks us (`requester_key`)."""
+        name = peer.name if isinstance(peer, Peer) else Peer.from_url(peer).name
+        return PeerPacing(self.bandwidth, requester_key(name.encode(), None))
 
     def tls_context(self):
         """The one verifying TLS context of every client of this factory, built on
@@ -211,12 +226,14 @@ class ClientFactory:
     def client(self, peer: Peer | str, concurrency: int = 8,
                timeout: float | None = None) -> PeerClient:
         """A client of a segsync peer's `/v1` API."""
-        return PeerClient(self.transport(peer, concurrency, timeout, segsync=True))
+        return PeerClient(self.transport(peer, concurrency, timeout, segsync=True),
+                          self.pacing(peer))
 
     def wubloader_client(self, peer: Peer | str, concurrency: int = 8,
                          timeout: float | None = None) -> LegacyClient:
         """A client of a wubloader node's read API (`agent.peers.legacy_client`)."""
-        return LegacyClient(self.transport(peer, concurrency, timeout, segsync=False))
+        return LegacyClient(self.transport(peer, concurrency, timeout, segsync=False),
+                            self.pacing(peer))
 
     def transport(self, peer: Peer | str, concurrency: int, timeout: float | None,
                   segsync: bool) -> Transport:

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 import trio
 
 from protocol import endpoints as ep
+from protocol.bandwidth import TransferClass
 from protocol.filesets import batch as filebatch
 from protocol.filesets import sets as fs
 from protocol import limits
@@ -19,7 +20,11 @@ from protocol import messages as m
 from protocol.filesets.chat import CHAT_QUALITY
 from protocol.errors import ProtocolError
 
-from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, PeerError
+from .transport import CALL_DEADLINE_FACTOR, MIN_RATE, MovableDeadline, PeerError
+
+# the node's bandwidth limits: pushing a new local file is live traffic (like a
+# tombstone), pulling files is catch-up
+LIVE, CATCHUP = TransferClass.LIVE, TransferClass.CATCHUP
 
 
 def encode_sha(digest: bytes) -> str:
@@ -72,6 +77,7 @@ async def offer(client, kind: str, key: str, rel: str, size: int) -> str:
 
 async def upload(client, kind: str, key: str, rel: str, data: bytes, sha256: bytes) -> str:
     t = client.transport
+    await client.pacing.send_as(len(data), LIVE)
     status, body = await t.exchange(
         "PUT", ep.file_url(kind, key, rel), content=data,
         max_reply=limits.MAX_REQUEST_BYTES, deadline=t.transfer_deadline(len(data)),
@@ -84,6 +90,7 @@ async def upload_file(client, kind: str, key: str, rel: str, f, size: int,
                       sha256: bytes) -> str:
     """Stream an open local file (large extras)."""
     t = client.transport
+    moved = MovableDeadline()
 
     async def body():
         left = size
@@ -92,13 +99,14 @@ async def upload_file(client, kind: str, key: str, rel: str, f, size: int,
             if not chunk:
                 raise PeerError(client.url, f"{rel} shrank while sending")
             left -= len(chunk)
+            moved.move(await client.pacing.send_as(len(chunk), LIVE))
             yield chunk
 
     status, data = await t.exchange(
         "PUT", ep.file_url(kind, key, rel), content=body(),
         max_reply=limits.MAX_REQUEST_BYTES, deadline=t.transfer_deadline(size),
         headers={"content-length": str(size), "content-type": "application/octet-stream",
-                 ep.FILE_SHA256_HEADER: encode_sha(sha256)})
+                 ep.FILE_SHA256_HEADER: encode_sha(sha256)}, moved=moved)
     return t.decode_reply(status, data, m.Ack, limits.MAX_REQUEST_BYTES).status
 
 
@@ -113,6 +121,7 @@ async def fetch_batch(client, kind: str, key: str, rels: list[str]
         headers={"content-type": "application/msgpack"})
     if status != 200:
         raise PeerError(client.url, t.error_text(status, data), status)
+    await client.pacing.receive_as(len(data), CATCHUP)  # a few MB at most, read at once
     try:
         return filebatch.parse_batch(data, rels, max_reply)
     except ProtocolError as e:
@@ -134,6 +143,7 @@ async def download(client, url_path: str, what: str, max_bytes: int):
             size if size is not None else max_bytes)
 
         async def chunks() -> AsyncIterator[bytes]:
+            nonlocal deadline
             got = 0
             with t.errors():
                 async for chunk in response.aiter_raw():
@@ -142,6 +152,7 @@ async def download(client, url_path: str, what: str, max_bytes: int):
                         raise PeerError(t.url, f"{what}: more than {max_bytes} bytes")
                     if trio.current_time() > deadline:
                         raise PeerError(t.url, f"{what}: sent slower than {MIN_RATE} bytes/s")
+                    deadline += await client.pacing.receive_as(len(chunk), CATCHUP)
                     yield chunk
 
         yield size, sha, chunks()

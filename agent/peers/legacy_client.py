@@ -60,5 +60,6 @@ class LegacyClient(TransportClient):
 
     def download(self, name: SegmentName, max_bytes: int):
         """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
-        return self.transport.stream_segment(ep.legacy_segment_url(name.path), name.path,
-                                             max_bytes)
+        return self.transport.stream_segment(
+            ep.legacy_segment_url(name.path), name.path, max_bytes,
+            pace=lambda n: self.pacing.receive(n, name))

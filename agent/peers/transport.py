@@ -10,7 +10,7 @@ deadline of its own.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager, contextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import httpcore
 import httpx
@@ -21,6 +21,11 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 
 from . import h11_buffer
+from .bandwidth import PeerPacing
+
+# Before a chunk of `n` bytes moves: wait for the node's bandwidth limit, return the
+# seconds waited (the transfer's deadline moves by as much: the peer was not slow)
+Pace = Callable[[int], Awaitable[float]]
 
 # Every exchange has a deadline: control messages `CALL_DEADLINE_FACTOR * timeout`,
 # transfers `timeout + bytes / MIN_RATE` (a peer dripping one byte per second would
@@ -97,7 +102,7 @@ class Transport:
     def deadline(self, seconds: float, what: str):
         """A whole-exchange deadline; running past it is a PeerError."""
         with trio.move_on_after(seconds) as scope:
-            yield
+            yield scope
         if scope.cancelled_caught:
             raise PeerError(self.url, f"{what}: no complete exchange within {seconds:.0f}s")
 
@@ -141,10 +146,14 @@ class Transport:
                             response.status_code)
 
     async def exchange(self, method: str, path: str, *, max_reply: int, deadline: float,
-                       content=None, headers: dict | None = None) -> tuple[int, bytes]:
-        """One request whose whole (bounded) reply is read: (status, body)."""
+                       content=None, headers: dict | None = None,
+                       moved: "MovableDeadline | None" = None) -> tuple[int, bytes]:
+        """One request whose whole (bounded) reply is read: (status, body). `moved`:
+        what the body waited for our own bandwidth limit moves the deadline."""
         async with self.gate:
-            with self.deadline(deadline, path), self.errors():
+            with self.deadline(deadline, path) as scope, self.errors():
+                if moved is not None:
+                    moved.scope = scope
                 async with self.http.stream(method, path, content=content,
                                             headers=headers) as response:
                     data = await self.read_limited(response, max_reply)
@@ -161,9 +170,11 @@ class Transport:
                     yield response
 
     @asynccontextmanager
-    async def stream_segment(self, path: str, what: str, max_bytes: int):
+    async def stream_segment(self, path: str, what: str, max_bytes: int,
+                             pace: Pace | None = None):
         """GET one segment's bytes from `path`: yields (declared size or None, chunk
-        iterator), bounded by `max_bytes` and by the slowest acceptable rate."""
+        iterator), bounded by `max_bytes` and by the slowest acceptable rate; each
+        chunk `pace`d before it is handed on."""
         async with self.stream("GET", path) as response:
             declared = response.headers.get("content-length")
             size = int(declared) if declared and declared.isdigit() else None
@@ -173,22 +184,38 @@ class Transport:
                 size if size is not None else max_bytes)
 
             async def chunks() -> AsyncIterator[bytes]:
+                nonlocal deadline
                 with self.errors():
                     async for chunk in response.aiter_raw():
                         if trio.current_time() > deadline:
                             raise PeerError(self.url, f"{what}: sent slower than "
                                             f"{MIN_RATE} bytes/s")
+                        if pace is not None:
+                            deadline += await pace(len(chunk))
                         yield chunk
 
             yield size, chunks()
 
 
+class MovableDeadline:
+    """An exchange's deadline that time spent waiting for our own bandwidth limit
+    moves later (set by `Transport.exchange`)."""
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+
+    def move(self, seconds: float) -> None:
+        if self.scope is not None and seconds > 0:
+            self.scope.deadline += seconds
+
+
 class TransportClient:
     """The shell of a typed client: its transport, closed when the client leaves
-    `async with` (or by `aclose`)."""
+    `async with` (or by `aclose`), and what it takes from the node's bandwidth limits."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, pacing: PeerPacing | None = None) -> None:
         self.transport = transport
+        self.pacing = pacing or PeerPacing(None, transport.url)
         self.url = transport.url
         self.timeout = transport.timeout
 

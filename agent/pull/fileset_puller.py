@@ -61,6 +61,7 @@ class FileSetPuller:
         self.metrics = metrics
         self.extras_dirs = tuple(extras_dirs)
         self.limiter = trio.CapacityLimiter(max(1, max_concurrency))
+        self.workers = max(1, max_concurrency) + 1  # per set: one more than may download
         self.last_rounds: dict[str, FileRoundStats] = {}  # by peer URL
 
     async def round_with(self, peer, kind: PeerKind, clients, hours: tuple[str, str],
@@ -184,13 +185,27 @@ class FileSetPuller:
         else:
             batches, singles = [], [rel for rel, _ in plan.fetch]
         sizes = dict(plan.fetch)
+        jobs = [(True, batch) for batch in batches] + [(False, rel) for rel in singles]
+        # a few workers take the jobs in turn: a listing of 500,000 paths is not
+        # 500,000 tasks at once
+        send, receive = trio.open_memory_channel(0)
+
+        async def worker(receive) -> None:
+            async with receive:
+                async for is_batch, job in receive:
+                    if is_batch:
+                        await self._fetch_batch(client, label, kind, key, job, sizes, stats)
+                    else:
+                        await self._fetch_one(client, label, kind, key, job,
+                                              sizes.get(job), stats, segsync)
+
         async with trio.open_nursery() as nursery:
-            for batch in batches:
-                nursery.start_soon(self._fetch_batch, client, label, kind, key, batch,
-                                   sizes, stats)
-            for rel in singles:
-                nursery.start_soon(self._fetch_one, client, label, kind, key, rel,
-                                   sizes.get(rel), stats, segsync)
+            for _ in range(min(len(jobs), self.workers)):
+                nursery.start_soon(worker, receive.clone())
+            receive.close()
+            async with send:
+                for job in jobs:
+                    await send.send(job)
 
     def _outcome(self, label: str, kind: str, outcome: str) -> None:
         self.metrics.pulls.labels(label, kind, outcome).inc()
@@ -212,6 +227,7 @@ class FileSetPuller:
                 await self._fetch_one(client, label, kind, key, rel, sizes.get(rel), stats,
                                       True)
             return
+        whole = []
         for item in items:
             if item.data is None:
                 if item.reason == "hash_mismatch":
@@ -221,8 +237,23 @@ class FileSetPuller:
                     stats.gone += 1
                     self._outcome(label, kind, "gone")
                 continue
-            await self._store(label, kind, key, item.path, sizes.get(item.path), None,
-                              _one(item.data), stats)
+            whole.append((item.path, item.data, sizes.get(item.path)))
+        try:
+            stored = await self.ingest.accept_many(kind, key, whole)
+        except OSError as e:
+            stats.failed += len(whole)
+            self._outcome(label, kind, "storage_error")
+            log.error("storing %d %s %s files: %s", len(whole), kind, key, e)
+            return
+        sent = {rel: data for rel, data, _ in whole}
+        for rel, status in stored:
+            self._outcome(label, kind, status)
+            if status == "stored":
+                stats.fetched += 1
+                stats.bytes += len(sent[rel])
+            elif status not in ("have", "tombstoned"):
+                stats.failed += 1
+                log.warning("not storing %s %s/%s from %s: %s", kind, key, rel, label, status)
 
     async def _fetch_one(self, client, label: str, kind: str, key: str, rel: str,
                          size: int | None, stats: FileRoundStats, segsync: bool) -> None:
@@ -281,6 +312,3 @@ class FileSetPuller:
                 s.tombstones, s.gone, s.refused, s.failed, s.bytes,
                 f"; error: {s.errors[0]}" if s.errors else "")
 
-
-async def _one(data: bytes):
-    yield data

@@ -15,11 +15,13 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import aclosing
 
 import trio
 
 from protocol.filesets import chat as ch
 from protocol import endpoints as ep
+from protocol.bandwidth import TransferClass
 from protocol.filesets import batch as filebatch
 from protocol.filesets import sets as fs
 from protocol import limits
@@ -31,6 +33,7 @@ from ..archive.filesets.index import FileSetIndex
 from ..archive.filesets.ingest import FileSetIngest, FileSetMetrics, Rejected
 from ..archive.filesets.tree import RefusedPath, SafeTree, entry_parts
 from ..peers import fileset_client as fc
+from ..peers.bandwidth import Bandwidth, requester_key
 from ..peers.transport import MIN_RATE
 from .asgi import HttpError, Request, send_response
 
@@ -50,9 +53,16 @@ def _set_of(kind: str, key: str) -> tuple[str, str]:
         raise HttpError(400, "bad_name", str(e)) from None
 
 
+def _requester(req: Request) -> str:
+    return requester_key(req.header(b"x-segsync-node"), req.scope.get("client"))
+
+
 class FileSetServer:
     def __init__(self, index: FileSetIndex, ingest: FileSetIngest, tree: SafeTree,
-                 metrics: FileSetMetrics, extras_dirs, request_timeout: float = 10.0) -> None:
+                 metrics: FileSetMetrics, extras_dirs, request_timeout: float = 10.0,
+                 bandwidth: Bandwidth | None = None) -> None:
+        # the node's limits: files pushed to us are live, files served are catch-up
+        self.bandwidth = bandwidth
         self.index = index
         self.ingest = ingest
         self.tree = tree
@@ -129,8 +139,9 @@ class FileSetServer:
         try:
             with trio.move_on_after(self.request_timeout + size / MIN_RATE) as receiving:
                 try:
-                    status = await self.ingest.accept(kind, key, rel, size, sha, req.chunks(),
-                                                      "push")
+                    async with aclosing(self._paced(req, receiving)) as chunks:
+                        status = await self.ingest.accept(kind, key, rel, size, sha, chunks,
+                                                          "push")
                 except Rejected as e:
                     raise HttpError(422 if e.reason == "hash_mismatch" else 400, e.reason,
                                     str(e)) from None
@@ -142,6 +153,16 @@ class FileSetServer:
         if receiving.cancelled_caught:
             raise HttpError(408, "too_slow", "body not received in time")
         await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
+
+    async def _paced(self, req: Request, receiving: trio.CancelScope):
+        """A pushed file's body, each chunk taken from the download limit (live); the
+        wait moves the body's deadline."""
+        peer = _requester(req)
+        async for chunk in req.chunks():
+            if self.bandwidth is not None:
+                receiving.deadline += await self.bandwidth.receive_as(
+                    len(chunk), TransferClass.LIVE, peer)
+            yield chunk
 
     def _read_small(self, kind: str, key: str, rel: str) -> bytes | None:
         try:
@@ -189,6 +210,8 @@ class FileSetServer:
             body = await trio.to_thread.run_sync(build)
         finally:
             self.batch_slots.release()
+        if self.bandwidth is not None:  # a few MB at most, sent at once
+            await self.bandwidth.send_as(len(body), TransferClass.CATCHUP, _requester(req))
         self.metrics.bytes.labels("served").inc(len(body))
         await send_response(send, 200, body, b"application/x-segsync-files")
 
@@ -218,11 +241,13 @@ class FileSetServer:
             if with_hash:
                 headers.append((ep.FILE_SHA256_HEADER.encode(), fc.encode_sha(digest).encode()))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            sent = 0
+            sent, peer = 0, _requester(req)
             while sent < size:
                 chunk = await trio.to_thread.run_sync(f.read, min(READ_CHUNK, size - sent))
                 if not chunk:
                     return  # shrank: the response stays short, the receiver refuses it
+                if self.bandwidth is not None:
+                    await self.bandwidth.send_as(len(chunk), TransferClass.CATCHUP, peer)
                 sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk,
                             "more_body": sent < size})

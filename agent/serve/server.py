@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -32,6 +33,7 @@ from ..archive.index import ArchiveIndex
 from ..archive.ingest import Ingest
 from ..archive.served import read_ahead
 from ..archive.store import Store, WriteRejected
+from ..peers.bandwidth import Bandwidth, requester_key
 from ..peers.transport import MIN_RATE
 from ..telemetry.metrics import Metrics
 from .asgi import ClientGone, HttpError, Request, send_response
@@ -64,6 +66,11 @@ def segment_from_path(path: str, not_segment: str) -> SegmentName:
     if kind is not Kind.SEGMENT:
         raise HttpError(400, "bad_name", not_segment)
     return name
+
+
+def _requester(req: Request) -> str:
+    """Who asks for (or sends) bytes, as the bandwidth limit's fairness key."""
+    return requester_key(req.header(b"x-segsync-node"), req.scope.get("client"))
 
 
 def json_body(value: Any) -> bytes:
@@ -100,9 +107,11 @@ class App:
                  answer_offer: AnswerOffer, dashboard: Dashboard | None = None,
                  report_rot: Callable[[SegmentName], None] | None = None, *,
                  disk_tombstones: DiskTombstones,
-                 files: FileSetServer | None = None) -> None:
+                 files: FileSetServer | None = None,
+                 bandwidth: Bandwidth | None = None) -> None:
         self.files = files  # chat batches and extras files (agent/serve/fileset_server.py)
         self.disk_tombstones = disk_tombstones
+        self.bandwidth = bandwidth  # the node's limits: bytes served and received take from them
         self.dashboard = dashboard  # serves / and /dashboard/... (agent/serve/dashboard.py)
         self.report_rot = report_rot  # a served file that does not hash to its name
         self.ingest = ingest
@@ -304,8 +313,9 @@ class App:
         try:
             with trio.move_on_after(timeout + size / MIN_RATE) as receiving:
                 try:
-                    status = await self.ingest.accept_segment(name, size, req.chunks(),
-                                                            source="push")
+                    async with aclosing(self._received(req, name, receiving)) as chunks:
+                        status = await self.ingest.accept_segment(name, size, chunks,
+                                                                  source="push")
                 except WriteRejected as e:
                     if e.reason == "tombstoned":
                         status = "tombstoned"
@@ -321,6 +331,18 @@ class App:
             raise HttpError(408, "too_slow", f"{path}: body not received at "
                             f"{MIN_RATE} bytes/s or more")
         await send_response(send, 200, m.encode(m.Ack(status)), MSGPACK)
+
+    async def _received(self, req: Request, name: SegmentName, receiving: trio.CancelScope):
+        """The body of a pushed segment, each chunk taken from the download limit (what
+        it waited moves the body's deadline: the sender was not slow)."""
+        if self.bandwidth is None:
+            async for chunk in req.chunks():
+                yield chunk
+            return
+        peer = _requester(req)
+        async for chunk in req.chunks():
+            receiving.deadline += await self.bandwidth.receive(len(chunk), name, peer)
+            yield chunk
 
     def _open_for_serving(self, name: SegmentName):
         """(open file, size), or None when the segment is not served (absent,
@@ -355,7 +377,8 @@ class App:
         if self.report_rot is not None:
             self.report_rot(name)
 
-    async def _send_file(self, name: SegmentName, f, size: int, send, last: bool) -> bool:
+    async def _send_file(self, name: SegmentName, f, size: int, send, last: bool,
+                         peer: str = "") -> bool:
         """Stream an open segment as body messages, hashed as they go; False if the
         file came up short (cut under us) or its bytes do not hash to the name (the
         last chunk is then never sent): nothing more may be sent, and returning leaves
@@ -376,6 +399,8 @@ class App:
                         log.warning("%s shrank while being served", f.name)
                         nursery.cancel_scope.cancel()
                         return False
+                    if self.bandwidth is not None:  # the upload limit, before it is sent
+                        await self.bandwidth.send(len(chunk), name, peer)
                     sent += len(chunk)
                     self.metrics.bytes.labels("served").inc(len(chunk))
                     await send({"type": "http.response.body", "body": chunk,
@@ -394,7 +419,7 @@ class App:
                 (b"content-type", b"video/mp2t"), (b"content-length", str(size).encode())]})
             if size == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            await self._send_file(name, f, size, send, last=True)
+            await self._send_file(name, f, size, send, last=True, peer=_requester(req))
 
         try:
             await self._answer_unless_gone(req, send, answer)
@@ -418,7 +443,7 @@ class App:
             raise HttpError(429, "busy", "every batch fetch slot is busy; retry later")
         try:
             await self._answer_unless_gone(
-                req, send, lambda send: self._serve_batch(names, send))
+                req, send, lambda send: self._serve_batch(names, send, _requester(req)))
         finally:
             self.batch_slots.release()
 
@@ -449,7 +474,7 @@ class App:
         if gone:
             raise ClientGone()
 
-    async def _serve_batch(self, names: list[SegmentName], send) -> None:
+    async def _serve_batch(self, names: list[SegmentName], send, peer: str = "") -> None:
         opened = await trio.to_thread.run_sync(self._open_batch, names)
         try:
             headers = [
@@ -465,7 +490,7 @@ class App:
                 await send({"type": "http.response.body", "body": header,
                             "more_body": not last or (o is not None and o[1] > 0)})
                 if o is not None and not await self._send_file(
-                        names[i], o[0], o[1], send, last):
+                        names[i], o[0], o[1], send, last, peer):
                     return
         finally:
             _close_all(opened)

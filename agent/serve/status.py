@@ -33,8 +33,10 @@ class StatusReport:
                  downloader: DownloaderTracker | None = None,
                  tls: Callable[[], m.TlsStatus | None] = lambda: None,
                  files: Callable[[], dict[str, int]] | None = None,
-                 index_status: Callable[[], m.IndexStatus | None] = lambda: None) -> None:
+                 index_status: Callable[[], m.IndexStatus | None] = lambda: None,
+                 bandwidth: Callable[[], list[m.BandwidthStatus]] | None = None) -> None:
         self.files = files  # chat batch and extras file counts
+        self.bandwidth = bandwidth  # the limits, rates and waits per direction
         self.node_name = node_name
         self.kinds = kinds
         self.peers = peers
@@ -105,6 +107,7 @@ class StatusReport:
             peer_sources=[source() for source in self.sources],
             scrub=self.scrub() if self.scrub is not None else None, tls=self.tls(),
             index=self.index_status(),
+            bandwidth=self.bandwidth() if self.bandwidth is not None else None,
             **deferral, **(self.files() if self.files is not None else {}),
         )
 

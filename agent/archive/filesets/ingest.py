@@ -162,6 +162,58 @@ class FileSetIngest:
         self.metrics.received.labels(kind, status).inc()
         return status
 
+    async def accept_many(self, kind: str, key: str,
+                          items: list[tuple[str, bytes, int | None]]) -> list[tuple[str, str]]:
+        """Small files that came whole (a batch fetch, each already checked against the
+        sender's SHA-256): (rel, status) each, status `stored`, `have`, `tombstoned` or
+        the reason it was refused. One thread hop writes them all; each directory is
+        fsynced once."""
+        out: list[tuple[str, str]] = []
+        todo: list[tuple[str, bytes]] = []
+        for rel, data, size in items:
+            status = self.offer_status(kind, key, rel)
+            if status == "want" and size is not None and len(data) != size:
+                status = "size_mismatch"
+            elif status == "want" and kind == fs.CHAT and not (
+                    rel.endswith(ch.BATCH_SUFFIX)
+                    and ch.matches_name(ch.parse_chat_rel(key, rel), data)):
+                status = "hash_mismatch"
+            if status == "want":
+                todo.append((rel, data))
+                self.received.add(self.echo_key(kind, key, rel))
+            else:
+                out.append((rel, status))
+
+        def write() -> list[tuple[str, str]]:
+            done = []
+            dirs = set()
+            for rel, data in todo:
+                parts = entry_parts(kind, key, rel)
+                try:
+                    self.tree.write_new(parts, [data], sync_dir=False)
+                    done.append((rel, "stored"))
+                    dirs.add(tuple(parts[:-1]))
+                except FileExists:
+                    done.append((rel, "have"))
+                except RefusedPath as e:
+                    log.warning("not writing %s/%s/%s: %s", kind, key, rel, e)
+                    done.append((rel, "refused"))
+            self.tree.sync_dirs(dirs)
+            return done
+
+        if todo:
+            sizes = dict(todo)
+            for rel, status in await trio.to_thread.run_sync(write):
+                if status in ("stored", "have"):
+                    self._stored(kind, key, rel, len(sizes[rel]), status)
+                else:
+                    self.metrics.received.labels(kind, status).inc()
+                out.append((rel, status))
+        for rel, status in out:
+            if status in ("size_mismatch", "hash_mismatch", "tombstoned"):
+                self.metrics.received.labels(kind, status).inc()
+        return out
+
     async def store(self, kind: str, key: str, rel: str, parts: list[bytes], size: int) -> str:
         self.received.add(self.echo_key(kind, key, rel))
         try:

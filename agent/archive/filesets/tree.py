@@ -141,15 +141,26 @@ class SafeTree:
 
     # ---- writing ----
 
-    def write_new(self, parts: list[str], chunks: Iterable[bytes]) -> int:
+    def write_new(self, parts: list[str], chunks: Iterable[bytes], sync_dir: bool = True) -> int:
         """Write a new file from its chunks: temp file, fsync, link to its name.
-        Returns its size; FileExists if the name is taken (the temp file is gone)."""
+        Returns its size; FileExists if the name is taken (the temp file is gone).
+        `sync_dir=False` leaves the directory's fsync to the caller (`sync_dirs`), who
+        can then sync it once for many files."""
         new = self.begin_new(parts)
         try:
             new.write(chunks)
-            return new.commit()
+            return new.commit(sync_dir)
         finally:
             new.abort()
+
+    def sync_dirs(self, dirs: Iterable[tuple[str, ...]]) -> None:
+        """fsync each directory (components under ROOT): the links made in it last."""
+        for d in sorted(set(dirs)):
+            fd = self._open_dir(list(d), create=False)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def begin_new(self, parts: list[str]) -> "NewFile":
         """A new file under `parts`, written in steps (for large files)."""
@@ -325,7 +336,7 @@ class NewFile:
                 view = view[n:]
                 self.size += n
 
-    def commit(self) -> int:
+    def commit(self, sync_dir: bool = True) -> int:
         assert self.fd is not None
         os.fsync(self.fd)
         os.close(self.fd)
@@ -336,7 +347,8 @@ class NewFile:
         except FileExistsError:
             raise FileExists("/".join(self.parts)) from None
         self._unlink_temp()
-        os.fsync(self.dfd)
+        if sync_dir:
+            os.fsync(self.dfd)
         return self.size
 
     def _unlink_temp(self) -> None:

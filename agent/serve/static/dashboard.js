@@ -71,6 +71,26 @@ function renderPeers(state) {
   }
 }
 
+function renderBandwidth(limits) {
+  const tbody = document.querySelector("#bandwidth tbody");
+  const mb = v => (v / 1e6).toFixed(2) + " MB/s";
+  tbody.replaceChildren();
+  for (const b of limits) {
+    const tr = el("tr", {"data-direction": b.direction});
+    for (const [cls, text] of [
+      ["direction", b.direction], ["limit", b.limit === null ? "no limit" : mb(b.limit)],
+      ["live-rate", mb(b.live_rate)], ["catchup-rate", mb(b.catchup_rate)],
+      ["live-waited", b.live_waited.toFixed(1) + " s"],
+      ["catchup-waited", b.catchup_waited.toFixed(1) + " s"],
+    ]) tr.append(el("td", {"class": cls}, text));
+    tbody.append(tr);
+  }
+  const problem = document.getElementById("bandwidth-problem");
+  const why = limits.length ? limits[0].problem : null;
+  problem.hidden = !why;
+  problem.textContent = why ? "limits not changed: " + why : "";
+}
+
 function renderSparkline(latencies) {
   const line = document.querySelector("#sparkline polyline");
   const summary = document.getElementById("latency-summary");
@@ -111,6 +131,7 @@ async function pollState() {
     document.getElementById("node-summary").dataset.segments = state.segments;
     renderPeers(state);
     renderSparkline(state.push_latencies || []);
+    renderBandwidth(state.bandwidth || []);
     renderViews(state);
     showError();
   } catch (e) { showError("state", e); }
