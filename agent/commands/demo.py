@@ -247,6 +247,16 @@ class Demo:
             os.fsync(f.fileno())
         os.rename(temp, final)
 
+    async def _write_segment(self, root: Path, number: int, start: dt.datetime) -> None:
+        """Segment `number` lands on the downloading node; every other node now awaits it."""
+        name, data = self._make_segment(number, start)
+        await trio.to_thread.run_sync(self._write_like_a_downloader, root, name, data)
+        seg = Written(number, name, len(data), trio.current_time())
+        self.result.written.append(seg)
+        for j in range(len(self.nodes)):
+            if j != DOWNLOADER:
+                self.pending[(number, j)] = seg
+
     async def _download(self, until: float) -> None:
         root = Path(self.nodes[DOWNLOADER].config.root)
         count = max(1, int(self.seconds * self.rate))
@@ -257,13 +267,7 @@ class Demo:
         while trio.current_time() < until:
             number += 1
             start = first_start + dt.timedelta(seconds=SEGMENT_SECONDS * (number - 1))
-            name, data = self._make_segment(number, start)
-            await trio.to_thread.run_sync(self._write_like_a_downloader, root, name, data)
-            seg = Written(number, name, len(data), trio.current_time())
-            self.result.written.append(seg)
-            for j in range(len(self.nodes)):
-                if j != DOWNLOADER:
-                    self.pending[(number, j)] = seg
+            await self._write_segment(root, number, start)
             next_at += 1 / self.rate
             await trio.sleep_until(max(next_at, trio.current_time()))
 
@@ -315,13 +319,7 @@ class Demo:
             wait = (ends - dt.datetime.now(dt.timezone.utc)).total_seconds()
             await trio.sleep(max(0.0, wait))
             number += 1
-            name, data = self._make_segment(number, start)
-            await trio.to_thread.run_sync(self._write_like_a_downloader, root, name, data)
-            seg = Written(number, name, len(data), trio.current_time())
-            self.result.written.append(seg)
-            for j in range(len(self.nodes)):
-                if j != DOWNLOADER:
-                    self.pending[(number, j)] = seg
+            await self._write_segment(root, number, start)
             start = ends
 
     # ---- the operator's tombstone ----
