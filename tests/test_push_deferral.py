@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -274,10 +275,16 @@ async def test_a_download_begun_late_is_waited_for_not_repaired(cluster_factory)
     segment it passed, whose download then begins (temp file), is not fetched."""
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
+        # node 1's tracker clock, moved forward by the test: the lag it learns is the
+        # scenario's 3 s, not however long this machine took between two writes (a
+        # few ms on an idle machine gave a grace shorter than the watcher's latency)
+        shift = [0.0]
+        b.downloader.clock = lambda: time.monotonic() + shift[0]
         (s0, d0), (s1, d1), (s2, d2), (s3, d3), (s4, d4) = long_stream(5)
         downloader_writes(c.root(1), s0, d0)
         downloader_writes(c.root(1), s2, d2)
         await wait_until(lambda: frontier(b) == s2.start)
+        shift[0] += 3.0  # the downloader writes s1 3 s after passing it
         downloader_writes(c.root(1), s1, d1)  # late: it learns the downloader's lag
         await wait_until(lambda: b.downloader.state.get(*PAIR).reorders)
         write_segment_file(c.root(0), s3, d3)

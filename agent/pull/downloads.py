@@ -247,8 +247,17 @@ class Downloads:
         if commits is None:
             await self._commit(peer, name, received, None, sync_dir=True)
             return
-        await self.commit_slots.acquire()
-        commits.nursery.start_soon(self._commit, peer, name, received, commits, False)
+        try:
+            await self.commit_slots.acquire()
+        except BaseException:  # cancelled while waiting: the verified temp file goes
+            received.abort()
+            raise
+        try:
+            commits.nursery.start_soon(self._commit, peer, name, received, commits, False)
+        except BaseException:
+            self.commit_slots.release()
+            received.abort()
+            raise
 
     async def _commit(self, peer: PeerFetch, name: SegmentName, received: ReceivedSegment,
                       commits: "_Commits | None", sync_dir: bool) -> None:
