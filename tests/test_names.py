@@ -25,6 +25,7 @@ from protocol.names import (
     parse_path,
     parse_segment_path,
     parse_tombstone_path,
+    replicable_kind_reader,
     segment_filename_for,
     tombstone_filename_for,
     validate_component,
@@ -570,3 +571,68 @@ def test_downloader_temp_names_parse_as_temp_segments(temp_id):
 def test_near_temp_names_are_still_refused(bad):
     with pytest.raises(SegmentNameError):
         parse_path(with_file(bad))
+
+
+# ---- the fast reader of one hour directory's names agrees with parse_filename ----
+
+def fast_agrees(channel: str, quality: str, hour: str, filename: str) -> Kind | None:
+    """The fast kind, checked against parse_filename: a name it recognises must parse
+    as replicable, of that kind."""
+    reader = replicable_kind_reader(channel, quality, hour)
+    kind = reader(filename) if reader is not None else None
+    if kind is not None:
+        name, parsed_kind = parse_filename(channel, quality, hour, filename)
+        assert (parsed_kind, name.replicable) == (kind, True)
+    return kind
+
+
+@settings(max_examples=400, deadline=None)
+@given(segment_names(), st.sampled_from(list(Kind)))
+def test_fast_reader_recognises_canonical_names(name, kind):
+    filename = name.filename if kind is Kind.SEGMENT else name.tombstone_filename
+    expected = kind if name.replicable else None
+    assert fast_agrees(name.channel, name.quality, name.hour, filename) is expected
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_names())
+def test_fast_reader_accepts_only_what_parses(text):
+    parts = text.split("/")
+    if len(parts) == 4:
+        fast_agrees(*parts)
+
+
+@pytest.mark.parametrize("stem", [
+    "45:51.608000-0-full-" + EXAMPLE_HASH,              # zero duration
+    "45:51.608000-0.000000000-full-" + EXAMPLE_HASH,
+    "45:51.608000-0.0000000001-full-" + EXAMPLE_HASH,   # ten fraction digits
+    "45:51.608000-2.-full-" + EXAMPLE_HASH,
+    "45:51.608000-02-full-" + EXAMPLE_HASH,
+    "45:51.608000-1234567890-full-" + EXAMPLE_HASH,     # ten integer digits
+    "60:51.608000-2.0-full-" + EXAMPLE_HASH,
+    "45:60.608000-2.0-full-" + EXAMPLE_HASH,
+    "45:51.60800-2.0-full-" + EXAMPLE_HASH,
+    "45:51.608000-2.0-full-" + EXAMPLE_HASH[:-1] + "N",  # non-canonical last character
+    "45:51.608000-2.0-full-" + EXAMPLE_HASH + "A",
+    "45:51.608000-2.0-temp-" + EXAMPLE_HASH,             # temp: parsed, never replicable
+    "45:51.608000-2.0-ful-" + EXAMPLE_HASH,
+])
+def test_fast_reader_leaves_unusual_names_to_the_parser(stem):
+    for suffix in (".ts", ".tombstone"):
+        assert fast_agrees("desertbus", "source", "2019-11-13T02", stem + suffix) is None
+
+
+def test_fast_reader_takes_the_zero_point_durations_that_are_positive():
+    for duration in ("0.5", "0.000000001", "0.100000000", "999999999.999999999"):
+        assert fast_agrees("c", "q", "2019-11-13T02",
+                           f"45:51.608000-{duration}-full-{EXAMPLE_HASH}.ts") is Kind.SEGMENT
+
+
+@pytest.mark.parametrize("channel, quality, hour", [
+    ("", "source", "2019-11-13T02"), ("a/b", "source", "2019-11-13T02"),
+    ("desertbus", ".hidden", "2019-11-13T02"), ("desertbus", "source", "2019-11-13T24"),
+    ("desertbus", "source", "2019-13-13T02"),
+    ("desertbus", "source", "9999-12-31T23"),  # a long duration ends after 9999: parsed
+])
+def test_no_fast_reader_for_a_directory_that_is_not_plain(channel, quality, hour):
+    assert replicable_kind_reader(channel, quality, hour) is None

@@ -31,6 +31,7 @@ from protocol.names import (
     format_hour,
     parse_filename,
     parse_hour,
+    replicable_kind_reader,
     segment_filename_for,
     tombstone_filename_for,
     validate_component,
@@ -96,8 +97,12 @@ def classify_hour(
     """
     segments: set[str] = set()
     tombstones: set[str] = set()
+    fast = replicable_kind_reader(channel, quality, hour)  # one regex, most names
     for filename in filenames:
         if filename.startswith("."):
+            continue
+        if fast is not None and (kind := fast(filename)) is not None:
+            (segments if kind is Kind.SEGMENT else tombstones).add(filename)
             continue
         try:
             name, kind = parse_filename(channel, quality, hour, filename)
