@@ -25,7 +25,7 @@ from protocol.names import (
     parse_path,
     parse_segment_path,
     parse_tombstone_path,
-    replicable_kind_reader,
+    split_common_names,
     segment_filename_for,
     tombstone_filename_for,
     validate_component,
@@ -573,13 +573,14 @@ def test_near_temp_names_are_still_refused(bad):
         parse_path(with_file(bad))
 
 
-# ---- the fast reader of one hour directory's names agrees with parse_filename ----
+# ---- the fast split of one hour directory's names agrees with parse_filename ----
 
 def fast_agrees(channel: str, quality: str, hour: str, filename: str) -> Kind | None:
-    """The fast kind, checked against parse_filename: a name it recognises must parse
-    as replicable, of that kind."""
-    reader = replicable_kind_reader(channel, quality, hour)
-    kind = reader(filename) if reader is not None else None
+    """The kind the fast split gives the name (None: left to parse_filename), checked
+    against parse_filename: a name it recognises must parse as replicable, that kind."""
+    segments, tombstones, others = split_common_names(channel, quality, hour, [filename])
+    assert len(segments) + len(tombstones) + len(others) == 1
+    kind = Kind.SEGMENT if segments else Kind.TOMBSTONE if tombstones else None
     if kind is not None:
         name, parsed_kind = parse_filename(channel, quality, hour, filename)
         assert (parsed_kind, name.replicable) == (kind, True)
@@ -588,7 +589,7 @@ def fast_agrees(channel: str, quality: str, hour: str, filename: str) -> Kind | 
 
 @settings(max_examples=400, deadline=None)
 @given(segment_names(), st.sampled_from(list(Kind)))
-def test_fast_reader_recognises_canonical_names(name, kind):
+def test_fast_split_recognises_canonical_names(name, kind):
     filename = name.filename if kind is Kind.SEGMENT else name.tombstone_filename
     expected = kind if name.replicable else None
     assert fast_agrees(name.channel, name.quality, name.hour, filename) is expected
@@ -596,7 +597,7 @@ def test_fast_reader_recognises_canonical_names(name, kind):
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_names())
-def test_fast_reader_accepts_only_what_parses(text):
+def test_fast_split_accepts_only_what_parses(text):
     parts = text.split("/")
     if len(parts) == 4:
         fast_agrees(*parts)
@@ -617,15 +618,16 @@ def test_fast_reader_accepts_only_what_parses(text):
     "45:51.608000-2.0-temp-" + EXAMPLE_HASH,             # temp: parsed, never replicable
     "45:51.608000-2.0-ful-" + EXAMPLE_HASH,
 ])
-def test_fast_reader_leaves_unusual_names_to_the_parser(stem):
-    for suffix in (".ts", ".tombstone"):
+def test_fast_split_leaves_unusual_names_to_the_parser(stem):
+    for suffix in (".ts", ".tombstone", ".tsx", ""):
         assert fast_agrees("desertbus", "source", "2019-11-13T02", stem + suffix) is None
 
 
-def test_fast_reader_takes_the_zero_point_durations_that_are_positive():
+def test_fast_split_takes_the_zero_point_durations_that_are_positive():
     for duration in ("0.5", "0.000000001", "0.100000000", "999999999.999999999"):
-        assert fast_agrees("c", "q", "2019-11-13T02",
-                           f"45:51.608000-{duration}-full-{EXAMPLE_HASH}.ts") is Kind.SEGMENT
+        for suffix, kind in ((".ts", Kind.SEGMENT), (".tombstone", Kind.TOMBSTONE)):
+            assert fast_agrees("c", "q", "2019-11-13T02",
+                               f"45:51.608000-{duration}-full-{EXAMPLE_HASH}{suffix}") is kind
 
 
 @pytest.mark.parametrize("channel, quality, hour", [
@@ -634,5 +636,6 @@ def test_fast_reader_takes_the_zero_point_durations_that_are_positive():
     ("desertbus", "source", "2019-13-13T02"),
     ("desertbus", "source", "9999-12-31T23"),  # a long duration ends after 9999: parsed
 ])
-def test_no_fast_reader_for_a_directory_that_is_not_plain(channel, quality, hour):
-    assert replicable_kind_reader(channel, quality, hour) is None
+def test_every_name_is_parsed_in_a_directory_that_is_not_plain(channel, quality, hour):
+    names = [EXAMPLE[len(PREFIX):], EXAMPLE_TOMBSTONE[len(PREFIX):]]
+    assert split_common_names(channel, quality, hour, names) == ([], [], names)

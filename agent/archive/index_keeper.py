@@ -93,8 +93,8 @@ def list_hour_dir(store: Store, key: HourKey, remove_temp: bool = False) -> List
             raw = os.listdir(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        temps = [n for n in raw if is_temp_file(n)] if remove_temp else []
-        if not temps:
+        temps = [n for n in raw if n[:1] == "." and is_temp_file(n)]
+        if not (temps and remove_temp):
             break
         for n in temps:
             store._remove_temp(path / n)
@@ -103,7 +103,7 @@ def list_hour_dir(store: Store, key: HourKey, remove_temp: bool = False) -> List
     names = listing.segments + listing.hidden + listing.tombstones
     return Listed(names, listing.replicable,
                   HourCounts(len(listing.segments), len(listing.hidden), len(listing.tombstones)),
-                  stamp, any(is_temp_file(n) for n in raw))
+                  stamp, bool(temps))
 
 
 class IndexMetrics:

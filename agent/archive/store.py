@@ -31,8 +31,8 @@ from protocol.names import (
     format_hour,
     parse_filename,
     parse_hour,
-    replicable_kind_reader,
     segment_filename_for,
+    split_common_names,
     tombstone_filename_for,
     validate_component,
 )
@@ -95,14 +95,12 @@ def classify_hour(
 
     Temp-type names, dot-files and names that do not parse are left out.
     """
-    segments: set[str] = set()
-    tombstones: set[str] = set()
-    fast = replicable_kind_reader(channel, quality, hour)  # one regex, most names
-    for filename in filenames:
+    common_segments, common_tombstones, others = split_common_names(
+        channel, quality, hour, filenames)  # most names: one regex match each
+    segments = set(common_segments)
+    tombstones = set(common_tombstones)
+    for filename in others:
         if filename.startswith("."):
-            continue
-        if fast is not None and (kind := fast(filename)) is not None:
-            (segments if kind is Kind.SEGMENT else tombstones).add(filename)
             continue
         try:
             name, kind = parse_filename(channel, quality, hour, filename)
@@ -114,6 +112,9 @@ def classify_hour(
             continue
         (segments if kind is Kind.SEGMENT else tombstones).add(filename)
     listing = HourListing(tombstones=sorted(tombstones))
+    if not tombstones:
+        listing.segments = sorted(segments)
+        return listing
     for filename in sorted(segments):
         hidden = tombstone_filename_for(filename) in tombstones
         (listing.hidden if hidden else listing.segments).append(filename)
