@@ -416,3 +416,76 @@ async def test_status_and_metrics_describe_the_index(tmp_path):
     assert 'segsync_index_start_phase_seconds{phase="walk"}' in text
     assert "segsync_index_persistent 1.0" in text
     await stopped(k2)
+
+
+async def test_changes_made_before_the_watches_are_set_are_found(tmp_path):
+    """A node sets its watches beside the index's start (thousands of hour directories
+    take a while): a change made after the hour directories were stat'ed and before
+    the watches are in place is found by the sweep that ends the start-up."""
+    import trio
+
+    from agent.node import Node
+    from conftest import node_config
+    root = tmp_path / "node0"
+    names = make_archive(root, hours=(30, 31, 32))
+    k = await started(root)
+    await stopped(k)  # a saved index: the node starts warm
+    node = Node(node_config(root, push=False, backfill=False, scrub=False))
+    real_run = node.watcher.run
+    added = make_name(b"in the gap", hours_ago(31) + dt.timedelta(seconds=41))
+    removed = names[0][0]
+
+    async def late_watches(handle_batch, task_status=trio.TASK_STATUS_IGNORED):
+        while not node.index_keeper.start_report.kind:  # the index has started
+            await trio.sleep(0.01)
+        assert node.index_keeper.start_report.kind == "warm"
+        write_segment_file(root, added, b"in the gap")
+        (root / removed.path).unlink()
+        touch_tombstone(root, names[1][0])
+        await real_run(handle_batch, task_status=task_status)
+
+    node.watcher.run = late_watches
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert node.index.has(added, Kind.SEGMENT)
+        assert not node.index.has(removed, Kind.SEGMENT)
+        assert node.index.has(names[1][0], Kind.TOMBSTONE)
+        assert index_state(node.index) == disk_state(root)
+        node.stop()
+
+
+async def test_a_sweep_keeps_an_unchanged_cold_hour_cold_and_saves_its_new_stamp(tmp_path):
+    """A directory whose stamp moved with the same names (a temp file come and gone):
+    the sweep compares it without loading it into memory, and the next save records
+    its new stamp, so the next start trusts it again."""
+    import trio
+
+    from agent.archive.index_keeper import dir_stamp
+    from agent.node import Node
+    from conftest import node_config
+    root = tmp_path / "node0"
+    names = make_archive(root, hours=(30, 31, 32))
+    k = await started(root)
+    await stopped(k)
+    node = Node(node_config(root, push=False, backfill=False, scrub=False))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        node.index_keeper.fs_clock = ahead
+        name = names[0][0]
+        key = (name.channel, name.quality, name.hour)
+        assert not node.index.entry(key).hot
+        temp = root / name.hour_path / ".segsync-0123.tmp"
+        temp.write_bytes(b"junk")
+        temp.unlink()
+        moved = dir_stamp(root / name.hour_path)
+        assert moved != node.index.entry(key).listing.stamp
+        assert await node.local_files.sweep() == 0
+        assert not node.index.entry(key).hot and node.index.entry(key).unsaved
+        assert await node.index_keeper.flush() >= 1
+        entry = node.index.entry(key)
+        assert not entry.hot and not entry.unsaved and entry.listing.stamp == moved
+        node.stop()
+    k2 = await started(root)
+    assert k2.start_report.listed == 0  # every hour as saved, the moved one too
+    assert index_state(k2.index) == disk_state(root)
+    await stopped(k2)

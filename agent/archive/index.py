@@ -344,6 +344,16 @@ class ArchiveIndex:
             return frozenset()
         return frozenset(self._hot_names((channel, quality, hour), entry))
 
+    def peek_names(self, channel: str, quality: str, hour: str) -> frozenset[str]:
+        """The hour's names without making a cold hour hot (a sweep compares every
+        hour that may have moved with its directory: most did not, and stay cold)."""
+        entry = self._entry(channel, quality, hour)
+        if entry is None:
+            return frozenset()
+        if entry.names is not None or self.loader is None:
+            return frozenset(entry.names or ())
+        return frozenset(self.loader((channel, quality, hour)) or ())
+
     def replicable(self, channel: str, quality: str, hour: str) -> list[str]:
         entry = self._entry(channel, quality, hour)
         if entry is None:

@@ -31,9 +31,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from protocol import messages as m
 from protocol.digests import hour_digest
+from protocol.errors import SegmentNameError
 from protocol.index.hot_hours import DEFAULT_MAX_HOT_HOURS, HotHours, pinned_hours
 from protocol.index.schema import HourCounts
 from protocol.index.listing_stamp import DirStamp, ListingStamp, plan_sweep
+from protocol.names import parse_hour
 
 from .index import ArchiveIndex, HourKey, HourRecord
 from .index_db import (
@@ -71,13 +73,34 @@ def dir_stamp(path: str | os.PathLike) -> DirStamp | None:
 
 
 def walk_hour_dirs(store: Store) -> dict[HourKey, DirStamp]:
-    """Every hour directory's stamp: one stat each, no hour directory is read."""
+    """Every hour directory's stamp: one stat each, no hour directory is read. Each
+    is stat'ed by name in its open quality directory: building and resolving a path
+    per hour was most of a warm start's index work."""
     out: dict[HourKey, DirStamp] = {}
     for channel, quality in store.pairs():
-        for hour in store.hours(channel, quality):
-            stamp = dir_stamp(store.root / channel / quality / hour)
-            if stamp is not None:
-                out[(channel, quality, hour)] = stamp
+        try:
+            fd = os.open(store.root / channel / quality,
+                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    hour = entry.name
+                    try:
+                        if hour.startswith(".") or not entry.is_dir():
+                            continue
+                        st = entry.stat()  # fstatat(fd, hour)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    try:
+                        parse_hour(hour)
+                    except SegmentNameError as e:
+                        store.log_bad_name(f"{store.root / channel / quality / hour}", str(e))
+                        continue
+                    out[(channel, quality, hour)] = DirStamp(st.st_mtime_ns, st.st_ctime_ns)
+        finally:
+            os.close(fd)
     return out
 
 
@@ -325,9 +348,9 @@ class IndexKeeper:
             return 0
         changed, spans_only = [], []
         for key, e in self.index.items():
-            if e.unsaved and e.names is not None:
-                changed.append((key, tuple(e.names), e.generation, e.digest(), e.counts(),
-                                e.cached_spans()))
+            if e.unsaved:  # (cold: a sweep found its directory moved, names as saved)
+                changed.append((key, tuple(e.names) if e.names is not None else None,
+                                e.generation, e.digest(), e.counts(), e.cached_spans()))
             elif e.spans_unsaved and (spans := e.cached_spans()) is not None:
                 spans_only.append((key, spans, e.generation))
         deleted = set(self.index.deleted)
@@ -357,13 +380,19 @@ class IndexKeeper:
         listed_at = self._fs_now()
         rows, listings = [], []
         for key, names, _, digest, counts, spans in changed:
+            if names is None:  # a cold hour: checked with its names as saved
+                try:
+                    names = self.db.names(key) if self.db is not None else None
+                except IndexCorrupt:
+                    names = None  # its directory is listed at the next start
             lst = list_hour_dir(self.store, key)
             listing = None
-            if lst is not None and not lst.had_temp and len(lst.names) == len(names) \
-                    and set(lst.names) == set(names):
+            if names is not None and lst is not None and not lst.had_temp \
+                    and len(lst.names) == len(names) and set(lst.names) == set(names):
                 listing = ListingStamp(lst.stamp, listed_at)
             listings.append(listing)
-            rows.append(HourRow(key, listing, digest, counts, spans, list(names)))
+            if names is not None:
+                rows.append(HourRow(key, listing, digest, counts, spans, list(names)))
         ok = self._save_rows(rows, sorted(deleted), False,
                              [(k, s) for k, s, _ in spans_only])
         return listings if ok else None

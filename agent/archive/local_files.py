@@ -182,7 +182,7 @@ class LocalFiles:
         new: list[tuple[SegmentName, Kind]] = []
         vanished: list[tuple[SegmentName, Kind]] = []
         for (channel, quality, hour), names in listed.items():
-            known = self.index.names(channel, quality, hour)
+            known = self.index.peek_names(channel, quality, hour)
             on_disk = set(names)
             base = f"{channel}/{quality}/{hour}/"
             new.extend(parse_path(base + f) for f in names if f not in known)
