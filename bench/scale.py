@@ -10,7 +10,10 @@ checkout of the code before the persistent index):
 
   - cold start: A from spawn to /healthz with no ROOT/.segsync/ (a full scan);
   - warm start: A stopped with SIGTERM and started again (the persistent index
-    is read; the in-memory design scans again);
+    is read; the in-memory design scans again); beside it, the process start-up
+    (spawning the interpreter and importing the agent, which no archive size
+    changes: the median of 5 runs in the same environment), the index's own phases
+    and the time the watches took to set (both from A's log, persistent design);
   - an in-sync round: B (started cold, then warm) pulls from A every
     `--interval` s through a byte-counting proxy; bytes on the wire and CPU of A
     and B per round (idle CPU subtracted), and both RSS after the rounds;
@@ -84,6 +87,40 @@ def reuse(base: Path, args) -> dict | None:
     return info
 
 
+# what `segsync run` imports before it looks at the archive (hypercorn comes in when
+# it starts serving): the part of a start that no archive size changes
+IMPORTS = ("import agent.node, agent.commands.cli, hypercorn.config, "
+           "agent.serve.httpserver")
+
+
+def process_startup(checkout: Path | None, runs: int = 5) -> float:
+    """Median seconds to spawn the interpreter and import the agent (same environment
+    as the agents: PYTHONDONTWRITEBYTECODE, if set, makes every start compile)."""
+    env = dict(os.environ)
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=env,
+                       cwd=checkout or benchlib.REPO)
+        times.append(time.monotonic() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def last_index_start(log_path: Path) -> tuple[float | None, float | None]:
+    """From an agent's log: its last index start's phases (seconds, summed) and how
+    long its watches took to set (None: not logged, e.g. the in-memory design)."""
+    index = watches = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "index: " in line and " start in " in line and "; " in line:
+            phases = line.rsplit("; ", 1)[1].split(", ")
+            index = sum(float(p.rsplit(" ", 1)[1].rstrip("s")) for p in phases)
+        elif "watches set in " in line:
+            watches = float(line.rsplit("watches set in ", 1)[1].split("s")[0])
+    return index, watches
+
+
 def drop_index(root: Path) -> None:
     shutil.rmtree(root / ".segsync", ignore_errors=True)
 
@@ -133,6 +170,7 @@ def measure_design(name: str, checkout: Path | None, base: Path, archive: dict, 
     out["rss_a_after_cold_start"] = a.rss_bytes()
     a.stop(60)
     out["warm_start_s"] = timed_start(a, args.ready_timeout)
+    out["warm_index_s"], out["warm_watches_s"] = last_index_start(a.log_path)
     try:
         out["a_settle_s"] = settle(a)
         out["a_idle_cpu_per_s"] = idle = _idle_rate(a, args.idle_seconds)
@@ -171,6 +209,10 @@ def measure_design(name: str, checkout: Path | None, base: Path, archive: dict, 
         a.stop(60)
     out["index_bytes"] = index_bytes(a_root)
     return out
+
+
+def _opt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}s"
 
 
 def _idle_rate(agent: Agent, seconds: float) -> float:
@@ -215,19 +257,27 @@ def main() -> int:
             designs.append(("in-memory", Path(args.baseline).resolve()))
         for name, checkout in designs:
             r = measure_design(name, checkout, base, archive, args)
+            r["process_startup_s"] = process_startup(checkout)
             results["designs"].append(r)
-            print(f"  {name}: cold {r['cold_start_s']:.1f}s, warm {r['warm_start_s']:.2f}s, "
+            print(f"  {name}: cold {r['cold_start_s']:.1f}s (B {r['b_cold_start_s']:.1f}s), "
+                  f"warm {r['warm_start_s']:.2f}s (B {r['b_warm_start_s']:.2f}s; process "
+                  f"start-up {r['process_startup_s']:.2f}s, index "
+                  f"{_opt(r['warm_index_s'])}, watches {_opt(r['warm_watches_s'])} beside), "
                   f"RSS A {r['rss_a'] / 1e6:.0f} MB, B {r['rss_b'] / 1e6:.0f} MB, "
                   f"{r['wire_bytes_per_round']:.0f} B/round")
         results["environment"]["load_avg_at_end"] = os.getloadavg()
-    rows = [[r["design"], r["cold_start_s"], r["warm_start_s"], r["rss_a"] / 1e6,
-             r["rss_b"] / 1e6, round(r["wire_bytes_per_round"]),
+    rows = [[r["design"], r["cold_start_s"], r["b_cold_start_s"], r["warm_start_s"],
+             r["b_warm_start_s"], r["process_startup_s"],
+             r["warm_start_s"] - r["process_startup_s"], _opt(r["warm_index_s"]),
+             _opt(r["warm_watches_s"]), r["rss_a"] / 1e6, r["rss_b"] / 1e6,
+             round(r["wire_bytes_per_round"]),
              1000 * r["cpu_a_per_round"], 1000 * r["cpu_b_per_round"],
              1000 * r["cold_hour_list_s"], 1000 * r["hot_hour_list_s"],
              r["index_bytes"] / 1e6] for r in results["designs"]]
-    print_table(["design", "cold start s", "warm start s", "RSS A MB", "RSS B MB",
-                 "round B", "CPU A ms", "CPU B ms", "cold hour ms", "hot hour ms",
-                 "index MB"], rows,
+    print_table(["design", "cold A s", "cold B s", "warm A s", "warm B s",
+                 "process start-up s", "warm A - start-up s", "index s", "watches s",
+                 "RSS A MB", "RSS B MB", "round B", "CPU A ms", "CPU B ms",
+                 "cold hour ms", "hot hour ms", "index MB"], rows,
                 title=f"{args.segments} segments ({archive['hour_dirs']} hour directories); "
                       "RSS after in-sync rounds; CPU per round, idle subtracted")
     new = results["designs"][0]
@@ -236,6 +286,8 @@ def main() -> int:
              "wire_bytes_per_round": (new["wire_bytes_per_round"], WIRE_GOAL)}
     if len(results["designs"]) > 1:
         goals["cold_start_s"] = (new["cold_start_s"], results["designs"][1]["cold_start_s"])
+        goals["b_cold_start_s"] = (new["b_cold_start_s"],
+                                   results["designs"][1]["b_cold_start_s"])
     results["goals"] = {k: {"value": v, "goal": g, "met": v <= g} for k, (v, g) in goals.items()}
     for k, (v, g) in goals.items():
         print(f"  goal {k}: {v:.3g} <= {g:.3g}: {'met' if v <= g else 'NOT met'}")

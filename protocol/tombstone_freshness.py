@@ -18,23 +18,15 @@ Pure: the caller stats, reads and keeps the remembered stamps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Container, Iterable
 
+# one stamp and one margin for every "has this directory moved?" question: the
+# persistent index's listings (protocol/index/listing_stamp.py) and these reads
+from .index.listing_stamp import RACY_MARGIN_NS, DirStamp
 from .names import TOMBSTONE_SUFFIX
 
-# Coarser than any timestamp granularity in use (FAT: 2 s; ext4, xfs, tmpfs: a
-# kernel tick), plus the skew between the clock read and the stamping clock.
-RACY_MARGIN_NS = 2_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class DirStamp:
-    """A directory's mtime and ctime, in nanoseconds. ctime is compared too: tools
-    that restore an mtime (`touch -d`, `rsync -a`) cannot set a ctime back."""
-
-    mtime_ns: int
-    ctime_ns: int
+__all__ = ["RACY_MARGIN_NS", "DirStamp", "stamp_to_remember", "must_read",
+           "unindexed_tombstones"]
 
 
 def stamp_to_remember(stamp: DirStamp, read_at_ns: int,
