@@ -13,7 +13,7 @@ checkout of the code before the persistent index):
     is read; the in-memory design scans again); beside it, the process start-up
     (spawning the interpreter and importing the agent, which no archive size
     changes: the median of 5 runs in the same environment), the index's own phases
-    and the time the watches took to set (both from A's log, persistent design);
+    and the time the watches took to set (both from A's /metrics, persistent design);
   - an in-sync round: B (started cold, then warm) pulls from A every
     `--interval` s through a byte-counting proxy; bytes on the wire and CPU of A
     and B per round (idle CPU subtracted), and both RSS after the rounds;
@@ -108,17 +108,24 @@ def process_startup(checkout: Path | None, runs: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def last_index_start(log_path: Path) -> tuple[float | None, float | None]:
-    """From an agent's log: its last index start's phases (seconds, summed) and how
-    long its watches took to set (None: not logged, e.g. the in-memory design)."""
-    index = watches = None
-    for line in log_path.read_text(errors="replace").splitlines():
-        if "index: " in line and " start in " in line and "; " in line:
-            phases = line.rsplit("; ", 1)[1].split(", ")
-            index = sum(float(p.rsplit(" ", 1)[1].rstrip("s")) for p in phases)
-        elif "watches set in " in line:
-            watches = float(line.rsplit("watches set in ", 1)[1].split("s")[0])
-    return index, watches
+def start_phases(agent: Agent, timeout: float = 60.0) -> tuple[float | None, float | None]:
+    """From the agent's /metrics: its index start's phases (seconds, summed) and how
+    long its watches took to set, once they are (None, None: not reported, e.g. by
+    the in-memory design)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"{agent.url}/metrics", timeout=10).text
+        phases = {}
+        for line in text.splitlines():
+            if line.startswith('segsync_index_start_phase_seconds{phase="'):
+                name = line.split('"')[1]
+                phases[name] = float(line.rsplit(" ", 1)[1])
+        if not phases:
+            return None, None
+        if "watch" in phases or time.monotonic() > deadline:
+            watches = phases.pop("watch", None)
+            return sum(phases.values()), watches
+        time.sleep(0.05)
 
 
 def drop_index(root: Path) -> None:
@@ -170,7 +177,7 @@ def measure_design(name: str, checkout: Path | None, base: Path, archive: dict, 
     out["rss_a_after_cold_start"] = a.rss_bytes()
     a.stop(60)
     out["warm_start_s"] = timed_start(a, args.ready_timeout)
-    out["warm_index_s"], out["warm_watches_s"] = last_index_start(a.log_path)
+    out["warm_index_s"], out["warm_watches_s"] = start_phases(a)
     try:
         out["a_settle_s"] = settle(a)
         out["a_idle_cpu_per_s"] = idle = _idle_rate(a, args.idle_seconds)
