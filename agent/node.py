@@ -154,13 +154,6 @@ class Node:
                 started = trio.current_time()
                 for peer in self.peers:  # the peers known at start-up: their grace starts
                     self.grace.joined(peer.url, started)
-                # The watches are set in the background, beside the index's start: one
-                # per hour directory, up to ~0.25 ms each (the kernel visits the
-                # directory's cached entries), most of a warm start at 2,800 hours.
-                # What changed in a directory before its watch was set is found by
-                # the sweep once they all are (below).
-                watching = trio.Event()
-                nursery.start_soon(self._watch, nursery, watching)
                 await self.index_keeper.start(remove_temp=True)
                 self.metrics.indexed_segments.set(self.index.segment_count())
                 await nursery.start(self.index_keeper.run)
@@ -168,6 +161,14 @@ class Node:
                 nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
+                # The watches are set once the node serves, in the background: one
+                # per hour directory, up to ~0.25 ms each (the kernel visits the
+                # directory's cached entries), most of a warm start at 2,800 hours,
+                # and beside the index's start they slowed its reads (the GIL). What
+                # changed in a directory before its watch was set is found by the
+                # sweep once they all are (below).
+                watching = trio.Event()
+                nursery.start_soon(self._watch, nursery, watching)
                 if self.config.push:
                     await nursery.start(self.pusher.run)
                     await nursery.start(self.file_pusher.run)
@@ -182,7 +183,10 @@ class Node:
                 if self.bandwidth_file is not None:
                     nursery.start_soon(self.bandwidth_file.watch)
                 await watching.wait()
-                await self.local_files.sweep()  # what the watches missed while being set
+                # what changed before the watches were set: segments (an mtime sweep),
+                # chat and extras (their rescan, announcing what is new since the first)
+                await self.local_files.sweep()
+                await self.files.local.rescan(announce_new=True)
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")

@@ -430,18 +430,22 @@ async def test_changes_made_before_the_watches_are_set_are_found(tmp_path):
     names = make_archive(root, hours=(30, 31, 32))
     k = await started(root)
     await stopped(k)  # a saved index: the node starts warm
-    node = Node(node_config(root, push=False, backfill=False, scrub=False))
+    (root / "emotes").mkdir()
+    (root / "emotes" / "before.png").write_bytes(b"before")
+    node = Node(node_config(root, push=False, backfill=False, scrub=False,
+                            extras=["emotes"]))
     real_run = node.watcher.run
     added = make_name(b"in the gap", hours_ago(31) + dt.timedelta(seconds=41))
     removed = names[0][0]
 
     async def late_watches(handle_batch, task_status=trio.TASK_STATUS_IGNORED):
-        while not node.index_keeper.start_report.kind:  # the index has started
-            await trio.sleep(0.01)
+        assert node.url is not None  # serving: the index has started, the extras scanned
         assert node.index_keeper.start_report.kind == "warm"
+        assert node.files.index.has("extras", "emotes", "before.png")
         write_segment_file(root, added, b"in the gap")
         (root / removed.path).unlink()
         touch_tombstone(root, names[1][0])
+        (root / "emotes" / "gap.png").write_bytes(b"in the gap")
         await real_run(handle_batch, task_status=task_status)
 
     node.watcher.run = late_watches
@@ -451,6 +455,7 @@ async def test_changes_made_before_the_watches_are_set_are_found(tmp_path):
         assert not node.index.has(removed, Kind.SEGMENT)
         assert node.index.has(names[1][0], Kind.TOMBSTONE)
         assert index_state(node.index) == disk_state(root)
+        assert node.files.index.has("extras", "emotes", "gap.png")
         node.stop()
 
 
