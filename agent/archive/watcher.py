@@ -215,8 +215,9 @@ class ArchiveWatcher:
         # pinned here, so raising the root level later cannot silence the line either
         inotify_log.setLevel(min(logging.WARNING, max(1, inotify_log.getEffectiveLevel())))
         inotify_log.addFilter(spotter)
-        # in a worker thread: a watch per directory of the archive (~20 us each) is
-        # a while at thousands of hours, and the trio side has other start-up work
+        # in a worker thread: a watch per directory of the archive (20-250 us each:
+        # the kernel visits the directory's cached entries) is a while at thousands
+        # of hours, and the trio side serves meanwhile
         await trio.to_thread.run_sync(observer.start)
         try:
             task_status.started()
