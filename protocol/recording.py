@@ -18,7 +18,7 @@ A segment nothing later passes (the last one before the stream ends or the downl
 stalls, or the first of several missed in a row) is a hole by the clock: once the
 wall clock is past its end (start + duration) by the downloader's lateness (how long
 after a segment's end it lately wrote its segments, learned from its own writes, with
-a margin) and no download of it is in progress, the downloader would have written it
+a margin, its variation) and no download of it is in progress, the downloader would have written it
 by now. Callers pass the wall clock (`wall_now`) beside `now` for that.
 """
 
@@ -51,7 +51,12 @@ MAX_HOLE_GRACE = 10.0    # longest a passed segment is waited for before it is a
 GRACE_FACTOR = 1.5       # margin over the longest lag seen
 # the lateness rule (a segment not written this long after its end is a hole)
 MAX_LATENESS_SAMPLES = 64  # the downloader's latest writes whose lateness is kept
-LATENESS_MARGIN = 1.0      # seconds over the latest write's lateness seen lately
+# the margin over the latest write's lateness seen lately: how much its lateness
+# varied lately (a downloader that polls or stalls now and then varies more), at least
+MIN_LATENESS_MARGIN = 1.0
+# the margin while the downloader lately fetched several segments at once: one that
+# falls behind also stalls now and then (a busy machine), for longer than it varied
+STALL_MARGIN = 5.0
 # a downloader lately later than this (or a wall clock that far off) is not timed:
 # its holes are known only once it passes them
 MAX_LATENESS = 30.0
@@ -264,12 +269,16 @@ def hole_grace(pair: PairRecording, now: float) -> float:
 
 def expected_lateness(pair: PairRecording, now: float) -> float | None:
     """How long after a segment's end the downloader may still write it: the latest
-    of its recent writes' lateness plus LATENESS_MARGIN. None when it wrote nothing
-    with a wall time within REORDER_MEMORY, or that is over MAX_LATENESS."""
+    of its recent writes' lateness plus a margin, how much that lateness varied (at
+    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it lately fetched several
+    at once). None when it wrote nothing with a wall time within REORDER_MEMORY, or
+    that is over MAX_LATENESS."""
     recent = [late for seen, late in pair.lateness if now - seen <= REORDER_MEMORY]
     if not recent:
         return None
-    bound = max(recent) + LATENESS_MARGIN
+    latest, earliest = max(recent), min(recent)
+    floor = STALL_MARGIN if now - pair.concurrent_at <= REORDER_MEMORY else MIN_LATENESS_MARGIN
+    bound = latest + max(floor, latest - earliest)
     return bound if bound <= MAX_LATENESS else None
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from protocol.recording import (
-    LATENESS_MARGIN,
     MAX_LATENESS,
     MAX_SENDERS,
+    MIN_LATENESS_MARGIN,
     REORDER_MEMORY,
+    STALL_MARGIN,
     HoleWatch,
     RecordingState,
     repair_order,
@@ -103,8 +106,8 @@ def written(s: RecordingState, second: float, now: float) -> None:
 
 
 def live(lateness: float = 1.0) -> RecordingState:
-    """A downloader that wrote segments 92..98 each `lateness` s after its end: the
-    last at `now` 0 (T0 + 100)."""
+    """A downloader that wrote segments 92..98 each `lateness` s after its end (the
+    last at `now` lateness): a margin of MIN_LATENESS_MARGIN."""
     s = recording()
     for second in (92, 94, 96, 98):
         written(s, second, second + 2 + lateness - 100)
@@ -118,7 +121,7 @@ def decision(s: RecordingState, second: float, now: float):
 
 def test_the_last_segment_of_a_stream_is_a_hole_once_overdue():
     s = live(lateness=1.0)
-    due = 2 + 1.0 + LATENESS_MARGIN  # 100 ends at T0 + 102, written 1 s late at most
+    due = 2 + 1.0 + MIN_LATENESS_MARGIN  # 100 ends at T0 + 102, written 1 s late at most
     assert s.hole_at(seg(100), 0.0, wall(0.0)) == due
     assert decision(s, 100, 0.0) == ("later", "ahead")
     assert decision(s, 100, due - 0.01) == ("later", "ahead")
@@ -155,14 +158,29 @@ def test_a_late_downloader_with_a_download_in_progress_is_waited_for():
 
 def test_a_downloader_that_writes_later_is_waited_for_longer():
     s = live(lateness=0.2)
-    assert s.hole_at(seg(100), 0.0, wall(0.0)) == 2 + 0.2 + LATENESS_MARGIN
+    assert s.hole_at(seg(100), 0.0, wall(0.0)) == 2 + 0.2 + MIN_LATENESS_MARGIN
     written(s, 100, 6.0)  # 4 s after its end: it lately fell behind
-    # 102 (ends at `now` 4) is due 4 s + margin after its end, not 0.2 s + margin
-    assert decision(s, 102, 4 + 0.2 + LATENESS_MARGIN) == ("later", "ahead")
-    assert s.hole_at(seg(102), 6.0, wall(6.0)) == 4 + 4.0 + LATENESS_MARGIN
+    # 102 (ends at `now` 4) is due 4 s after its end, plus a margin of how much the
+    # lateness varied (3.8 s), not 0.2 s + MIN_LATENESS_MARGIN
+    assert decision(s, 102, 4 + 0.2 + MIN_LATENESS_MARGIN) == ("later", "ahead")
+    assert decision(s, 102, 4 + 4.0 + 3.7) == ("later", "ahead")
+    assert s.hole_at(seg(102), 6.0, wall(6.0)) == pytest.approx(4 + 4.0 + 3.8)
     # the late write is forgotten after REORDER_MEMORY; the timely ones before it too
     later = 6.0 + REORDER_MEMORY + 1
     assert s.hole_at(seg(102), later, wall(later)) is None
+
+
+def test_a_downloader_that_fetches_several_at_once_is_given_time_to_stall():
+    s = live(lateness=1.0)
+    assert s.hole_at(seg(100), 0.0, wall(0.0)) == 2 + 1.0 + MIN_LATENESS_MARGIN
+    # two downloads in progress together: it fell behind (and may stall next)
+    s.temp_appeared(seg(100), now=1.5)
+    s.temp_appeared(seg(102), now=1.6)
+    written(s, 100, 3.0)  # 1 s late
+    written(s, 102, 5.0)
+    assert s.hole_at(seg(104), 5.0, wall(5.0)) == 6 + 1.0 + STALL_MARGIN
+    assert decision(s, 104, 6 + 1.0 + MIN_LATENESS_MARGIN) == ("later", "ahead")
+    assert decision(s, 104, 6 + 1.0 + STALL_MARGIN) == ("want", "hole")
 
 
 def test_a_downloader_far_behind_its_stream_is_not_timed():
@@ -178,7 +196,7 @@ def test_a_downloader_far_behind_its_stream_is_not_timed():
 def test_a_downloader_that_stops_leaves_each_segment_a_hole_when_overdue():
     s = live(lateness=1.0)  # and then writes nothing more
     for second in (100, 102, 104):
-        due = second - 100 + 2 + 1.0 + LATENESS_MARGIN
+        due = second - 100 + 2 + 1.0 + MIN_LATENESS_MARGIN
         assert decision(s, second, due - 0.01) == ("later", "ahead")
         assert decision(s, second, due) == ("want", "hole")
     # once idle the pair is not recorded at all: wanted, not timed

@@ -20,7 +20,7 @@ from conftest import wait_until
 from helpers import make_name, peer_label, push_state, write_segment_file
 from protocol import messages as m
 from protocol.digests import hour_digest
-from protocol.recording import LATENESS_MARGIN
+from protocol.recording import MIN_LATENESS_MARGIN
 
 PAIR = ("desertbus", "source")
 DEFER = dict(recent_window=120, recording_idle=10)
@@ -336,12 +336,12 @@ async def test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment
         clocks.move(10.0)
         downloader_writes(c.root(1), s1, d1)  # 0.5 s after its end: on time
         await wait_until(lambda: frontier(b) == s1.start)
-        clocks.move(10.0)  # s2 has ended 0.5 s ago: due in LATENESS_MARGIN
+        clocks.move(10.0)  # s2 has ended 0.5 s ago: due in MIN_LATENESS_MARGIN
         write_segment_file(c.root(0), s2, d2)  # the last segment: node 1 missed it
         await wait_until(lambda: pushes(a, b, "deferred") >= 1)
         assert s2.path in b.downloader.watch
         assert not (c.root(1) / s2.path).exists()  # not fetched while it may still come
-        clocks.move(LATENESS_MARGIN)  # overdue: nothing of it here, no download under way
+        clocks.move(MIN_LATENESS_MARGIN)  # overdue: nothing of it here, no download under way
         await wait_until(lambda: repaired(b) == 1)
         assert (c.root(1) / s2.path).read_bytes() == d2
         assert pushes(a, b, "stored") == 0  # node 1 fetched it, not node 0's re-offer
