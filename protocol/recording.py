@@ -17,9 +17,9 @@ late writes: none for a downloader that writes in order).
 A segment nothing later passes (the last one before the stream ends or the downloader
 stalls, or the first of several missed in a row) is a hole by the clock: once the
 wall clock is past its end (start + duration) by the downloader's lateness (how long
-after a segment's end it lately wrote its segments, learned from its own writes, with
-a margin, its variation) and no download of it is in progress, the downloader would have written it
-by now. Callers pass the wall clock (`wall_now`) beside `now` for that.
+after a segment's end it lately wrote its segments, learned from its own writes) plus
+a margin (how much that varied) and no download of it is in progress, the downloader
+would have written it by now. Callers pass the wall clock (`wall_now`) beside `now`.
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ def expected_lateness(pair: PairRecording, now: float) -> float | None:
     if not recent:
         return None
     latest, earliest = max(recent), min(recent)
-    floor = STALL_MARGIN if now - pair.concurrent_at <= REORDER_MEMORY else MIN_LATENESS_MARGIN
+    behind = now - pair.concurrent_at <= REORDER_MEMORY  # fetched several at once lately
+    floor = STALL_MARGIN if behind else MIN_LATENESS_MARGIN
     bound = latest + max(floor, latest - earliest)
     return bound if bound <= MAX_LATENESS else None
 
