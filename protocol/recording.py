@@ -13,6 +13,13 @@ land while an earlier one is still in flight with no temp file to show for it. S
 segment the downloader passed is a hole only once the downloader has had the time it
 lately took to write segments out of order (its reorder lag, learned from its own
 late writes: none for a downloader that writes in order).
+
+A segment nothing later passes (the last one before the stream ends or the downloader
+stalls, or the first of several missed in a row) is a hole by the clock: once the
+wall clock is past its end (start + duration) by the downloader's lateness (how long
+after a segment's end it lately wrote its segments, learned from its own writes) plus
+a margin (how much that varied) and no download of it is in progress, the downloader
+would have written it by now. Callers pass the wall clock (`wall_now`) beside `now`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,17 @@ MAX_REORDERS = 16        # late (out of order) writes remembered per pair
 REORDER_MEMORY = 300.0   # seconds a late write keeps its lag in the hole grace
 MAX_HOLE_GRACE = 10.0    # longest a passed segment is waited for before it is a hole
 GRACE_FACTOR = 1.5       # margin over the longest lag seen
+# the lateness rule (a segment not written this long after its end is a hole)
+MAX_LATENESS_SAMPLES = 64  # the downloader's latest writes whose lateness is kept
+# the margin over the latest write's lateness seen lately: how much its lateness
+# varied lately (a downloader that polls or stalls now and then varies more), at least
+MIN_LATENESS_MARGIN = 1.0
+# the margin while the downloader lately fetched several segments at once: one that
+# falls behind also stalls now and then (a busy machine), for longer than it varied
+STALL_MARGIN = 5.0
+# a downloader lately later than this (or a wall clock that far off) is not timed:
+# its holes are known only once it passes them
+MAX_LATENESS = 30.0
 # the grace while the downloader fetches several segments at once (two or more temp
 # files open together), before any late write has taught it a lag
 BURST_GRACE = 2.0
@@ -112,6 +130,10 @@ class PairRecording:
         default_factory=lambda: collections.deque(maxlen=MAX_REORDERS))
     # `now` when two or more of its downloads were last seen in progress together
     concurrent_at: float = float("-inf")
+    # (`now`, seconds) of its writes: how long after a segment's end, by the wall
+    # clock, the downloader wrote it
+    lateness: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_LATENESS_SAMPLES))
 
 
 @dataclass(frozen=True)
@@ -152,10 +174,14 @@ class RecordingState:
     def get(self, channel: str, quality: str) -> PairRecording | None:
         return self._pairs.get((channel, quality))
 
-    def segment_written(self, name: SegmentName, now: float) -> None:
-        """The local downloader finished a segment (final name, not from a peer)."""
+    def segment_written(self, name: SegmentName, now: float,
+                        wall_now: dt.datetime | None = None) -> None:
+        """The local downloader finished a segment (final name, not from a peer), at
+        `wall_now` by the wall clock (None: its lateness is not learned)."""
         pair = self._pair(name)
         pair.last_seen = now
+        if wall_now is not None:
+            pair.lateness.append((now, (wall_now - name.end).total_seconds()))
         if pair.frontier is None or name.start > pair.frontier:
             pair.frontier = name.start
             pair.passes.append((name.start, now))
@@ -191,13 +217,15 @@ class RecordingState:
         return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
                               wall_now, self.idle_after, self.temp_ttl, self.recent_window)
 
-    def hole_at(self, name: SegmentName, now: float) -> float | None:
+    def hole_at(self, name: SegmentName, now: float, wall_now: dt.datetime | None = None
+                ) -> float | None:
         """When (`now`'s clock) `name` counts as a hole of the local downloader; None
-        while it is ahead of it or being downloaded, or the pair is not recorded."""
+        while it is being downloaded, or ahead of it with no lateness to time it by,
+        or the pair is not recorded."""
         pair = self._pairs.get((name.channel, name.quality))
         if pair is None or now - pair.last_seen > self.idle_after:
             return None
-        return hole_at(name, pair, now, self.temp_ttl)
+        return hole_at(name, pair, now, self.temp_ttl, wall_now)
 
 
 def _note_late(pair: PairRecording, start: dt.datetime, now: float) -> None:
@@ -239,23 +267,54 @@ def hole_grace(pair: PairRecording, now: float) -> float:
     return min(MAX_HOLE_GRACE, max(max(lags, default=0.0) * GRACE_FACTOR, burst))
 
 
+def expected_lateness(pair: PairRecording, now: float) -> float | None:
+    """How long after a segment's end the downloader may still write it: the latest
+    of its recent writes' lateness plus a margin, how much that lateness varied (at
+    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it lately fetched several
+    at once). None when it wrote nothing with a wall time within REORDER_MEMORY, or
+    that is over MAX_LATENESS."""
+    recent = [late for seen, late in pair.lateness if now - seen <= REORDER_MEMORY]
+    if not recent:
+        return None
+    latest, earliest = max(recent), min(recent)
+    behind = now - pair.concurrent_at <= REORDER_MEMORY  # fetched several at once lately
+    floor = STALL_MARGIN if behind else MIN_LATENESS_MARGIN
+    bound = latest + max(floor, latest - earliest)
+    return bound if bound <= MAX_LATENESS else None
+
+
+def overdue_at(name: SegmentName, pair: PairRecording, now: float,
+               wall_now: dt.datetime | None) -> float | None:
+    """When (`now`'s clock) the downloader, as late as it lately was, would have
+    written `name` (may be in the past); None without a wall clock or a lateness."""
+    if wall_now is None:
+        return None
+    lateness = expected_lateness(pair, now)
+    if lateness is None:
+        return None
+    due = name.end + dt.timedelta(seconds=lateness)
+    return now + (due - wall_now).total_seconds()
+
+
 def in_progress(pair: PairRecording, start: dt.datetime, now: float, temp_ttl: float) -> bool:
     """A download of that start is under way here (a temp file younger than temp_ttl)."""
     return any(abs(t - start) <= NEAR_DUPLICATE and now - seen <= temp_ttl
                for t, seen in pair.temps.items())
 
 
-def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float
-            ) -> float | None:
-    """When `name` becomes a hole the downloader left: once it was passed and the
-    downloader's reorder lag has gone by (may be in the past: a hole now). None while
-    it is ahead of the frontier or being downloaded."""
+def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float,
+            wall_now: dt.datetime | None = None) -> float | None:
+    """When `name` becomes a hole the downloader left (may be in the past: a hole
+    now): once it was passed and the downloader's reorder lag has gone by, or once it
+    is overdue by the clock (`overdue_at`), whichever comes first. None while it is
+    being downloaded, or ahead of the frontier and not timed."""
     if in_progress(pair, name.start, now, temp_ttl):
         return None
     passed = passed_at(pair, name.start)
-    if passed is None:
-        return None
-    return passed + hole_grace(pair, now)
+    times = [overdue_at(name, pair, now, wall_now)]
+    if passed is not None:
+        times.append(passed + hole_grace(pair, now))
+    return min((t for t in times if t is not None), default=None)
 
 
 def offer_decision(
@@ -270,10 +329,12 @@ def offer_decision(
       downloader is no longer expected to fetch it (backfill would fetch it too);
     - a download of that start is in progress here (a temp file younger than
       `temp_ttl`): later;
-    - it starts after everything our downloader wrote (its frontier): later;
-    - our downloader passed it less than its reorder lag ago (`hole_grace`): later,
-      until then;
-    - otherwise our downloader passed it without writing it, a hole: want.
+    - our downloader passed it at least its reorder lag ago (`hole_grace`), or it is
+      overdue by the clock (the wall clock is past its end by our downloader's recent
+      lateness, `overdue_at`): a hole, want;
+    - it starts after everything our downloader wrote (its frontier): later ("ahead");
+    - otherwise our downloader passed it less than its reorder lag ago: later
+      ("passing"), until then.
     """
     if pair is None or now - pair.last_seen > idle_after:
         return OfferDecision("want", "idle")
@@ -282,14 +343,14 @@ def offer_decision(
     retry = retry_after_for(name)
     if in_progress(pair, name.start, now, temp_ttl):
         return OfferDecision("later", "in_progress", retry)
-    passed = passed_at(pair, name.start)
-    if passed is None:
+    at = hole_at(name, pair, now, temp_ttl, wall_now)
+    if at is not None and at <= now:
+        return OfferDecision("want", "hole")
+    if passed_at(pair, name.start) is None:
         return OfferDecision("later", "ahead", retry)
-    wait = passed + hole_grace(pair, now) - now
-    if wait > 0:
-        return OfferDecision("later", "passing",
-                             min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, wait)))
-    return OfferDecision("want", "hole")
+    assert at is not None  # passed, not in progress: it has a time
+    return OfferDecision("later", "passing",
+                         min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, at - now)))
 
 
 T = TypeVar("T")
@@ -407,7 +468,7 @@ class HoleWatch:
             if left_to_backfill(item.name, wall_now, recent_window):
                 self.forget(path)
                 continue
-            at = state.hole_at(item.name, now)
+            at = state.hole_at(item.name, now, wall_now)
             if at is None or (item.scheduled is not None and item.scheduled <= at):
                 continue
             item.scheduled = at

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from protocol.recording import MAX_SENDERS, HoleWatch, RecordingState, repair_order
+import pytest
+
+from protocol.recording import (
+    MAX_LATENESS,
+    MAX_SENDERS,
+    MIN_LATENESS_MARGIN,
+    REORDER_MEMORY,
+    STALL_MARGIN,
+    HoleWatch,
+    RecordingState,
+    repair_order,
+)
 from tests.helpers import make_name
 
 UTC = dt.timezone.utc
@@ -80,3 +91,114 @@ def test_pairs_are_apart_and_senders_bounded():
 def test_repair_asks_the_offering_nodes_first_then_every_peer():
     assert repair_order(["a", "b", "gone"], ["c", "b", "a"]) == ["b", "a", "c"]
     assert repair_order([], ["c", "b"]) == ["c", "b"]
+
+
+# ---- holes by the clock: nothing later passes them (issue 25) ----
+# `now` 0 is the wall clock's T0 + 100 s; a segment `seg(s)` ends at T0 + s + 2.
+
+
+def wall(now: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=100 + now)
+
+
+def written(s: RecordingState, second: float, now: float) -> None:
+    s.segment_written(seg(second), now, wall(now))
+
+
+def live(lateness: float = 1.0) -> RecordingState:
+    """A downloader that wrote segments 92..98 each `lateness` s after its end (the
+    last at `now` lateness): a margin of MIN_LATENESS_MARGIN."""
+    s = recording()
+    for second in (92, 94, 96, 98):
+        written(s, second, second + 2 + lateness - 100)
+    return s
+
+
+def decision(s: RecordingState, second: float, now: float):
+    d = s.decide(seg(second), now, wall(now))
+    return d.status, d.reason
+
+
+def test_the_last_segment_of_a_stream_is_a_hole_once_overdue():
+    s = live(lateness=1.0)
+    due = 2 + 1.0 + MIN_LATENESS_MARGIN  # 100 ends at T0 + 102, written 1 s late at most
+    assert s.hole_at(seg(100), 0.0, wall(0.0)) == due
+    assert decision(s, 100, 0.0) == ("later", "ahead")
+    assert decision(s, 100, due - 0.01) == ("later", "ahead")
+    # nothing was written since 98: no later segment passes 100, the clock does
+    assert decision(s, 100, due) == ("want", "hole")
+    # without a wall clock the rule cannot time it: ahead until passed
+    assert s.hole_at(seg(100), due, None) is None
+
+
+def test_consecutive_misses_are_each_a_hole_on_time():
+    s = live(lateness=0.0)
+    # 100, 102 and 104 missed in a row; the downloader writes 106 on time
+    for second, now in ((100, 3.0), (102, 5.0), (104, 7.0)):
+        assert decision(s, second, now - 0.01) == ("later", "ahead")
+        assert decision(s, second, now) == ("want", "hole")
+    written(s, 106, 8.0)
+    assert decision(s, 104, 8.0) == ("want", "hole")
+    watch = HoleWatch()
+    for second in (108, 110):
+        watch.deferred(seg(second), "node-a")
+    planned = watch.plan(s, "desertbus", "source", 8.0, wall(8.0), 120.0)
+    assert sorted((at, w.name.path) for w, at in planned) == [(11.0, seg(108).path),
+                                                              (13.0, seg(110).path)]
+
+
+def test_a_late_downloader_with_a_download_in_progress_is_waited_for():
+    s = live(lateness=1.0)
+    s.temp_appeared(seg(100), now=2.5)  # its download began, slower than usual
+    assert s.hole_at(seg(100), 10.0, wall(10.0)) is None
+    assert decision(s, 100, 10.0) == ("later", "in_progress")
+    s.temp_gone(seg(100))  # the download failed: overdue, a hole
+    assert decision(s, 100, 10.0) == ("want", "hole")
+
+
+def test_a_downloader_that_writes_later_is_waited_for_longer():
+    s = live(lateness=0.2)
+    assert s.hole_at(seg(100), 0.0, wall(0.0)) == 2 + 0.2 + MIN_LATENESS_MARGIN
+    written(s, 100, 6.0)  # 4 s after its end: it lately fell behind
+    # 102 (ends at `now` 4) is due 4 s after its end, plus a margin of how much the
+    # lateness varied (3.8 s), not 0.2 s + MIN_LATENESS_MARGIN
+    assert decision(s, 102, 4 + 0.2 + MIN_LATENESS_MARGIN) == ("later", "ahead")
+    assert decision(s, 102, 4 + 4.0 + 3.7) == ("later", "ahead")
+    assert s.hole_at(seg(102), 6.0, wall(6.0)) == pytest.approx(4 + 4.0 + 3.8)
+    # the late write is forgotten after REORDER_MEMORY; the timely ones before it too
+    later = 6.0 + REORDER_MEMORY + 1
+    assert s.hole_at(seg(102), later, wall(later)) is None
+
+
+def test_a_downloader_that_fetches_several_at_once_is_given_time_to_stall():
+    s = live(lateness=1.0)
+    assert s.hole_at(seg(100), 0.0, wall(0.0)) == 2 + 1.0 + MIN_LATENESS_MARGIN
+    # two downloads in progress together: it fell behind (and may stall next)
+    s.temp_appeared(seg(100), now=1.5)
+    s.temp_appeared(seg(102), now=1.6)
+    written(s, 100, 3.0)  # 1 s late
+    written(s, 102, 5.0)
+    assert s.hole_at(seg(104), 5.0, wall(5.0)) == 6 + 1.0 + STALL_MARGIN
+    assert decision(s, 104, 6 + 1.0 + MIN_LATENESS_MARGIN) == ("later", "ahead")
+    assert decision(s, 104, 6 + 1.0 + STALL_MARGIN) == ("want", "hole")
+
+
+def test_a_downloader_far_behind_its_stream_is_not_timed():
+    s = recording()
+    written(s, 50, 0.0)  # written 48 s after its end: over MAX_LATENESS
+    assert 48 > MAX_LATENESS
+    assert s.hole_at(seg(52), 0.0, wall(0.0)) is None
+    assert decision(s, 52, 5.0) == ("later", "ahead")
+    written(s, 54, 2.0)  # it passes 52: a hole by the frontier as before
+    assert decision(s, 52, 2.0) == ("want", "hole")
+
+
+def test_a_downloader_that_stops_leaves_each_segment_a_hole_when_overdue():
+    s = live(lateness=1.0)  # and then writes nothing more
+    for second in (100, 102, 104):
+        due = second - 100 + 2 + 1.0 + MIN_LATENESS_MARGIN
+        assert decision(s, second, due - 0.01) == ("later", "ahead")
+        assert decision(s, second, due) == ("want", "hole")
+    # once idle the pair is not recorded at all: wanted, not timed
+    assert decision(s, 120, 11.5) == ("want", "idle")  # last write at `now` 1
+    assert s.hole_at(seg(120), 11.5, wall(11.5)) is None

@@ -20,6 +20,7 @@ from conftest import wait_until
 from helpers import make_name, peer_label, push_state, write_segment_file
 from protocol import messages as m
 from protocol.digests import hour_digest
+from protocol.recording import MIN_LATENESS_MARGIN
 
 PAIR = ("desertbus", "source")
 DEFER = dict(recent_window=120, recording_idle=10)
@@ -57,6 +58,23 @@ def stream(count: int) -> list[tuple[object, bytes]]:
     return out
 
 
+class HeldClocks:
+    """`node`'s downloader tracker clocks (monotonic and wall), stopped: only `move`
+    advances them. A segment its downloader is about to write then never becomes
+    overdue by the clock (a hole, fetched) because this machine is slow, nor does the
+    pair go idle."""
+
+    def __init__(self, node, wall: dt.datetime | None = None) -> None:
+        self.mono = node.downloader.clock()
+        self.wall = wall or node.downloader.wall_clock()
+        node.downloader.clock = lambda: self.mono
+        node.downloader.wall_clock = lambda: self.wall
+
+    def move(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += dt.timedelta(seconds=seconds)
+
+
 def pushes(node, peer, outcome: str) -> float:
     """`node`'s pushes to the node `peer` with that outcome (labelled by peer name)."""
     return node.metrics.pushes.labels(peer_label(node, peer.url), "segment",
@@ -82,6 +100,7 @@ def copies(root: Path, name) -> list[str]:
 async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factory):
     async with cluster_factory(3, **DEFER) as c:
         a, b, archive = c.nodes
+        HeldClocks(b)
         (s0, d0), (s1, d1) = stream(2)
         downloader_writes(c.root(1), s0, d0)  # node 1 records this pair
         await wait_until(lambda: frontier(b) == s0.start)
@@ -130,6 +149,7 @@ async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
 async def test_deferred_segment_the_downloader_skips_arrives_by_push(cluster_factory):
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
+        HeldClocks(b)
         (s0, d0), (s1, d1), (s2, d2) = stream(3)
         downloader_writes(c.root(1), s0, d0)
         await wait_until(lambda: frontier(b) == s0.start)
@@ -160,6 +180,7 @@ async def test_deferred_segment_arrives_when_the_downloader_stops(cluster_factor
 async def test_no_deferral_when_turned_off_or_for_an_older_pusher(cluster_factory):
     async with cluster_factory(1, **DEFER) as c:
         (b,) = c.nodes
+        HeldClocks(b)
         (s0, d0), (s1, d1) = stream(2)
         downloader_writes(c.root(0), s0, d0)
         await wait_until(lambda: frontier(b) == s0.start)
@@ -221,6 +242,7 @@ async def test_temp_names_never_listed_pushed_or_warned_about(cluster_factory, c
 async def test_downloader_writing_a_near_duplicate_name_saves_the_deferred_push(cluster_factory):
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
+        HeldClocks(b)
         (s0, d0), (s1, d1) = stream(2)
         downloader_writes(c.root(1), s0, d0)
         await wait_until(lambda: frontier(b) == s0.start)
@@ -297,3 +319,32 @@ async def test_a_download_begun_late_is_waited_for_not_repaired(cluster_factory)
         await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=20)
         assert repaired(b) == 0 and received_bytes(b) == 0
         assert b.downloader.deferral_saved >= 1
+
+
+async def test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment(cluster_factory):
+    """Issue 25: node 1's downloader misses the last segment of a stream (or the one
+    before it stalls): no later segment passes it. Once the clock is past the time
+    node 1's downloader, as late as it lately was, would have written it, it is a hole
+    and node 1 fetches it from node 0 (10 s segments: node 0 re-offers only 5 s after
+    it was told "later"; it counts as recording them for a minute)."""
+    async with cluster_factory(2, recent_window=120, recording_idle=60) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1), (s2, d2) = long_stream(3)
+        clocks = HeldClocks(b, wall=s0.end + dt.timedelta(seconds=0.5))
+        downloader_writes(c.root(1), s0, d0)  # 0.5 s after its end
+        await wait_until(lambda: frontier(b) == s0.start)
+        clocks.move(10.0)
+        downloader_writes(c.root(1), s1, d1)  # 0.5 s after its end: on time
+        await wait_until(lambda: frontier(b) == s1.start)
+        clocks.move(10.0)  # s2 has ended 0.5 s ago: due in MIN_LATENESS_MARGIN
+        write_segment_file(c.root(0), s2, d2)  # the last segment: node 1 missed it
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        assert s2.path in b.downloader.watch
+        assert not (c.root(1) / s2.path).exists()  # not fetched while it may still come
+        clocks.move(MIN_LATENESS_MARGIN)  # overdue: nothing of it here, no download under way
+        await wait_until(lambda: repaired(b) == 1)
+        assert (c.root(1) / s2.path).read_bytes() == d2
+        assert pushes(a, b, "stored") == 0  # node 1 fetched it, not node 0's re-offer
+        assert frontier(b) == s1.start  # no later segment of its own passed it
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
+        assert received_bytes(b) == len(d2) and b.downloader.deferral_saved == 0

@@ -4,7 +4,8 @@ that offered it, instead of waiting for that node's re-offer timer.
 
 `DownloaderTracker` hands each such hole over with the time it becomes one
 (`protocol.recording`: at once for a downloader that writes in order, after its
-reorder lag for one that falls behind). At that time the repairer asks the tracker
+reorder lag for one that falls behind; or, when nothing later passes it, once it is
+overdue by the clock). At that time the repairer asks the tracker
 again (a temp file may have appeared meanwhile), then fetches the segment
 (`GET /v1/segments/...`) from the nodes that offered it, then from the other peers,
 through `Ingest` (verified, atomic) as a push. Bounded: the parked holes (the
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 REPAIRS_AT_ONCE = 4
 MAX_PARKED = 4096
 
-# what the tracker says of a hole now: "repair", "wait" (not a hole yet: planned again
-# when the downloader next writes), or "drop" (settled, or no longer push's business)
+# what the tracker says of a hole now: "repair", "again" (not a hole yet: the tracker
+# planned it again), "wait" (not a hole yet: planned again when the downloader next
+# writes), or "drop" (settled, or no longer push's business)
 Verdict = Callable[[SegmentName], Awaitable[str]]
 
 
@@ -88,7 +90,8 @@ class HoleRepairer:
         try:
             verdict = await self.verdict(name)
             if verdict != "repair":
-                item.scheduled = None  # "wait": the next write of the pair plans it again
+                if verdict != "again":
+                    item.scheduled = None  # the next write of the pair plans it again
                 return
             if await self.ingest.offer_status(name) != "want":
                 return

@@ -5,10 +5,11 @@ downloader's temp files); `App` asks it how to answer an offer: want, have,
 tombstoned or, to a sender that understands it, `OfferLater`. The decisions are
 pure (`protocol.recording`); this is the I/O shell around them.
 
-Offers answered "later" are watched (`protocol.recording.HoleWatch`): when the
-downloader writes a later segment and so passes one of them without writing it, the
-hole goes to the `HoleRepairer` (agent/push/hole_repair.py), which fetches it at once
-from a node that offered it.
+Offers answered "later" are watched (`protocol.recording.HoleWatch`): the moment one
+of them becomes a hole (the downloader wrote a later segment and so passed it, or the
+clock is past the time the downloader, as late as it lately was, would have written
+it), the `HoleRepairer` (agent/push/hole_repair.py) fetches it from a node that
+offered it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from protocol.recording import (
     HoleWatch,
     NearDuplicates,
     RecordingState,
+    Watched,
 )
 
 from ..archive.index import ArchiveIndex
@@ -95,15 +97,24 @@ class DownloaderTracker:
 
     async def hole_verdict(self, name: SegmentName) -> str:
         """For the repairer, when a planned repair comes due: "repair" (a hole of our
-        downloader), "wait" (not yet: a download of it began, or the downloader's
-        lag grew) or "drop" (no longer ours to repair: our downloader wrote it under
-        a near-duplicate name, the pair stopped being recorded, or the segment is
-        older than the recent window)."""
+        downloader), "again" (not yet: the downloader's lag or lateness grew; planned
+        again for the later time), "wait" (a download of it began: planned again
+        when the downloader next writes or drops a file of the pair) or "drop" (no
+        longer ours to repair: our downloader wrote it under a near-duplicate name,
+        the pair stopped being recorded, or the segment is older than the recent
+        window)."""
         if name.path not in self.watch:
             return "drop"
-        decision = self.state.decide(name, self.clock(), self.wall_clock())
+        now, wall_now = self.clock(), self.wall_clock()
+        decision = self.state.decide(name, now, wall_now)
         if decision.status == "later":
-            return "wait"
+            at = self.state.hole_at(name, now, wall_now)
+            item = self.watch.get(name.path)
+            if at is None or item is None:
+                return "wait"
+            item.scheduled = None  # this plan came due
+            self._schedule(item, at, now)
+            return "again"
         store = self.ingest.store
 
         def near_duplicate_on_disk() -> bool:  # the index may not have it yet
@@ -128,6 +139,7 @@ class DownloaderTracker:
         if name.type == "temp":
             if deleted:
                 self.state.temp_gone(name)
+                self._plan_repairs(name)  # a download given up: its segment may be a hole
             else:
                 self.state.temp_appeared(name, self.clock())
             return
@@ -141,16 +153,28 @@ class DownloaderTracker:
                 self.metrics.push_holes_filled.inc()
                 self.holes_filled_by_push += 1
             return
-        now = self.clock()
-        self.state.segment_written(name, now)
-        if self.repairer is not None:
-            for item, at in self.watch.plan(self.state, name.channel, name.quality, now,
-                                            self.wall_clock(), self.recent_window):
-                self.repairer.schedule(item, at - now)
+        self.state.segment_written(name, self.clock(), self.wall_clock())
+        self._plan_repairs(name)
         if _bytes_key(name) in self._deferred:
             self._deferred.discard(_bytes_key(name))
             self.metrics.push_deferral_saved.inc()
             self.deferral_saved += 1
+
+    def _plan_repairs(self, name: SegmentName) -> None:
+        """The downloader wrote (or gave up) a file of `name`'s pair: the watched
+        offers it passed are repaired once they are holes."""
+        if self.repairer is None:
+            return
+        now = self.clock()
+        for item, at in self.watch.plan(self.state, name.channel, name.quality, now,
+                                        self.wall_clock(), self.recent_window):
+            self.repairer.schedule(item, at - now)
+
+    def _schedule(self, item: Watched, at: float, now: float) -> None:
+        """Repair `item` at `at` (`now`'s clock), unless it is planned sooner."""
+        if self.repairer is not None and (item.scheduled is None or item.scheduled > at):
+            item.scheduled = at
+            self.repairer.schedule(item, at - now)
 
     # ---- offers ----
 
@@ -170,7 +194,8 @@ class DownloaderTracker:
             return m.OfferReply("have")
         if not self.enabled or not accepts_later or not name.replicable:
             return m.OfferReply("want")
-        decision = self.state.decide(name, self.clock(), self.wall_clock())
+        now, wall_now = self.clock(), self.wall_clock()
+        decision = self.state.decide(name, now, wall_now)
         if decision.status == "later":
             assert decision.retry_after is not None
             self.metrics.push_deferred.inc()
@@ -178,12 +203,12 @@ class DownloaderTracker:
             self._deferred.add(_bytes_key(name))
             if self.repairer is not None:
                 self.watch.deferred(name, sender)
-                at = self.state.hole_at(name, self.clock())
-                if at is not None:  # passed already: due once the downloader's lag is over
-                    item = self.watch.get(name.path)
-                    if item is not None and (item.scheduled is None or item.scheduled > at):
-                        item.scheduled = at
-                        self.repairer.schedule(item, at - self.clock())
+                # due once the downloader's lag is over (passed already) or once it is
+                # overdue by the clock (ahead of the downloader)
+                at = self.state.hole_at(name, now, wall_now)
+                item = self.watch.get(name.path)
+                if at is not None and item is not None:
+                    self._schedule(item, at, now)
             return m.OfferLater(decision.retry_after)
         if decision.reason == "hole":
             self._holes.add(name.path)
