@@ -272,11 +272,11 @@ class RecordingState:
 
     def decide(self, name: SegmentName, now: float, wall_now: dt.datetime) -> OfferDecision:
         pair = self._pairs.get((name.channel, name.quality))
-        if pair is None and self.recording(name.channel, name.quality, now):
+        recording = self.recording(name.channel, name.quality, now)
+        if pair is None and recording:
             pair = PairRecording()  # declared, nothing of it written yet
         return offer_decision(name, pair, now, wall_now, self.idle_after, self.temp_ttl,
-                              self.recent_window,
-                              recording=self.recording(name.channel, name.quality, now))
+                              self.recent_window, recording)
 
     def hole_at(self, name: SegmentName, now: float, wall_now: dt.datetime | None = None
                 ) -> float | None:
