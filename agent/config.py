@@ -17,6 +17,7 @@ from protocol.bandwidth import DEFAULT_LIVE_WINDOW, RateError, parse_live_window
 from protocol.errors import ConfigError, FileNameError
 from protocol.filesets.extras import validate_extras_dir
 from protocol.peerkind import PeerKind, parse_peer_kind
+from protocol.recording import DECLARED_GRACE, parse_declared_pairs
 
 from .peers.peer_set import normalize_peer_url
 from .peers.peers_file import read_peers_file
@@ -68,6 +69,10 @@ class Config:
     # write; a pair counts as recorded here while its files appeared this recently
     defer_push: bool = True
     recording_idle: float = 10.0
+    # the pairs our own downloader records (CHANNEL/QUALITY): deferred from the start,
+    # before its first file, until none of theirs appeared for `recording-grace` s
+    records: frozenset[tuple[str, str]] = frozenset()
+    recording_grace: float = DECLARED_GRACE
     # TLS (agent/peers/tls.py): serve HTTPS with cert+key, trust peers from ca
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -244,6 +249,14 @@ def build_config(values: dict[str, Any], missing_root_ok: bool = False) -> Confi
     cfg.scrub_start_delay = _positive("scrub-start-delay", cfg.scrub_start_delay, float,
                                       allow_zero=True)
     cfg.recording_idle = _positive("recording-idle", cfg.recording_idle, float)
+    cfg.recording_grace = _positive("recording-grace", cfg.recording_grace, float)
+    records = cfg.records
+    if isinstance(records, (set, frozenset)):  # given as pairs (not from TOML)
+        records = [f"{channel}/{quality}" for channel, quality in records]
+    try:
+        cfg.records = parse_declared_pairs(records)
+    except ValueError as e:
+        raise ConfigError(f"records: {e}") from None
     if not isinstance(cfg.defer_push, bool):
         raise ConfigError("defer-push must be true or false")
     if str(cfg.log_level).upper() not in LOG_LEVELS:

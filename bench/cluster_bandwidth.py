@@ -26,7 +26,12 @@ that node's downloader passed it, i.e. renamed a later one). Arrivals are seen w
 inotify in the bench process.
 
 The same stream is played twice in the same run: deferral on (`defer-push = true`,
-the default), then the baseline with `defer-push = false` (push as before).
+the default), then the baseline with `defer-push = false` (push as before). The
+recording nodes declare the pair their downloader records (`records =
+["bench/source"]`), so they defer its offers from their start, before their
+downloader's first file; `--no-declare` leaves that out (the pair then counts as
+recorded only once its first local file appeared). A `--baseline` checkout's agents
+never get the key (older agents refuse it).
 
 Goals (issue 25): recording nodes receive at most 5% of the stream beyond their own
 misses (also `--behind`, also `--hog`); archive-only push p99 <= 50 ms; hole repair
@@ -225,9 +230,12 @@ def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
     ports = benchlib.free_ports(nodes)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     agents = []
+    declare = args.declare and not checkout
     for i in range(nodes):
         cfg = base / f"node{i}.toml"
-        cfg.write_text(f"defer-push = {'true' if defer else 'false'}\n")
+        cfg.write_text(f"defer-push = {'true' if defer else 'false'}\n"
+                       + (f'records = ["{CHANNEL}/{QUALITY}"]\n'
+                          if declare and i < recorders else ""))
         agents.append(Agent(f"node{i}", base / f"node{i}", ports[i],
                             [u for u in urls if u != urls[i]], base,
                             ["--config", str(cfg), "--log-level", args.log_level]))
@@ -239,7 +247,7 @@ def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
     hog = (subprocess.Popen(["sh", "-c", "while :; do :; done"]) if args.hog else None)
     try:
         return dict(_play(base, plan, nodes, recorders, defer, args, agents, urls, arrivals,
-                          renames, stop), checkout=checkout)
+                          renames, stop), checkout=checkout, declared=declare)
     finally:
         if hog is not None:
             hog.kill()
@@ -355,10 +363,13 @@ def main() -> int:
                    help="downloaders as wubloader's when it falls behind (stalls, then "
                         "several segments at once, temp files at headers)")
     p.add_argument("--hog", action="store_true", help="a CPU hog beside the cluster")
+    p.add_argument("--no-declare", dest="declare", action="store_false",
+                   help="recording nodes do not declare their pair (config `records`)")
     p.add_argument("--baseline", help="another checkout: a third run of its agents "
                    "(deferral on), for before/after in one run")
     benchlib.add_common_arguments(p, "cluster_bandwidth", "12 s of stream, 10%% misses")
     args = p.parse_args()
+    load_at_start = os.getloadavg()
     if args.quick:
         args.duration, args.miss = 12.0, 0.1
     if not 0 < args.recording <= args.nodes:
@@ -388,7 +399,8 @@ def main() -> int:
               int(r["deferred_offers"]), int(r["deferral_saved"]), r["missing_at_end"]]
              for r in run["nodes"]],
             title=f"defer-push = {str(run['defer_push']).lower()}"
-                  f"{' (baseline checkout)' if run['checkout'] else ''}: "
+                  f"{' (baseline checkout)' if run['checkout'] else ''}"
+                  f"{', pairs declared' if run['declared'] else ''}: "
                   f"{run['segments']} segments, {run['stream_bytes'] / 2**20:.1f} MiB of stream")
     on, off = (summarize(r) for r in runs[:2])
     base_s = summarize(runs[2]) if len(runs) > 2 else None
@@ -420,10 +432,11 @@ def main() -> int:
         print_table(["measure (deferral on)", "this checkout", "baseline checkout"],
                     [[label, on[k], base_s[k]] for label, k in keys],
                     title="before/after (same stream, same run)")
-    print(f"load average at start {benchlib.environment()['load_avg_at_start']}, now "
-          f"{os.getloadavg()}; behind={args.behind} hog={args.hog}")
+    print(f"load average at start {load_at_start}, now "
+          f"{os.getloadavg()}; behind={args.behind} hog={args.hog} declare={args.declare}")
     path = benchlib.write_json(f"{args.output}.json", {
-        "environment": benchlib.environment(), "args": vars(args),
+        "environment": dict(benchlib.environment(), load_avg_at_start=load_at_start),
+        "load_avg_at_end": os.getloadavg(), "args": vars(args),
         "summary": {"deferral_on": on, "deferral_off": off, "baseline": base_s},
         "runs": runs})
     print(f"\nwrote {path}")

@@ -20,6 +20,13 @@ wall clock is past its end (start + duration) by the downloader's lateness (how 
 after a segment's end it lately wrote its segments, learned from its own writes) plus
 a margin (how much that varied) and no download of it is in progress, the downloader
 would have written it by now. Callers pass the wall clock (`wall_now`) beside `now`.
+
+A node only learns that it records a pair from its downloader's first file, which
+comes seconds after the agent (and the stream) started: offers before it would all be
+wanted. So the operator can declare the pairs its downloader records
+(`parse_declared_pairs`): a declared pair counts as recorded from the agent's start,
+before any file of it, until it had no local file for `declared_grace` seconds (since
+the start, or since its last file), so a node whose downloader is down is not starved.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Iterable, TypeVar
 
 from .errors import SegmentNameError
-from .names import Kind, SegmentName, parse_filename
+from .names import Kind, SegmentName, parse_filename, validate_component
 
 # downloaders compute start times from playlists with small float differences: two
 # segments this close with the same duration, type and hash are the same segment
@@ -63,6 +70,45 @@ MAX_LATENESS = 30.0
 # the grace while the downloader fetches several segments at once (two or more temp
 # files open together), before any late write has taught it a lag
 BURST_GRACE = 2.0
+# a declared pair with no local file this long (since the start or its last file)
+# counts as not recorded here
+DECLARED_GRACE = 30.0
+MAX_DECLARED = 256  # pairs an operator may declare
+
+
+def parse_declared_pairs(value: object) -> frozenset[tuple[str, str]]:
+    """The pairs the local downloader records, as an operator writes them: a list of
+    "CHANNEL/QUALITY" strings, or a table CHANNEL = [QUALITY, ...] (wubloader's
+    downloader takes channels and a list of qualities). ValueError saying what is
+    wrong."""
+    pairs: set[tuple[str, str]] = set()
+    if isinstance(value, dict):
+        for channel, qualities in value.items():
+            if isinstance(qualities, str):
+                qualities = [qualities]
+            if not isinstance(qualities, list) or not qualities:
+                raise ValueError(f"{channel!r} must list its qualities, "
+                                 f'e.g. {channel} = ["source", "480p"]')
+            for quality in qualities:
+                pairs.add(_declared_pair(channel, quality))
+    elif isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str) or item.count("/") != 1:
+                raise ValueError(f"{item!r} must be CHANNEL/QUALITY, e.g. desertbus/source")
+            pairs.add(_declared_pair(*item.split("/")))
+    else:
+        raise ValueError('must be a list of "CHANNEL/QUALITY" or a table '
+                         'CHANNEL = ["QUALITY", ...]')
+    if len(pairs) > MAX_DECLARED:
+        raise ValueError(f"at most {MAX_DECLARED} pairs")
+    return frozenset(pairs)
+
+
+def _declared_pair(channel: object, quality: object) -> tuple[str, str]:
+    try:
+        return validate_component(channel, "channel"), validate_component(quality, "quality")
+    except SegmentNameError as e:
+        raise ValueError(str(e)) from None
 
 
 def near_duplicate(name: SegmentName, local: Iterable[SegmentName]) -> bool:
@@ -140,7 +186,8 @@ class PairRecording:
 class OfferDecision:
     status: str                      # "want" or "later"
     # "idle", "old", "hole", "ahead", "in_progress", "passing" (passed lately, may
-    # still be in flight: the downloader has written segments out of order)
+    # still be in flight: the downloader has written segments out of order),
+    # "declared" (a declared pair our downloader wrote nothing of yet)
     reason: str
     retry_after: float | None = None
 
@@ -149,15 +196,23 @@ class RecordingState:
     """Per pair: is the local downloader recording it, and how far has it got.
 
     Fed with what appears in the archive that no peer sent (segments and temp files);
-    a pair counts as recorded while such a file appeared within `idle_after` seconds.
+    a pair counts as recorded while such a file appeared within `idle_after` seconds,
+    and a `declared` pair also within `declared_grace` seconds of `started` (the
+    `now` the agent started) or of its last such file.
     Bounded: MAX_PAIRS pairs (the least recently active forgotten first) and
     MAX_TEMPS_PER_PAIR temps per pair (the oldest forgotten first).
     """
 
-    def __init__(self, idle_after: float, temp_ttl: float, recent_window: float) -> None:
+    def __init__(self, idle_after: float, temp_ttl: float, recent_window: float,
+                 declared: Iterable[tuple[str, str]] = (),
+                 declared_grace: float = DECLARED_GRACE,
+                 started: float = float("-inf")) -> None:
         self.idle_after = idle_after
         self.temp_ttl = temp_ttl
         self.recent_window = recent_window
+        self.declared = frozenset(declared)
+        self.declared_grace = declared_grace
+        self.started = started
         self._pairs: collections.OrderedDict[tuple[str, str], PairRecording] = (
             collections.OrderedDict())
 
@@ -211,11 +266,17 @@ class RecordingState:
 
     def recording(self, channel: str, quality: str, now: float) -> bool:
         pair = self._pairs.get((channel, quality))
-        return pair is not None and now - pair.last_seen <= self.idle_after
+        return recorded(pair, now, self.idle_after,
+                        self.declared_grace if (channel, quality) in self.declared else None,
+                        self.started)
 
     def decide(self, name: SegmentName, now: float, wall_now: dt.datetime) -> OfferDecision:
-        return offer_decision(name, self._pairs.get((name.channel, name.quality)), now,
-                              wall_now, self.idle_after, self.temp_ttl, self.recent_window)
+        pair = self._pairs.get((name.channel, name.quality))
+        recording = self.recording(name.channel, name.quality, now)
+        if pair is None and recording:
+            pair = PairRecording()  # declared, nothing of it written yet
+        return offer_decision(name, pair, now, wall_now, self.idle_after, self.temp_ttl,
+                              self.recent_window, recording)
 
     def hole_at(self, name: SegmentName, now: float, wall_now: dt.datetime | None = None
                 ) -> float | None:
@@ -223,9 +284,20 @@ class RecordingState:
         while it is being downloaded, or ahead of it with no lateness to time it by,
         or the pair is not recorded."""
         pair = self._pairs.get((name.channel, name.quality))
-        if pair is None or now - pair.last_seen > self.idle_after:
+        if pair is None or not self.recording(name.channel, name.quality, now):
             return None
         return hole_at(name, pair, now, self.temp_ttl, wall_now)
+
+
+def recorded(pair: PairRecording | None, now: float, idle_after: float,
+             declared_grace: float | None = None, started: float = float("-inf")) -> bool:
+    """Does the local downloader record this pair: a file of it appeared within
+    `idle_after`; for a declared pair (`declared_grace` given) also within
+    `declared_grace` of the agent's start (`started`) or of its last file."""
+    last = pair.last_seen if pair is not None else float("-inf")
+    if now - last <= idle_after:
+        return True
+    return declared_grace is not None and now - max(last, started) <= declared_grace
 
 
 def _note_late(pair: PairRecording, start: dt.datetime, now: float) -> None:
@@ -320,10 +392,12 @@ def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float,
 def offer_decision(
     name: SegmentName, pair: PairRecording | None, now: float, wall_now: dt.datetime,
     idle_after: float, temp_ttl: float, recent_window: float,
+    recording: bool | None = None,
 ) -> OfferDecision:
     """A segment we neither hold nor have tombstoned is offered: now or later?
 
-    - the pair is not recorded here (nothing of ours appeared within `idle_after`):
+    - the pair is not recorded here (nothing of ours appeared within `idle_after`;
+      `recording`, when given, says so instead: a declared pair's rule, `recorded`):
       want, as any archive-only node;
     - it started before our recent window (`wall_now - recent_window`): want, our
       downloader is no longer expected to fetch it (backfill would fetch it too);
@@ -332,15 +406,21 @@ def offer_decision(
     - our downloader passed it at least its reorder lag ago (`hole_grace`), or it is
       overdue by the clock (the wall clock is past its end by our downloader's recent
       lateness, `overdue_at`): a hole, want;
+    - our downloader wrote nothing of the pair yet (a declared pair since the start):
+      later ("declared");
     - it starts after everything our downloader wrote (its frontier): later ("ahead");
     - otherwise our downloader passed it less than its reorder lag ago: later
       ("passing"), until then.
     """
-    if pair is None or now - pair.last_seen > idle_after:
+    if recording is None:
+        recording = recorded(pair, now, idle_after)
+    if pair is None or not recording:
         return OfferDecision("want", "idle")
     if left_to_backfill(name, wall_now, recent_window):
         return OfferDecision("want", "old")
     retry = retry_after_for(name)
+    if pair.last_seen == float("-inf"):
+        return OfferDecision("later", "declared", retry)
     if in_progress(pair, name.start, now, temp_ttl):
         return OfferDecision("later", "in_progress", retry)
     at = hole_at(name, pair, now, temp_ttl, wall_now)

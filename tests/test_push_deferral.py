@@ -348,3 +348,51 @@ async def test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment
         assert frontier(b) == s1.start  # no later segment of its own passed it
         await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
         assert received_bytes(b) == len(d2) and b.downloader.deferral_saved == 0
+
+
+async def declared_cluster(c):
+    """Node 0 plain; node 1 declares that its downloader records PAIR (config
+    `records`), so it defers that pair's offers from its start, before any file."""
+    (a,) = c.nodes
+    b = await c.start_node(records=["/".join(PAIR)], recording_grace=30, **DEFER)
+    await c.connect()
+    return a, b
+
+
+async def test_a_declared_pair_is_deferred_before_the_downloaders_first_file(cluster_factory):
+    """Issue 25: a node learns that it records a pair only from its downloader's first
+    file; declared, the pair's offers before that file wait for the downloader too."""
+    async with cluster_factory(1, **DEFER) as c:
+        a, b = await declared_cluster(c)
+        HeldClocks(b)  # the grace since node 1 started never runs out
+        (s0, d0), = stream(1)
+        write_segment_file(c.root(0), s0, d0)  # node 0's downloader is first
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        assert b.downloader.state.get(*PAIR) is None  # nothing of node 1's downloader yet
+        temp = start_download(c.root(1), s0, d0)  # node 1's downloader's first download
+        await wait_until(lambda: b.downloader.state.get(*PAIR) is not None)
+        finish_download(temp, c.root(1), s0)
+        await wait_until(lambda: pushes(a, b, "have") >= 1, timeout=15)
+        assert b.downloader.deferral_saved == 1
+        assert received_bytes(b) == 0
+        assert pushes(a, b, "stored") == 0
+        assert copies(c.root(1), s0) == [s0.filename]
+
+
+async def test_a_declared_pair_whose_downloader_never_writes_gets_pushes_after_the_grace(
+        cluster_factory):
+    """A declared pair with no file of its own for `recording-grace` seconds since the
+    start counts as not recorded: a node whose downloader is down is not starved."""
+    async with cluster_factory(1, **DEFER) as c:
+        a, b = await declared_cluster(c)
+        clocks = HeldClocks(b)
+        (s0, d0), = stream(1)
+        write_segment_file(c.root(0), s0, d0)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        assert not (c.root(1) / s0.path).exists()
+        clocks.move(30.5)  # past the grace since node 1 started, nothing of its own
+        await wait_until(lambda: (c.root(1) / s0.path).exists(), timeout=15)
+        assert (c.root(1) / s0.path).read_bytes() == d0
+        await wait_until(lambda: pushes(a, b, "stored") == 1)
+        assert b.downloader.deferral_saved == 0
+        assert b.downloader.state.get(*PAIR) is None

@@ -350,3 +350,98 @@ def test_downloads_in_progress_together_mean_a_burst_before_any_lag_is_learned()
     s.segment_written(seg(22), now=10.5)
     assert s.hole_at(seg(19), now=10.5) == pytest.approx(10.5 + BURST_GRACE)
     assert s.decide(seg(19), now=11.0).reason == "passing"
+
+
+# ---- declared pairs: deferred from the agent's start, before the first file ----
+
+def declared(grace=30.0, started=100.0, idle=10.0) -> RecordingState:
+    """desertbus/source declared; the agent started at `now` 100."""
+    return State(idle_after=idle, temp_ttl=60.0, recent_window=120.0,
+                 declared=[("desertbus", "source")], declared_grace=grace, started=started)
+
+
+def test_a_declared_pair_is_deferred_before_its_first_file_until_the_grace():
+    s = declared(grace=30.0, started=100.0)
+    d = s.decide(seg(12), now=100.0)
+    assert (d.status, d.reason) == ("later", "declared")
+    assert d.retry_after == retry_after_for(seg(12))
+    assert s.recording("desertbus", "source", 130.0)
+    assert s.decide(seg(12), now=130.0).reason == "declared"
+    # no file of it for the whole grace since the start: its downloader is down
+    assert (s.decide(seg(12), now=130.1).status, s.decide(seg(12), now=130.1).reason) \
+        == ("want", "idle")
+    assert not s.recording("desertbus", "source", 130.1)
+    # undeclared pairs, and segments older than the recent window, are wanted as before
+    assert s.decide(seg(12, quality="480p"), now=100.0).reason == "idle"
+    old = T0 + dt.timedelta(seconds=12 + 121)
+    assert s.decide(seg(12), now=100.0, wall_now=old).reason == "old"
+    # nothing to time a hole by before the downloader wrote anything
+    assert s.hole_at(seg(12), now=110.0, wall_now=WALL) is None
+
+
+def test_a_declared_pair_follows_the_usual_rules_once_its_files_appear():
+    s = declared(grace=30.0, started=100.0)
+    s.temp_appeared(temp(10), now=108.0)  # the downloader's first download
+    assert s.decide(seg(10), now=108.5).reason == "in_progress"
+    assert s.decide(seg(12), now=108.5).reason == "ahead"
+    s.segment_written(seg(10), now=109.0)
+    s.segment_written(seg(14), now=112.0)  # passed 12 without it: a hole at once
+    assert s.decide(seg(12), now=112.0).reason == "hole"
+    assert s.decide(seg(16), now=112.0).reason == "ahead"
+    # idle for longer than recording-idle, within the grace since its last file:
+    # still recorded (a stall), no longer once the grace is over
+    assert s.decide(seg(16), now=112.0 + 11).reason == "ahead"
+    assert s.hole_at(seg(12), now=112.0 + 11) is not None
+    assert s.decide(seg(16), now=112.0 + 30.1).reason == "idle"
+    assert s.hole_at(seg(12), now=112.0 + 30.1) is None
+    # the same pair undeclared goes idle after recording-idle, as before
+    plain = state(idle=10.0)
+    plain.segment_written(seg(14), now=112.0)
+    assert plain.decide(seg(16), now=112.0 + 11).reason == "idle"
+
+
+def test_a_declared_pair_deferred_before_the_first_file_becomes_a_hole_once_passed():
+    from protocol.recording import HoleWatch
+    s, watch = declared(started=0.0), HoleWatch()
+    assert s.decide(seg(12), now=1.0).reason == "declared"
+    watch.deferred(seg(12), "node-a")
+    s.segment_written(seg(14), now=5.0)  # its first file is past 12
+    [(item, at)] = watch.plan(s, "desertbus", "source", 5.0, WALL, 120.0)
+    assert (item.name, at) == (seg(12), 5.0)
+
+
+def test_declared_pairs_as_operators_write_them():
+    from protocol.recording import MAX_DECLARED, parse_declared_pairs
+    assert parse_declared_pairs(["desertbus/source", "desertbus/480p", "desertbus/source"]) \
+        == {("desertbus", "source"), ("desertbus", "480p")}
+    assert parse_declared_pairs({"desertbus": ["source", "480p"], "other": "source"}) \
+        == {("desertbus", "source"), ("desertbus", "480p"), ("other", "source")}
+    assert parse_declared_pairs([]) == frozenset()
+    for bad, says in ((["desertbus"], "CHANNEL/QUALITY"), (["a/b/c"], "CHANNEL/QUALITY"),
+                      (["/source"], "channel is empty"), (["desertbus/.x"], "quality"),
+                      ([7], "CHANNEL/QUALITY"), ("desertbus/source", "a list"),
+                      ({"desertbus": []}, "qualities"), ({"desertbus": [3]}, "quality"),
+                      ([f"c{i}/q" for i in range(MAX_DECLARED + 1)], "at most")):
+        with pytest.raises(ValueError, match=says):
+            parse_declared_pairs(bad)
+
+
+def test_records_and_recording_grace_config_keys(tmp_path):
+    from agent.config import ConfigError, build_config, load_toml
+    from agent.push.recording import DeferralSettings
+    toml = tmp_path / "segsync.toml"
+    toml.write_text('records = ["desertbus/source"]\nrecording-grace = 45\n')
+    cfg = build_config({"root": tmp_path, **load_toml(toml)})
+    assert cfg.records == {("desertbus", "source")} and cfg.recording_grace == 45.0
+    settings = DeferralSettings.from_config(cfg)
+    assert (settings.declared, settings.declared_grace) == ({("desertbus", "source")}, 45.0)
+    toml.write_text('[records]\ndesertbus = ["source", "480p"]\n')
+    assert build_config({"root": tmp_path, **load_toml(toml)}).records == {
+        ("desertbus", "source"), ("desertbus", "480p")}
+    default = build_config({"root": tmp_path})
+    assert default.records == frozenset() and default.recording_grace == 30.0
+    for bad, says in (({"records": ["desertbus"]}, "records: 'desertbus' must be"),
+                      ({"records": "desertbus/source"}, "records: must be a list"),
+                      ({"recording_grace": 0}, "recording-grace must be > 0")):
+        with pytest.raises(ConfigError, match=says):
+            build_config({"root": tmp_path, **bad})

@@ -49,7 +49,8 @@ def test_hash_mismatch_leaves_nothing(tmp_path):
     data = os.urandom(1000)
     name = make_name(data, T0)
     with pytest.raises(WriteRejected) as info:
-        write_segment(store, name, [data[:-1] + b"x"])
+        # the last byte changed (a fixed b"x" was the same byte 1 time in 256)
+        write_segment(store, name, [data[:-1] + bytes([data[-1] ^ 1])])
     assert info.value.reason == "hash_mismatch"
     assert visible_files(tmp_path) == []
 

@@ -24,6 +24,7 @@ import trio
 from protocol import messages as m
 from protocol.names import Kind, SegmentName
 from protocol.recording import (
+    DECLARED_GRACE,
     MIN_RETRY_AFTER,
     TEMP_TTL,
     HoleWatch,
@@ -48,10 +49,14 @@ class DeferralSettings:
     idle_after: float = 10.0     # config `recording-idle`
     recent_window: float = 120.0
     temp_ttl: float = TEMP_TTL
+    # config `records`: the pairs our downloader records, deferred from the start
+    declared: frozenset[tuple[str, str]] = frozenset()
+    declared_grace: float = DECLARED_GRACE  # config `recording-grace`
 
     @classmethod
     def from_config(cls, cfg) -> "DeferralSettings":
-        return cls(cfg.defer_push, cfg.recording_idle, cfg.recent_window)
+        return cls(cfg.defer_push, cfg.recording_idle, cfg.recent_window,
+                   declared=cfg.records, declared_grace=cfg.recording_grace)
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,10 @@ class DownloaderTracker:
         self.enabled = settings.enabled
         self.clock = clock
         self.wall_clock = wall_clock
+        # a declared pair is deferred from now (the agent's start) for its grace
         self.state = RecordingState(settings.idle_after, settings.temp_ttl,
-                                    settings.recent_window)
+                                    settings.recent_window, settings.declared,
+                                    settings.declared_grace, started=clock())
         self._deferred = RecentSet(REMEMBERED)  # bytes answered "later" (see _bytes_key)
         self._holes = RecentSet(REMEMBERED)     # paths wanted as holes of our downloader
         self.deferred_offers = 0
