@@ -216,7 +216,7 @@ def test_refused_write_leaves_no_new_directories(tmp_path):
     data = os.urandom(10_000)
     name = make_name(data, hours_ago(3), channel="brandnew")
     with pytest.raises(Exception):
-        write_segment(store, name, [data[:-1] + b"!"], len(data))
+        write_segment(store, name, [data[:-1] + bytes([data[-1] ^ 1])], len(data))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OSError):
         write_segment(store, name, [data], len(data), write=FullDisk(100).write)
@@ -225,5 +225,5 @@ def test_refused_write_leaves_no_new_directories(tmp_path):
     other = make_name(b"other", hours_ago(3), channel="brandnew")
     assert write_segment(store, other, [b"other"], 5) == "stored"
     with pytest.raises(Exception):
-        write_segment(store, name, [data[:-1] + b"!"], len(data))
+        write_segment(store, name, [data[:-1] + bytes([data[-1] ^ 1])], len(data))
     assert sorted(p.name for p in (tmp_path / other.hour_path).iterdir()) == [other.filename]
