@@ -21,7 +21,7 @@ import trio
 
 from protocol.names import SegmentName
 from protocol.peerkind import PeerKind
-from protocol.recording import DeferredQueue, Watched, repair_order
+from protocol.recording import Watched, repair_order
 
 from ..archive.ingest import Ingest
 from ..archive.store import WriteRejected
@@ -29,6 +29,7 @@ from ..peers.client import ClientFactory, PeerError
 from ..peers.kinds import PeerKinds
 from ..peers.peer_set import Peer, PeerSet
 from ..telemetry.metrics import Metrics
+from .reoffer import DueQueue
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,8 @@ class HoleRepairer:
         self.metrics = metrics
         self.max_segment_bytes = max_segment_bytes
         self.verdict: Verdict = _always  # the tracker sets its own
-        self.queue: DeferredQueue[Watched] = DeferredQueue(MAX_PARKED)
+        self.due: DueQueue[Watched] = DueQueue(MAX_PARKED)
         self.in_flight: set[str] = set()  # paths being fetched now
-        self._wakeup = trio.Event()
         self._slots = trio.Semaphore(REPAIRS_AT_ONCE)
         self.repaired = 0
 
@@ -61,24 +61,15 @@ class HoleRepairer:
         """Repair `item` in `delay` seconds (0 or less: now). Outside trio (a test of
         the tracker alone) there is nothing to schedule on."""
         try:
-            now = trio.current_time()
-        except RuntimeError:
+            self.due.park(item, max(0.0, delay))
+        except RuntimeError:  # no trio clock to park on
             return
-        if self.queue.park(item, now + max(0.0, delay)):
-            self._wakeup.set()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                due = self.queue.next_due()
-                self._wakeup = trio.Event()
-                if due is None:
-                    await self._wakeup.wait()
-                    continue
-                with trio.move_on_at(due):
-                    await self._wakeup.wait()  # an earlier one may have come in
-                for item in self.queue.pop_due(trio.current_time()):
+                for item in await self.due.next_due():
                     if item.name.path in self.in_flight:
                         continue
                     await self._slots.acquire()

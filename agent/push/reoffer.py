@@ -23,6 +23,39 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class DueQueue(Generic[T]):
+    """A `DeferredQueue` on trio's clock: items parked for a while, taken once due.
+    The re-offers and the hole repairer both wait on one."""
+
+    def __init__(self, max_items: int) -> None:
+        self.queue: DeferredQueue[T] = DeferredQueue(max_items)
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def park(self, item: T, delay: float) -> bool:
+        """Due in `delay` seconds; False when the queue is full."""
+        if not self.queue.park(item, trio.current_time() + delay):
+            return False
+        self._wakeup.set()
+        return True
+
+    async def next_due(self) -> list[T]:
+        """Wait for the next items to come due (earliest first) and take them."""
+        while True:
+            due = self.queue.next_due()
+            self._wakeup = trio.Event()
+            if due is None:
+                await self._wakeup.wait()
+                continue
+            with trio.move_on_at(due):
+                await self._wakeup.wait()  # an earlier due time may have come in
+            items = self.queue.pop_due(trio.current_time())
+            if items:
+                return items
+
+
 class ReOffers(Generic[T]):
     def __init__(
         self, requeue: Callable[[T], object], name_of: Callable[[T], SegmentName], *,
@@ -32,30 +65,19 @@ class ReOffers(Generic[T]):
         self.name_of = name_of
         self.recent_window = recent_window
         self.wall_clock = wall_clock
-        self.queue: DeferredQueue[T] = DeferredQueue(max_items)
-        self._wakeup = trio.Event()
+        self.due: DueQueue[T] = DueQueue(max_items)
 
     def __len__(self) -> int:
-        return len(self.queue)
+        return len(self.due)
 
     def park(self, item: T, retry_after: float) -> bool:
         """Offer `item` again in `retry_after` seconds; False when it is left to
         backfill instead (too old, or too many parked)."""
         if left_to_backfill(self.name_of(item), self.wall_clock(), self.recent_window):
             return False
-        if not self.queue.park(item, trio.current_time() + retry_after):
-            return False
-        self._wakeup.set()
-        return True
+        return self.due.park(item, retry_after)
 
     async def run(self) -> None:
         while True:
-            due = self.queue.next_due()
-            self._wakeup = trio.Event()
-            if due is None:
-                await self._wakeup.wait()
-                continue
-            with trio.move_on_at(due):
-                await self._wakeup.wait()  # an earlier due time may have come in
-            for item in self.queue.pop_due(trio.current_time()):
+            for item in await self.due.next_due():
                 self.requeue(item)
