@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,6 +39,8 @@ from protocol.bandwidth import (
     parse_rate,
 )
 from protocol.names import SegmentName
+
+from .tls import file_signature
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +268,6 @@ class BandwidthFile:
         self.read = read
         self.fixed = fixed
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
     def _read(self) -> dict[str, float | None] | ValueError:
         try:
             return self.read()
@@ -297,9 +291,9 @@ class BandwidthFile:
     async def watch(self) -> None:
         """Poll the file; the first look reads it too (it may have changed between the
         start-up's read and this task's start: what it says now is what counts)."""
-        last: tuple[int, int, int] | None | bool = False  # never equal to a signature
+        last: tuple | None | bool = False  # never equal to a signature
         while True:
-            sig = await trio.to_thread.run_sync(self._signature)
+            sig = await trio.to_thread.run_sync(file_signature, self.path)
             if sig != last:
                 last = sig
                 self.apply(await trio.to_thread.run_sync(self._read))

@@ -10,7 +10,6 @@ counted and shown in the status reply."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from protocol.peerlist import PeerEntry, PeerListError, SourceHealth, parse_node
 
 from ..telemetry.metrics import Metrics
 from .peer_set import Peer, PeerSet, normalize_peer_url
+from .tls import file_signature
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +72,12 @@ class PeersFile:
         """The file's state for the status reply."""
         return self.health.report(SOURCE, str(self.path), len(self.last_good or ()))
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
     async def watch(self) -> None:
         """Re-read the file whenever its size, time or inode change."""
-        last = await trio.to_thread.run_sync(self._signature)
+        last = await trio.to_thread.run_sync(file_signature, self.path)
         while True:
             await trio.sleep(POLL_INTERVAL)
-            sig = await trio.to_thread.run_sync(self._signature)
+            sig = await trio.to_thread.run_sync(file_signature, self.path)
             if sig != last:
                 last = sig
                 self.apply(await trio.to_thread.run_sync(self.read))
