@@ -161,6 +161,10 @@ class Node:
                 nursery.start_soon(self.dashboard.warm)
                 binds = await nursery.start(self._serve)
                 self.url = binds[0]
+                # said as /healthz starts answering: whoever saw it answer finds the line
+                log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
+                         self.config.root, self.url,
+                         ", ".join(p.url for p in self.peers) or "none")
                 # The watches are set once the node serves, in the background: one
                 # per hour directory, up to ~0.25 ms each (the kernel visits the
                 # directory's cached entries), most of a warm start at 2,800 hours,
@@ -187,9 +191,8 @@ class Node:
                 # chat and extras (their rescan, announcing what is new since the first)
                 await self.local_files.sweep()
                 await self.files.local.rescan(announce_new=True)
-                log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
-                         self.config.root, self.url,
-                         ", ".join(p.url for p in self.peers) or "none")
+                log.info("segsync node %s ready: watching, swept and pushing",
+                         self.config.node_name)
                 task_status.started(self.url)
 
     async def _watch(self, nursery: trio.Nursery, watching: trio.Event) -> None:
