@@ -15,6 +15,9 @@ checkout of the code before the persistent index):
     (spawning the interpreter and importing the agent, which no archive size
     changes: the median of 5 runs in the same environment), the index's own phases
     and the time the watches took to set (both from A's /metrics, persistent design);
+  - warm start, index uncached: A's warm start with the index's pages dropped from
+    the page cache first (posix_fadvise), as on a node whose archive reads pushed
+    them out: the start then reads its rows from disk;
   - an in-sync round: B (started cold, then warm) pulls from A every
     `--interval` s through a byte-counting proxy; bytes on the wire and CPU of A
     and B per round (idle CPU subtracted), and both RSS after the rounds;
@@ -239,7 +242,36 @@ def measure_design(name: str, checkout: Path | None, base: Path, archive: dict, 
     finally:
         a.stop(60)
     out["index_bytes"] = index_bytes(a_root)
+    out["warm_uncached_s"], out["warm_uncached_samples"] = uncached_warm_start(a, args)
     return out
+
+
+def evict_index(root: Path) -> bool:
+    """Drop the index's pages from the page cache (posix_fadvise DONTNEED, which
+    needs no privilege): what a node sees when the archive's own reads pushed them
+    out. False when there is no index (the in-memory design)."""
+    files = sorted((root / ".segsync").glob("index.sqlite3*"))
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return bool(files)
+
+
+def uncached_warm_start(agent: Agent, args) -> tuple[float | None, list[float]]:
+    """Warm starts with the index evicted before each (the median of
+    `--warm-repeats`); (None, []) without an index."""
+    samples: list[float] = []
+    for _ in range(args.warm_repeats):
+        if not evict_index(agent.root):
+            return None, []
+        samples.append(timed_start(agent, args.ready_timeout))
+        settle(agent)
+        agent.stop(60)
+    return _median(samples), samples
 
 
 def _opt(seconds: float | None) -> str:
@@ -259,6 +291,8 @@ def main() -> int:
     p.add_argument("--per-hour", type=int, default=1800)
     p.add_argument("--baseline", help="checkout of the in-memory design (e.g. a git "
                    "worktree of main before the persistent index); omitted: not measured")
+    p.add_argument("--baseline-label", default="in-memory",
+                   help="the baseline's name in the table (default in-memory)")
     p.add_argument("--warm-repeats", type=int, default=3,
                    help="warm starts under 5 s: the median of this many (default 3)")
     p.add_argument("--interval", type=float, default=1.0)
@@ -287,7 +321,7 @@ def main() -> int:
               + ("reused" if archive["reused"] else f"built in {archive['build_s']:.0f}s"))
         designs = [("persistent", None)]
         if args.baseline:
-            designs.append(("in-memory", Path(args.baseline).resolve()))
+            designs.append((args.baseline_label, Path(args.baseline).resolve()))
         for name, checkout in designs:
             r = measure_design(name, checkout, base, archive, args)
             r["process_startup_s"] = process_startup(checkout)
@@ -300,7 +334,7 @@ def main() -> int:
                   f"{r['wire_bytes_per_round']:.0f} B/round")
         results["environment"]["load_avg_at_end"] = os.getloadavg()
     rows = [[r["design"], r["cold_start_s"], r["b_cold_start_s"], r["warm_start_s"],
-             r["b_warm_start_s"], r["process_startup_s"],
+             r["b_warm_start_s"], _opt(r["warm_uncached_s"]), r["process_startup_s"],
              r["warm_start_s"] - r["process_startup_s"], _opt(r["warm_index_s"]),
              _opt(r["warm_watches_s"]), r["rss_a"] / 1e6, r["rss_b"] / 1e6,
              round(r["wire_bytes_per_round"]),
@@ -308,7 +342,7 @@ def main() -> int:
              1000 * r["cold_hour_list_s"], 1000 * r["hot_hour_list_s"],
              r["index_bytes"] / 1e6] for r in results["designs"]]
     print_table(["design", "cold A s", "cold B s", "warm A s", "warm B s",
-                 "process start-up s", "warm A - start-up s", "index s", "watches s",
+                 "warm A, index uncached", "process start-up s", "warm A - start-up s", "index s", "watches s",
                  "RSS A MB", "RSS B MB", "round B", "CPU A ms", "CPU B ms",
                  "cold hour ms", "hot hour ms", "index MB"], rows,
                 title=f"{args.segments} segments ({archive['hour_dirs']} hour directories); "

@@ -60,7 +60,7 @@ def saved_names(root) -> dict:
     conn = sqlite3.connect(root / ".segsync" / "index.sqlite3")
     try:
         return {(c, q, h): sorted(decode_names(blob)) for c, q, h, blob in
-                conn.execute("SELECT channel, quality, hour, names FROM hours")}
+                conn.execute("SELECT channel, quality, hour, names FROM hour_names")}
     finally:
         conn.close()
 

@@ -145,11 +145,17 @@ async def test_warm_start_reflects_every_kind_of_offline_change(tmp_path):
 
 
 def forge_row(root: Path, key, **columns) -> None:
+    """Set columns of an hour's row (`names`, `names_crc`: of its names' row)."""
     conn = sqlite3.connect(root / ".segsync" / "index.sqlite3")
     with conn:
-        sets = ", ".join(f"{c}=?" for c in columns)
-        conn.execute(f"UPDATE hours SET {sets} WHERE channel=? AND quality=? AND hour=?",
-                     (*columns.values(), *key))
+        for table, cols in (("hours", {c: v for c, v in columns.items()
+                                       if not c.startswith("names")}),
+                            ("hour_names", {c: v for c, v in columns.items()
+                                            if c.startswith("names")})):
+            if cols:
+                sets = ", ".join(f"{c}=?" for c in cols)
+                conn.execute(f"UPDATE {table} SET {sets} WHERE channel=? AND quality=? AND "
+                             "hour=?", (*cols.values(), *key))
     conn.close()
 
 
@@ -228,10 +234,10 @@ async def test_a_names_blob_that_fails_its_crc_is_not_used(tmp_path, caplog):
     key = next(iter(disk_state(tmp_path)))
     conn = sqlite3.connect(tmp_path / ".segsync" / "index.sqlite3")
     with conn:
-        (blob,) = conn.execute("SELECT names FROM hours WHERE channel=? AND quality=? AND "
+        (blob,) = conn.execute("SELECT names FROM hour_names WHERE channel=? AND quality=? AND "
                                "hour=?", key).fetchone()
         rotten = blob[:5] + bytes([blob[5] ^ 0x01]) + blob[6:]  # one bit
-        conn.execute("UPDATE hours SET names=? WHERE channel=? AND quality=? AND hour=?",
+        conn.execute("UPDATE hour_names SET names=? WHERE channel=? AND quality=? AND hour=?",
                      (rotten, *key))
     conn.close()
     k2 = await started(tmp_path)

@@ -1,9 +1,13 @@
 """The persistent index's file: ROOT/.segsync/index.sqlite3 (stdlib sqlite3, WAL).
 
-One row per (channel, quality, hour) directory: the stamp of the listing its names
-were checked against (or none), the hour digest, counts, coverage spans and the
-names (one blob with its CRC-32, last column, so reading the other columns never
-touches it; SQLite itself checks no page, a damaged blob fails its CRC). All
+One row per (channel, quality, hour) directory in `hours`: the stamp of the listing
+its names were checked against (or none), the hour digest, counts and coverage spans;
+the names in `hour_names`, one blob with its CRC-32 per hour (SQLite itself checks no
+page, a damaged blob fails its CRC). Two tables, not a last column: a row's first
+~500 bytes share its leaf page with its blob's overflow pages, so the 2,778 rows of a
+5M-segment archive lay on ~400 pages scattered over its 340 MB, and a warm start
+whose index had left the page cache read them in 250-330 ms; apart, its rows fill
+~110 pages, read in ~50 ms (bench/scale.py's node B, issue 20). All
 writes are single transactions: a kill -9 leaves the rows of the last commit, each
 one either a listing that its stamp vouches for or marked unverified (see
 protocol/index/listing_stamp.py for when a warm start trusts a row).
@@ -48,10 +52,14 @@ CREATE TABLE hours (
     digest BLOB NOT NULL,
     segments INTEGER NOT NULL, hidden INTEGER NOT NULL, tombstones INTEGER NOT NULL,
     spans BLOB,
+    PRIMARY KEY (channel, quality, hour)
+);
+CREATE TABLE hour_names (
+    channel TEXT NOT NULL, quality TEXT NOT NULL, hour TEXT NOT NULL,
     names_crc INTEGER NOT NULL,
     names BLOB NOT NULL,
     PRIMARY KEY (channel, quality, hour)
-)
+);
 """
 
 
@@ -114,6 +122,7 @@ class IndexDb:
                 reason = index_usable(app_id, version)
                 if reason is None:
                     conn.execute("SELECT count(*) FROM hours").fetchone()
+                    conn.execute("SELECT 1 FROM hour_names LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and _is_full(e):
                 raise IndexUnavailable(f"{self.path}: {e}") from None
@@ -158,7 +167,9 @@ class IndexDb:
             conn = self._connect()
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_SCHEMA)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return conn
@@ -211,7 +222,8 @@ class IndexDb:
             with self._read_lock:
                 assert self._reader is not None
                 row = self._reader.execute(
-                    "SELECT names_crc, names FROM hours WHERE channel=? AND quality=? AND hour=?",
+                    "SELECT names_crc, names FROM hour_names"
+                    " WHERE channel=? AND quality=? AND hour=?",
                     key).fetchone()
         except sqlite3.DatabaseError as e:
             raise IndexCorrupt(str(e)) from None
@@ -239,11 +251,20 @@ class IndexDb:
                 try:
                     if clear:
                         conn.execute("DELETE FROM hours")
+                        conn.execute("DELETE FROM hour_names")
+                    rows = list(rows)
+                    # the batch's rows first: they keep to fewer pages than if each
+                    # came between two blobs
                     conn.executemany(
-                        "INSERT OR REPLACE INTO hours VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT OR REPLACE INTO hours VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (_row_values(r) for r in rows))
                     conn.executemany(
-                        "DELETE FROM hours WHERE channel=? AND quality=? AND hour=?", deleted)
+                        "INSERT OR REPLACE INTO hour_names VALUES (?,?,?,?,?)",
+                        (_names_values(r) for r in rows))
+                    deleted = list(deleted)
+                    for table in ("hours", "hour_names"):
+                        conn.executemany(f"DELETE FROM {table} WHERE channel=? AND quality=?"
+                                         " AND hour=?", deleted)
                     conn.executemany(
                         "UPDATE hours SET spans=? WHERE channel=? AND quality=? AND hour=?",
                         ((encode_spans(s), *k) for k, s in spans))
@@ -296,12 +317,15 @@ class IndexDb:
 
 
 def _row_values(row: HourRow) -> tuple:
-    assert row.names is not None
-    blob = encode_names(row.names)  # with a CRC: SQLite checks no page of it
     stamp = row.listing
     return (*row.key,
             stamp.stamp.mtime_ns if stamp else None, stamp.stamp.ctime_ns if stamp else None,
             stamp.listed_at_ns if stamp else None,
             row.digest, row.counts.segments, row.counts.hidden, row.counts.tombstones,
-            encode_spans(row.spans) if row.spans is not None else None,
-            zlib.crc32(blob), blob)
+            encode_spans(row.spans) if row.spans is not None else None)
+
+
+def _names_values(row: HourRow) -> tuple:
+    assert row.names is not None
+    blob = encode_names(row.names)  # with a CRC: SQLite checks no page of it
+    return (*row.key, zlib.crc32(blob), blob)

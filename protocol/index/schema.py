@@ -1,6 +1,7 @@
 """The persistent index's file format: schema version and the encoding of a row.
 
-One row per (channel, quality, hour) directory. The names are one blob (sorted,
+One row per (channel, quality, hour) directory, and its names in a table of their
+own (a warm start reads every row but no name). The names are one blob (sorted,
 newline-separated UTF-8): a row a name would make a 2M-segment index five times
 bigger and its cold start minutes long. Not compressed: zlib, even at level 1, cost
 a full scan more time (~1 us a name) than the rest of writing the index. An index whose version is not
@@ -17,7 +18,8 @@ from typing import Iterable
 from ..coverage import HourSpans
 from ..names import SEGMENT_SUFFIX, TOMBSTONE_SUFFIX, tombstone_filename_for
 
-SCHEMA_VERSION = 2  # 1: names blobs were zlib-compressed
+# 1: names blobs were zlib-compressed; 2: the names blob was the hour row's last column
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x53454753  # "SEGS": SQLite's application_id, marks the file as ours
 
 MAX_NAMES_BLOB = 64 * 1024 * 1024  # bytes of one hour's names, at most
