@@ -6,8 +6,11 @@ import socket
 import httpx
 import trio
 
+from agent.peers.peer_set import Peer
 from conftest import wait_until
-from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, push_state
+from helpers import (free_port, hours_ago, make_name, push_state, touch_tombstone,
+                     write_segment_file)
+from protocol.peerkind import PeerKind
 
 
 def no_temp_files(root):
@@ -38,6 +41,28 @@ async def test_segment_in_new_hour_directory_is_pushed(cluster_factory):
             name = make_name(data, hours_ago(10 + i))  # each in a new hour directory
             write_segment_file(c.root(0), name, data)
             await wait_until(lambda: (c.root(1) / name.path).exists())
+
+
+async def test_push_to_a_peer_is_ready_before_the_first_segment(cluster_factory):
+    """A peer that was not up when this agent started: as soon as it answers, its kind
+    is known and the pusher holds a connection to it, before any segment (the first
+    segment's push paid a kind probe and a connect: 10-80 ms more than the next ones
+    in bench/cluster_bandwidth.py)."""
+    port = free_port()
+    async with cluster_factory(1, connect=False) as c:
+        node0 = c.nodes[0]
+        later = Peer.from_url(f"http://127.0.0.1:{port}", "node1")
+        await node0.set_peers([later])  # its pusher starts now: nobody listens there
+        node1 = await c.start_node(listen=f"127.0.0.1:{port}")
+        healthz = node1.metrics.requests.labels("healthz")
+        await wait_until(lambda: healthz._value.get() >= 1, timeout=20)  # the warm-up
+        assert node0.kinds.known(later) is PeerKind.SEGSYNC
+        assert node0.pusher.pushers[later].warmed.is_set()
+        assert node1.metrics.received.labels("segment", "stored")._value.get() == 0
+        data = os.urandom(5000)
+        name = make_name(data, hours_ago(0))
+        write_segment_file(c.root(0), name, data)
+        await wait_until(lambda: (c.root(1) / name.path).exists())
 
 
 async def test_slow_in_place_write_never_appears_partial(cluster_factory):

@@ -11,6 +11,7 @@ from agent.archive.store import (
     Tombstoned,
     WriteRejected,
     classify_hour,
+    parents_to_sync,
     write_all,
     writev_all,
 )
@@ -393,3 +394,121 @@ def test_concurrent_writes_into_a_new_hour_never_lose_their_directory(tmp_path):
     hours = {p for p in tmp_path.rglob("*")
              if p.is_dir() and len(p.relative_to(tmp_path).parts) == 3}
     assert hours == {tmp_path / n.hour_path for n in stored}
+
+
+def test_parents_to_sync_pure():
+    root = Path("/archive")
+    hour = root / "chan" / "source" / "2026-12-07T00"
+    quality, channel = hour.parent, hour.parent.parent
+    assert parents_to_sync(set(), hour, root) == []
+    assert parents_to_sync({hour}, hour, root) == [(hour, quality)]
+    assert parents_to_sync({hour, quality, channel}, hour, root) == [
+        (hour, quality), (quality, channel), (channel, root)]  # deepest first
+    assert parents_to_sync({channel}, hour, root) == [(channel, root)]
+    # only the chain of the directory committed into: another new hour is its own
+    assert parents_to_sync({quality / "2026-12-07T01"}, hour, root) == []
+    assert parents_to_sync({root}, root, root) == []  # the root is never "made"
+    assert parents_to_sync({Path("/elsewhere/x")}, Path("/elsewhere/x"), root) == []
+
+
+def record_fsyncs(monkeypatch) -> list[tuple[str, Path]]:
+    """Every fsync from now on, in order: ("file" | "dir", the path it was made on)."""
+    calls: list[tuple[str, Path]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        calls.append(("dir" if path.is_dir() else "file", path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_a_new_hour_directory_is_synced_after_the_segments_own_fsync(tmp_path, monkeypatch):
+    """The first segment of an hour (here also of its channel and quality): the new
+    directories' names are made durable before the segment is acknowledged, but after
+    its own fsync, which already committed the mkdirs (one journal commit fewer on
+    the push path, bench/cluster_bandwidth.py); only the parents of directories that
+    were made are synced."""
+    store = Store(tmp_path)
+    calls = record_fsyncs(monkeypatch)
+    name = make_name(b"first", T0)
+    hour = tmp_path / name.hour_path
+    assert write_segment(store, name, [b"first"]) == "stored"
+    assert calls[0][0] == "file"  # nothing synced before the segment's own data
+    assert calls[1:] == [("dir", hour.parent), ("dir", hour.parent.parent),
+                         ("dir", tmp_path), ("dir", hour)]
+
+    calls.clear()  # the next hour of the same pair: only its quality directory
+    later = make_name(b"later", T0 + dt.timedelta(hours=1))
+    assert write_segment(store, later, [b"later"]) == "stored"
+    next_hour = tmp_path / later.hour_path
+    assert [c for c in calls if c[0] == "dir"] == [("dir", next_hour.parent),
+                                                  ("dir", next_hour)]
+
+    calls.clear()  # and a segment in an hour that exists: its own directory only
+    same = make_name(b"same", T0 + dt.timedelta(hours=1, seconds=2))
+    assert write_segment(store, same, [b"same"]) == "stored"
+    assert [c for c in calls if c[0] == "dir"] == [("dir", next_hour)]
+
+
+def test_a_write_that_found_a_new_directory_syncs_it_if_it_commits_first(
+        tmp_path, monkeypatch):
+    """Two writes into a brand-new hour: the second found the directory the first
+    made. Whichever commits first makes the directory's name durable before it is
+    acknowledged; the other does not sync it again."""
+    store = Store(tmp_path)
+    calls = record_fsyncs(monkeypatch)
+    first_name = make_name(b"a", T0)
+    second_name = make_name(b"b", T0 + dt.timedelta(seconds=2))
+    hour = tmp_path / first_name.hour_path
+    first = store.open_writer(first_name)
+    second = store.open_writer(second_name)
+    assert first.made_dirs == [hour.parent.parent, hour.parent, hour]
+    assert second.made_dirs == []
+    assert calls == []  # nothing synced while the bytes come in
+    second.write(b"b")
+    assert second.commit() == "stored"
+    assert [c for c in calls if c[0] == "dir"] == [
+        ("dir", hour.parent), ("dir", hour.parent.parent), ("dir", tmp_path), ("dir", hour)]
+    calls.clear()
+    first.write(b"a")
+    assert first.commit() == "stored"
+    assert [c for c in calls if c[0] == "dir"] == [("dir", hour)]
+
+
+def test_a_batch_commit_syncs_new_directories_and_leaves_the_hour_to_the_caller(
+        tmp_path, monkeypatch):
+    """commit(sync_dir=False) (a catch-up batch): the new directories' names are made
+    durable by the commit; the hour directory (the rename) by `sync_dirs` later."""
+    store = Store(tmp_path)
+    calls = record_fsyncs(monkeypatch)
+    name = make_name(b"batch", T0)
+    hour = tmp_path / name.hour_path
+    with store.open_writer(name) as writer:
+        writer.write(b"batch")
+        assert writer.commit(sync_dir=False) == "stored"
+    assert [c for c in calls if c[0] == "dir"] == [
+        ("dir", hour.parent), ("dir", hour.parent.parent), ("dir", tmp_path)]
+    calls.clear()
+    store.sync_dirs([hour])
+    assert calls == [("dir", hour)]
+
+
+def test_an_aborted_write_into_a_new_hour_leaves_nothing_to_sync(tmp_path, monkeypatch):
+    """A refused write's new directories go away; a later write makes and syncs them
+    again (nothing is remembered as synced that is not)."""
+    store = Store(tmp_path)
+    calls = record_fsyncs(monkeypatch)
+    name = make_name(b"right", T0)
+    hour = tmp_path / name.hour_path
+    with pytest.raises(WriteRejected):
+        with store.open_writer(name) as writer:
+            writer.write(b"wrong")
+            writer.commit()
+    assert list(tmp_path.iterdir()) == []
+    assert calls == []
+    assert write_segment(store, name, [b"right"]) == "stored"
+    assert [c for c in calls if c[0] == "dir"] == [
+        ("dir", hour.parent), ("dir", hour.parent.parent), ("dir", tmp_path), ("dir", hour)]

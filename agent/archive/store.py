@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 from protocol.digests import hour_digest
 from protocol.legacy import NON_SEGMENT_QUALITIES
@@ -163,6 +163,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def parents_to_sync(unsynced: Collection[Path], directory: Path,
+                    root: Path) -> list[tuple[Path, Path]]:
+    """(made, parent) for each directory on the way from `directory` up to `root`
+    (exclusive) that was made and whose name is not durable yet (`unsynced`): its
+    parent is the directory to fsync. Deepest first; [] when the chain is durable."""
+    out = []
+    d = directory
+    while d != root and root in d.parents:
+        if d in unsynced:
+            out.append((d, d.parent))
+        d = d.parent
+    return out
+
+
 class SegmentWriter:
     """Streams one incoming segment into a temp file; `commit` verifies and renames."""
 
@@ -191,7 +205,7 @@ class SegmentWriter:
         self.done = False
         store.begin_write()
         try:
-            self.made_dirs = store.make_hour_dirs(name)
+            self.made_dirs = store.make_hour_dirs(name, sync=False)  # synced at commit
             self._fd = os.open(
                 self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
             )
@@ -264,13 +278,19 @@ class SegmentWriter:
         `sync_dir=False` leaves the directory's fsync (which makes the rename itself
         durable) to the caller, who can then sync a directory once for many files
         (`Store.sync_dirs`). Until then a crash can lose the rename, never expose a
-        partial file: the data was synced before the name appeared."""
+        partial file: the data was synced before the name appeared.
+
+        A brand-new hour directory (and channel, quality) made for this write gets its
+        name made durable here, after the file's fsync, not when it was made: that
+        fsync has committed the mkdirs with it (one journal commit, not two on ext4),
+        so the first segment of every hour costs no more than the next ones."""
         try:
             self.verify()
             assert self._fd is not None
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            self.store.sync_new_dirs(self.final_path.parent)
             if self.store.has_tombstone(self.name):
                 raise Tombstoned(self.name.path)
             if self.final_path.exists():
@@ -334,6 +354,9 @@ class Store:
         self._writes_lock = threading.Lock()
         self._writes = 0
         self._unused_dirs: set[Path] = set()
+        # directories made by writes in progress whose names are not durable yet: the
+        # first write to commit in them fsyncs their parents (`sync_new_dirs`)
+        self._unsynced_dirs: set[Path] = set()
 
     # ---- paths ----
 
@@ -350,9 +373,10 @@ class Store:
         self.make_hour_dirs(name)
         return self.root / name.hour_path
 
-    def make_hour_dirs(self, name: SegmentName) -> list[Path]:
+    def make_hour_dirs(self, name: SegmentName, sync: bool = True) -> list[Path]:
         """Create CHANNEL/QUALITY/HOUR as needed; returns the directories it made.
-        Called by a write in progress (`begin_write`)."""
+        Called by a write in progress (`begin_write`). `sync`: their names are made
+        durable now; else by the write's commit (`sync_new_dirs`), before it ends."""
         path = self.root / name.hour_path
         made: list[Path] = []
         if not path.is_dir():
@@ -363,13 +387,27 @@ class Store:
                         made.append(d)
                     except FileExistsError:
                         pass
-                for parent in (path.parent, path.parent.parent, self.root):
-                    fsync_dir(parent)
             except OSError:  # e.g. no space: leave no half-made tree behind (this
                 with self._writes_lock:  # write's end_write removes them)
                     self._unused_dirs.update(made)
                 raise
+            with self._writes_lock:
+                self._unsynced_dirs.update(made)
+        if sync:
+            self.sync_new_dirs(path)
         return made
+
+    def sync_new_dirs(self, directory: Path) -> None:
+        """fsync the parent of each directory on `directory`'s chain that a write
+        made and whose name is not durable yet (whichever write made it: one that
+        found a directory another write just made must not acknowledge a file whose
+        directory a crash could lose)."""
+        with self._writes_lock:
+            pending = parents_to_sync(self._unsynced_dirs, directory, self.root)
+        for made, parent in pending:
+            fsync_dir(parent)
+            with self._writes_lock:
+                self._unsynced_dirs.discard(made)
 
     def begin_write(self) -> None:
         """A write (a segment's temp file, a tombstone) is about to make its hour
@@ -384,9 +422,13 @@ class Store:
         with self._writes_lock:
             self._writes -= 1
             self._unused_dirs.update(unused_dirs)
-            if self._writes == 0 and self._unused_dirs:
-                self.remove_empty_dirs(list(self._unused_dirs))
-                self._unused_dirs.clear()
+            if self._writes == 0:
+                # every write that committed synced its directories before it ended:
+                # what is left was made by writes that stored nothing
+                self._unsynced_dirs.clear()
+                if self._unused_dirs:
+                    self.remove_empty_dirs(list(self._unused_dirs))
+                    self._unused_dirs.clear()
 
     def remove_empty_dirs(self, dirs: list[Path]) -> None:
         """Remove directories (deepest first) that are still empty; others stay."""

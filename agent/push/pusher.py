@@ -37,6 +37,7 @@ from .reoffer import ReOffers
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+WARM_UP_RETRY = 0.25  # seconds before the first retry of a warm-up (doubling, capped)
 DEFERRED_OUTCOMES = ("deferred", "left_to_backfill")  # not acknowledged: no latency
 
 ReportRot = Callable[[SegmentName], None]
@@ -100,6 +101,7 @@ class PeerPusher:
         self.segments: collections.deque[PushItem] = collections.deque()
         self.backoff = Backoff(base=0.05, cap=settings.backoff_cap)
         self._wakeup = trio.Event()
+        self.warmed = trio.Event()  # the peer's kind known and a connection opened
         self.last_success: float | None = None  # wall clock
         self.last_error: str | None = None
         self.dropped = 0
@@ -148,6 +150,26 @@ class PeerPusher:
             for _ in range(self.settings.concurrency):
                 nursery.start_soon(self._worker)
             nursery.start_soon(self.reoffers.run)
+            nursery.start_soon(self.warm_up)
+
+    async def warm_up(self) -> None:
+        """Make the first push as fast as the next ones: learn the peer's kind and
+        open a connection of this pusher's pool now, not when the first segment is
+        waiting. Measured (bench/cluster_bandwidth.py): a peer not up yet when this
+        agent started was probed only by the first push, 10-80 ms on that segment's
+        path (more while the whole cluster does the same at once), and the first
+        offer paid a connection of its own. Retried with backoff until the peer has
+        answered once; then it is done (pushes keep their connections warm)."""
+        backoff = Backoff(base=WARM_UP_RETRY, cap=self.settings.backoff_cap)
+        while True:
+            try:
+                if await self._is_segsync():
+                    await self.client.ping()
+                self.warmed.set()
+                return
+            except PeerError as e:
+                log.debug("warming up the push to %s: %s", self.peer, e)
+            await trio.sleep(backoff.failure(trio.current_time()))
 
     async def _worker(self) -> None:
         while True:
