@@ -221,6 +221,14 @@ class DownloaderTracker:
             self._holes.add(name.path)
         return m.OfferReply("want")
 
+    def recorded_pairs(self) -> list[m.RecordedPairStatus]:
+        """What status shows of the pairs our downloader records (times as wall
+        times, from the tracker's own clock)."""
+        now, wall = self.clock(), time.time()
+        return [m.RecordedPairStatus(channel, quality, declared, recording,
+                                     None if last is None else wall - (now - last))
+                for channel, quality, declared, recording, last in self.state.pairs(now)]
+
     def counts(self) -> DeferralCounts:
         return DeferralCounts(self.enabled, self.deferred_offers, self.deferral_saved,
                               self.holes_filled_by_push)
