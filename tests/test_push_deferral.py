@@ -350,6 +350,26 @@ async def test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment
         assert received_bytes(b) == len(d2) and b.downloader.deferral_saved == 0
 
 
+async def test_a_second_event_of_a_written_segment_is_not_a_second_write(cluster_factory):
+    """The watcher may report one file more than once (a synthetic "created" for a new
+    hour directory, then its own events). Taken as a second write, a report that came
+    after the clock moved taught a lateness as late as the move, and the end of a
+    stream was then repaired only that much later (it failed
+    test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment 5 times
+    in 12)."""
+    from protocol.names import Kind
+    async with cluster_factory(1, recent_window=120, recording_idle=60) as c:
+        (b,) = c.nodes
+        (s0, d0), = long_stream(1)
+        clocks = HeldClocks(b, wall=s0.end + dt.timedelta(seconds=0.5))
+        downloader_writes(c.root(0), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        clocks.move(10.0)
+        b.downloader.file_event(s0, Kind.SEGMENT, deleted=False)  # the same file again
+        pair = b.downloader.state.get(*PAIR)
+        assert [late for _, late in pair.lateness] == [0.5]
+
+
 async def recorded_pairs(node) -> list[tuple]:
     """The node's recorded pairs as its /v1/status reply says over HTTP."""
     async with httpx.AsyncClient(base_url=node.url) as http:
