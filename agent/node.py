@@ -171,11 +171,11 @@ class Node:
                 # and beside the index's start they slowed its reads (the GIL). What
                 # changed in a directory before its watch was set is found by the
                 # sweep once they all are (below).
-                watching = trio.Event()
-                nursery.start_soon(self._watch, nursery, watching)
-                if self.config.push:
+                if self.config.push:  # before the watches: nothing they report is unpushed
                     await nursery.start(self.pusher.run)
                     await nursery.start(self.file_pusher.run)
+                watching = trio.Event()
+                nursery.start_soon(self._watch, nursery, watching)
                 await nursery.start(self.hole_repairer.run)
                 await nursery.start(self.scrubber.run, self.config.scrub)
                 nursery.start_soon(self.local_files.rescan_loop)

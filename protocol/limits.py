@@ -32,3 +32,6 @@ MAX_STATUS_PEERS = 1000
 MAX_STATUS_LOST_PATHS = 50
 # Peer list sources (peers file, nodes database, ...) one status reply may describe.
 MAX_PEER_SOURCES = 16
+# Recorded (channel, quality) pairs one status reply may list: those a node follows
+# (protocol.recording.MAX_PAIRS) and those its operator declared (MAX_DECLARED).
+MAX_STATUS_RECORDED_PAIRS = 1024 + 256

@@ -463,6 +463,21 @@ def clip(text: str, max_bytes: int = limits.MAX_STRING) -> str:
 
 
 @dataclass(frozen=True)
+class RecordedPairStatus(Record):
+    """A (channel, quality) the node's own downloader records, or its operator
+    declared (config `records`): offers of it wait for that downloader while
+    `recording`. `last_local`: when its downloader's last file appeared (None:
+    none yet)."""
+
+    OPEN: ClassVar[bool] = True
+    channel: str = wire(_str)
+    quality: str = wire(_str)
+    declared: bool = wire(_bool)
+    recording: bool = wire(_bool)
+    last_local: float | None = wire(optional(_number), None)
+
+
+@dataclass(frozen=True)
 class PeerSourceStatus(Record):
     """A source of the node's peer list beyond its flags (`file`: the peers file,
     `database`: wubloader's nodes table), open like PeerStatus. A source that fails
@@ -598,6 +613,8 @@ class StatusReply(Message):
     deferred_offers: int | None = wire(optional(integer()), None)
     deferral_saved: int | None = wire(optional(integer()), None)
     holes_filled_by_push: int | None = wire(optional(integer()), None)
+    recorded_pairs: list | None = wire(
+        optional(records(RecordedPairStatus, limits.MAX_STATUS_RECORDED_PAIRS)), None)
     tls: TlsStatus | None = wire(optional(record(TlsStatus)), None)  # None: plain http
     bandwidth: list | None = wire(optional(records(BandwidthStatus, 2)), None)
     index: IndexStatus | None = wire(optional(record(IndexStatus)), None)

@@ -264,6 +264,19 @@ class RecordingState:
         if pair is not None:
             _drop_temp(pair, name.start)
 
+    def pairs(self, now: float) -> list[tuple[str, str, bool, bool, float | None]]:
+        """Every pair followed or declared, sorted: (channel, quality, declared,
+        recording now, `now` of its downloader's last file or None)."""
+        keys = sorted(set(self._pairs) | self.declared)
+        out = []
+        for channel, quality in keys:
+            pair = self._pairs.get((channel, quality))
+            last = pair.last_seen if pair is not None else float("-inf")
+            out.append((channel, quality, (channel, quality) in self.declared,
+                        self.recording(channel, quality, now),
+                        None if last == float("-inf") else last))
+        return out
+
     def recording(self, channel: str, quality: str, now: float) -> bool:
         pair = self._pairs.get((channel, quality))
         return recorded(pair, now, self.idle_after,

@@ -40,6 +40,7 @@ from protocol.messages import (
     PeerStatus,
     Record,
     ScrubStatus,
+    RecordedPairStatus,
     StatusReply,
     StatusRequest,
     TlsStatus,
@@ -141,7 +142,9 @@ def status_examples() -> list[StatusReply]:
             position=SEGMENT_PATH)),
         StatusReply("e", "http://e:8200", 10, 20, 3, [
             PeerStatus("http://a:8200", name="a", push_deferred=4)],
-            defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2),
+            defer_push=True, deferred_offers=12, deferral_saved=10, holes_filled_by_push=2,
+            recorded_pairs=[RecordedPairStatus("desertbus", "source", True, True, 15.5),
+                            RecordedPairStatus("desertbus", "480p", True, False, None)]),
         StatusReply("c", "https://c:8200", 10, 20, 0, [], tls=TlsStatus(
             "/etc/segsync/tls/node.crt", subject="CN=c", not_after=1_800_000_000.0,
             loaded_at=15.0, problem=None, reload_error="not a usable pair")),
@@ -727,7 +730,7 @@ def test_status_reply_wire_form_is_the_map_readers_already_know():
                         "peer_sources", "scrub", "tls",
                         # downloader-aware push (optional: older readers ignore them)
                         "defer_push", "deferred_offers", "deferral_saved",
-                        "holes_filled_by_push",
+                        "holes_filled_by_push", "recorded_pairs",
                         # chat and extras counts (optional)
                         "chat_batches", "chat_tombstones", "extras_files",
                         "index",  # the archive index (issue 20: optional)
@@ -758,6 +761,21 @@ def test_status_reply_bandwidth_is_optional_and_open():
     rejects(pack(obj), "direction must be one of", expect=StatusReply, max_bytes=BIG)
     obj["bandwidth"] = [{"direction": "upload"}] * 3
     rejects(pack(obj), "more than 2", expect=StatusReply, max_bytes=BIG)
+
+
+def test_status_reply_recorded_pairs_are_checked_and_bounded():
+    message = next(s for s in status_examples() if s.recorded_pairs)
+    obj = obj_of(message)
+    assert obj["recorded_pairs"][1] == {"channel": "desertbus", "quality": "480p",
+                                        "declared": True, "recording": False,
+                                        "last_local": None}
+    assert decode(pack(obj), StatusReply, BIG) == message
+    obj["recorded_pairs"][0]["declared"] = "yes"
+    rejects(pack(obj), "declared must be true or false", expect=StatusReply, max_bytes=BIG)
+    obj["recorded_pairs"] = [{"channel": "c", "quality": "q", "declared": False,
+                              "recording": True}] * (limits.MAX_STATUS_RECORDED_PAIRS + 1)
+    rejects(pack(obj), f"more than {limits.MAX_STATUS_RECORDED_PAIRS}", expect=StatusReply,
+            max_bytes=BIG)
 
 
 def test_status_reply_ignores_unknown_keys():

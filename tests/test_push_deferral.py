@@ -350,6 +350,35 @@ async def test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment
         assert received_bytes(b) == len(d2) and b.downloader.deferral_saved == 0
 
 
+async def test_a_second_event_of_a_written_segment_is_not_a_second_write(cluster_factory):
+    """The watcher may report one file more than once (a synthetic "created" for a new
+    hour directory, then its own events). Taken as a second write, a report that came
+    after the clock moved taught a lateness as late as the move, and the end of a
+    stream was then repaired only that much later (it failed
+    test_a_miss_at_the_end_of_a_stream_is_repaired_without_a_later_segment 5 times
+    in 12)."""
+    from protocol.names import Kind
+    async with cluster_factory(1, recent_window=120, recording_idle=60) as c:
+        (b,) = c.nodes
+        (s0, d0), = long_stream(1)
+        clocks = HeldClocks(b, wall=s0.end + dt.timedelta(seconds=0.5))
+        downloader_writes(c.root(0), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        clocks.move(10.0)
+        b.downloader.file_event(s0, Kind.SEGMENT, deleted=False)  # the same file again
+        pair = b.downloader.state.get(*PAIR)
+        assert [late for _, late in pair.lateness] == [0.5]
+
+
+async def recorded_pairs(node) -> list[tuple]:
+    """The node's recorded pairs as its /v1/status reply says over HTTP."""
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        r = await http.post("/v1/status", content=m.encode(m.StatusRequest()))
+    status = m.decode(r.content, m.StatusReply, 1 << 20)
+    return [(p.channel, p.quality, p.declared, p.recording, p.last_local)
+            for p in status.recorded_pairs]
+
+
 async def declared_cluster(c):
     """Node 0 plain; node 1 declares that its downloader records PAIR (config
     `records`), so it defers that pair's offers from its start, before any file."""
@@ -377,6 +406,9 @@ async def test_a_declared_pair_is_deferred_before_the_downloaders_first_file(clu
         assert received_bytes(b) == 0
         assert pushes(a, b, "stored") == 0
         assert copies(c.root(1), s0) == [s0.filename]
+        (pair,) = await recorded_pairs(b)
+        assert pair[:4] == ("desertbus", "source", True, True)
+        assert abs(pair[4] - time.time()) < 60  # when its downloader's file appeared
 
 
 async def test_a_declared_pair_whose_downloader_never_writes_gets_pushes_after_the_grace(
@@ -390,7 +422,10 @@ async def test_a_declared_pair_whose_downloader_never_writes_gets_pushes_after_t
         write_segment_file(c.root(0), s0, d0)
         await wait_until(lambda: pushes(a, b, "deferred") >= 1)
         assert not (c.root(1) / s0.path).exists()
+        assert await recorded_pairs(b) == [("desertbus", "source", True, True, None)]
         clocks.move(30.5)  # past the grace since node 1 started, nothing of its own
+        # its status says so: declared, not waited for
+        assert await recorded_pairs(b) == [("desertbus", "source", True, False, None)]
         await wait_until(lambda: (c.root(1) / s0.path).exists(), timeout=15)
         assert (c.root(1) / s0.path).read_bytes() == d0
         await wait_until(lambda: pushes(a, b, "stored") == 1)

@@ -227,6 +227,41 @@ def test_status_shows_the_deferral_counters():
     assert "downloader-aware push" not in render_status(base)  # an older node
 
 
+def test_pairs_lists_the_followed_and_the_declared():
+    s = State(idle_after=10.0, temp_ttl=60.0, recent_window=120.0,
+              declared=[("desertbus", "source"), ("desertbus", "480p")], declared_grace=30.0,
+              started=100.0)
+    s.segment_written(seg(10), now=101.0)  # desertbus/source
+    s.segment_written(make_name(b"x", seg(10).start, quality="720p"), now=102.0)
+    assert s.pairs(now=105.0) == [("desertbus", "480p", True, True, None),
+                                  ("desertbus", "720p", False, True, 102.0),
+                                  ("desertbus", "source", True, True, 101.0)]
+    assert s.pairs(now=131.5) == [("desertbus", "480p", True, False, None),  # grace over
+                                  ("desertbus", "720p", False, False, 102.0),  # idle
+                                  ("desertbus", "source", True, False, 101.0)]
+
+
+def test_status_names_the_recorded_pairs():
+    from agent.commands.status_view import SHOWN_PAIRS, render_status
+
+    base = m.StatusReply(node="a", url="http://a", started_at=0.0, time=100.0, segments=3,
+                         peers=[], defer_push=True, deferred_offers=0, deferral_saved=0,
+                         holes_filled_by_push=0)
+    pairs = [m.RecordedPairStatus("desertbus", "source", True, True, 98.0),
+             m.RecordedPairStatus("desertbus", "720p", False, True, 99.0),
+             m.RecordedPairStatus("desertbus", "480p", True, False, None)]
+    text = render_status(dataclasses.replace(base, recorded_pairs=pairs))
+    flat = " ".join(line.strip() for line in text.splitlines())
+    assert "recorded here: desertbus/source (declared, last local file 2s ago), " \
+           "desertbus/720p (last local file 1s ago), desertbus/480p (declared, no local " \
+           "file yet: not waited for)" in flat
+    many = [m.RecordedPairStatus("c", f"q{i}", False, True, 99.0) for i in range(12)]
+    text = render_status(dataclasses.replace(base, recorded_pairs=many))
+    assert f"and {12 - SHOWN_PAIRS} more" in text and "c/q8" not in text
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert "recorded here" not in render_status(base)  # none, or an older node
+
+
 def test_defer_push_config_key(tmp_path):
     from agent.config import ConfigError, build_config, load_toml
 

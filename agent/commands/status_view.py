@@ -108,6 +108,23 @@ def _node_line(status: StatusReply, now: float) -> list[str]:
     return [*wrap(head + ","), INDENT + files]
 
 
+SHOWN_PAIRS = 8  # recorded pairs named on the status line; --json has them all
+
+
+def recorded_pairs_line(pairs: list, now: float) -> str:
+    """The pairs our downloader records (offers of them wait for it) and the declared
+    ones it does not record now (their offers are taken at once)."""
+    def one(p) -> str:
+        last = "no local file yet" if p.last_local is None else \
+            f"last local file {format_age(p.last_local, now)}"
+        if p.declared and not p.recording:
+            return f"{p.channel}/{p.quality} (declared, {last}: not waited for)"
+        return f"{p.channel}/{p.quality} ({'declared, ' if p.declared else ''}{last})"
+    shown = ", ".join(one(p) for p in pairs[:SHOWN_PAIRS])
+    more = f" and {len(pairs) - SHOWN_PAIRS} more" if len(pairs) > SHOWN_PAIRS else ""
+    return f"recorded here: {shown}{more}"
+
+
 def render_status(status: StatusReply) -> str:
     """The table an operator reads, at most 100 columns: one row per peer (a long name
     or URL shortened, a row too wide continuing on an indented line), then the errors
@@ -133,6 +150,8 @@ def render_status(status: StatusReply) -> str:
             f"{_count(status.deferred_offers)} offers deferred, "
             f"{_count(status.deferral_saved)} saved by our downloader, "
             f"{_count(status.holes_filled_by_push)} holes filled by push"))
+    if status.recorded_pairs:
+        lines.extend(wrap(recorded_pairs_line(status.recorded_pairs, now)))
     peers = status.peers
     if not peers:
         lines.append("no peers configured")

@@ -90,6 +90,7 @@ class DownloaderTracker:
                                     settings.declared_grace, started=clock())
         self._deferred = RecentSet(REMEMBERED)  # bytes answered "later" (see _bytes_key)
         self._holes = RecentSet(REMEMBERED)     # paths wanted as holes of our downloader
+        self._written = RecentSet(REMEMBERED)   # paths our downloader wrote, lately
         self.deferred_offers = 0
         self.deferral_saved = 0
         self.holes_filled_by_push = 0
@@ -160,6 +161,12 @@ class DownloaderTracker:
                 self.metrics.push_holes_filled.inc()
                 self.holes_filled_by_push += 1
             return
+        if path in self._written:
+            # the same file reported again (a synthetic "created" for a new hour
+            # directory, a close, an attribute change): not a second write. Taken as
+            # one, it taught a lateness as late as the clock had moved since
+            return
+        self._written.add(path)
         self.state.segment_written(name, self.clock(), self.wall_clock())
         self._plan_repairs(name)
         if _bytes_key(name) in self._deferred:
@@ -220,6 +227,14 @@ class DownloaderTracker:
         if decision.reason == "hole":
             self._holes.add(name.path)
         return m.OfferReply("want")
+
+    def recorded_pairs(self) -> list[m.RecordedPairStatus]:
+        """What status shows of the pairs our downloader records (times as wall
+        times, from the tracker's own clock)."""
+        now, wall = self.clock(), time.time()
+        return [m.RecordedPairStatus(channel, quality, declared, recording,
+                                     None if last is None else wall - (now - last))
+                for channel, quality, declared, recording, last in self.state.pairs(now)]
 
     def counts(self) -> DeferralCounts:
         return DeferralCounts(self.enabled, self.deferred_offers, self.deferral_saved,

@@ -100,6 +100,8 @@ class StatusReport:
             ))
         # its fields are named as the reply's
         deferral = asdict(self.downloader.counts()) if self.downloader is not None else {}
+        if self.downloader is not None:
+            deferral["recorded_pairs"] = self.downloader.recorded_pairs()
         return m.StatusReply(
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
