@@ -31,7 +31,7 @@ recording nodes declare the pair their downloader records (`records =
 ["bench/source"]`), so they defer its offers from their start, before their
 downloader's first file; `--no-declare` leaves that out (the pair then counts as
 recorded only once its first local file appeared). A `--baseline` checkout's agents
-never get the key (older agents refuse it).
+get the key only with `--baseline-declares` (agents before it refuse it).
 
 Goals (issue 25): recording nodes receive at most 5% of the stream beyond their own
 misses (also `--behind`, also `--hog`); archive-only push p99 <= 50 ms; hole repair
@@ -230,7 +230,7 @@ def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
     ports = benchlib.free_ports(nodes)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     agents = []
-    declare = args.declare and not checkout
+    declare = args.declare and (not checkout or args.baseline_declares)
     for i in range(nodes):
         cfg = base / f"node{i}.toml"
         cfg.write_text(f"defer-push = {'true' if defer else 'false'}\n"
@@ -363,6 +363,9 @@ def main() -> int:
                    help="downloaders as wubloader's when it falls behind (stalls, then "
                         "several segments at once, temp files at headers)")
     p.add_argument("--hog", action="store_true", help="a CPU hog beside the cluster")
+    p.add_argument("--baseline-declares", action="store_true",
+                   help="the --baseline checkout's recorders declare their pair too (it "
+                   "must know config `records`)")
     p.add_argument("--no-declare", dest="declare", action="store_false",
                    help="recording nodes do not declare their pair (config `records`)")
     p.add_argument("--baseline", help="another checkout: a third run of its agents "

@@ -68,8 +68,12 @@ STALL_MARGIN = 5.0
 # its holes are known only once it passes them
 MAX_LATENESS = 30.0
 # the grace while the downloader fetches several segments at once (two or more temp
-# files open together), before any late write has taught it a lag
-BURST_GRACE = 2.0
+# files open together), before any late write has taught it a lag (and the least
+# grace then): its temp file of a segment comes once the response headers arrive,
+# well within a second of the start that its later siblings' bodies follow. 2 s made
+# every hole of a downloader behind the stream wait 2 s after its pass
+# (bench/cluster_bandwidth.py --behind: repaired 3.05 s after a peer had it)
+BURST_GRACE = 1.0
 # a declared pair with no local file this long (since the start or its last file)
 # counts as not recorded here
 DECLARED_GRACE = 30.0
