@@ -165,15 +165,15 @@ class Node:
                 log.info("segsync node %s serving %s on %s, peers: %s", self.config.node_name,
                          self.config.root, self.url,
                          ", ".join(p.url for p in self.peers) or "none")
+                if self.config.push:  # before the watches: nothing they report is unpushed
+                    await nursery.start(self.pusher.run)
+                    await nursery.start(self.file_pusher.run)
                 # The watches are set once the node serves, in the background: one
                 # per hour directory, up to ~0.25 ms each (the kernel visits the
                 # directory's cached entries), most of a warm start at 2,800 hours,
                 # and beside the index's start they slowed its reads (the GIL). What
                 # changed in a directory before its watch was set is found by the
                 # sweep once they all are (below).
-                if self.config.push:  # before the watches: nothing they report is unpushed
-                    await nursery.start(self.pusher.run)
-                    await nursery.start(self.file_pusher.run)
                 watching = trio.Event()
                 nursery.start_soon(self._watch, nursery, watching)
                 await nursery.start(self.hole_repairer.run)

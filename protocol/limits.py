@@ -1,5 +1,7 @@
 """Hard limits on everything that crosses the wire, in one place."""
 
+from .recording import MAX_DECLARED, MAX_PAIRS as _RECORDING_PAIRS
+
 PROTOCOL_VERSION = 1
 
 # Request bodies of /v1 control messages (offers, tombstones, digest queries).
@@ -33,5 +35,5 @@ MAX_STATUS_LOST_PATHS = 50
 # Peer list sources (peers file, nodes database, ...) one status reply may describe.
 MAX_PEER_SOURCES = 16
 # Recorded (channel, quality) pairs one status reply may list: those a node follows
-# (protocol.recording.MAX_PAIRS) and those its operator declared (MAX_DECLARED).
-MAX_STATUS_RECORDED_PAIRS = 1024 + 256
+# and those its operator declared (raising either bound raises this one too).
+MAX_STATUS_RECORDED_PAIRS = _RECORDING_PAIRS + MAX_DECLARED

@@ -99,9 +99,10 @@ class StatusReport:
                 reachable=reachable, reach_error=reach_error,
             ))
         # its fields are named as the reply's
-        deferral = asdict(self.downloader.counts()) if self.downloader is not None else {}
+        deferral = {}
         if self.downloader is not None:
-            deferral["recorded_pairs"] = self.downloader.recorded_pairs()
+            deferral = {**asdict(self.downloader.counts()),
+                        "recorded_pairs": self.downloader.recorded_pairs()}
         return m.StatusReply(
             node=self.node_name, url=self.url() or "", started_at=self.started_at,
             time=time.time(),  # ages are computed against the node's own clock
