@@ -54,10 +54,12 @@ async def test_push_to_a_peer_is_ready_before_the_first_segment(cluster_factory)
         later = Peer.from_url(f"http://127.0.0.1:{port}", "node1")
         await node0.set_peers([later])  # its pusher starts now: nobody listens there
         node1 = await c.start_node(listen=f"127.0.0.1:{port}")
-        healthz = node1.metrics.requests.labels("healthz")
-        await wait_until(lambda: healthz._value.get() >= 1, timeout=20)  # the warm-up
+        # the warm-up: node 1 counts the ping before node 0 has read its answer, so
+        # wait for node 0's side, then look at node 1's
+        await wait_until(lambda: later in node0.pusher.pushers
+                         and node0.pusher.pushers[later].warmed.is_set(), timeout=20)
+        assert node1.metrics.requests.labels("healthz")._value.get() >= 1
         assert node0.kinds.known(later) is PeerKind.SEGSYNC
-        assert node0.pusher.pushers[later].warmed.is_set()
         assert node1.metrics.received.labels("segment", "stored")._value.get() == 0
         data = os.urandom(5000)
         name = make_name(data, hours_ago(0))
