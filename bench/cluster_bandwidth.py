@@ -52,6 +52,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
@@ -223,9 +224,12 @@ def metric(url: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
-         checkout: str | None = None) -> dict:
-    """One run: start the cluster, play the stream, wait for it to settle, measure."""
+def play(base: Path, make: Callable[[dt.datetime], Plan], nodes: int, recorders: int,
+         defer: bool, args, checkout: str | None = None) -> dict:
+    """One run: start the cluster, play the stream, wait for it to settle, measure.
+    `make(start)`: the stream with its times from `start`, taken once the cluster runs
+    (a stream timed from before the agents' start-up would make every downloader look
+    seconds late, and the agents time holes by how late their downloader is)."""
     base.mkdir(parents=True, exist_ok=True)
     ports = benchlib.free_ports(nodes)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -246,7 +250,7 @@ def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
     stop = threading.Event()
     hog = (subprocess.Popen(["sh", "-c", "while :; do :; done"]) if args.hog else None)
     try:
-        return dict(_play(base, plan, nodes, recorders, defer, args, agents, urls, arrivals,
+        return dict(_play(base, make, nodes, recorders, defer, args, agents, urls, arrivals,
                           renames, stop), checkout=checkout, declared=declare)
     finally:
         if hog is not None:
@@ -254,7 +258,7 @@ def play(base: Path, plan: Plan, nodes: int, recorders: int, defer: bool, args,
             hog.wait()
 
 
-def _play(base, plan, nodes, recorders, defer, args, agents, urls, arrivals, renames,
+def _play(base, make, nodes, recorders, defer, args, agents, urls, arrivals, renames,
           stop) -> dict:
     with benchlib.running(agents):
         observer = Observer()
@@ -262,6 +266,8 @@ def _play(base, plan, nodes, recorders, defer, args, agents, urls, arrivals, ren
             observer.schedule(arrivals, str(a.root), recursive=True)
         observer.start()
         try:
+            # segment i ends 2 (i + 1) s after t0 by the wall clock and its names alike
+            plan = make(dt.datetime.now(dt.timezone.utc))
             t0 = time.monotonic()
             if args.behind:
                 threads = [threading.Thread(target=behind_downloader, args=(
@@ -378,21 +384,20 @@ def main() -> int:
     if not 0 < args.recording <= args.nodes:
         p.error("--recording must be in 1..--nodes")
     count = int(args.duration / args.segment_seconds)
-    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    plan = make_plan(count, args.size, args.segment_seconds, args.recording, args.max_lag,
-                     args.miss, args.seed, start)
+
+    def make(start: dt.datetime) -> Plan:
+        """The same stream (bytes, lags, misses) every play, its times from `start`:
+        a later play's segments would otherwise be older than the recent window."""
+        return make_plan(count, args.size, args.segment_seconds, args.recording,
+                         args.max_lag, args.miss, args.seed, start)
+
     runs = []
     with benchlib.workdir(args.workdir, args.keep) as base:
         plays = [(True, None), (False, None)] + ([(True, args.baseline)] if args.baseline else [])
         for defer, checkout in plays:
             print(f"playing {count} segments with defer-push = {str(defer).lower()}"
                   f"{' (baseline checkout)' if checkout else ''} ...", flush=True)
-            # the same stream (bytes, lags, misses), its times from now: a later play's
-            # segments would otherwise be older than the recent window, never deferred
-            start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-            plan = make_plan(count, args.size, args.segment_seconds, args.recording,
-                             args.max_lag, args.miss, args.seed, start)
-            runs.append(play(base / ("base" if checkout else "on" if defer else "off"), plan,
+            runs.append(play(base / ("base" if checkout else "on" if defer else "off"), make,
                              args.nodes, args.recording, defer, args, checkout))
     for run in runs:
         print_table(

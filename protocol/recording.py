@@ -346,28 +346,42 @@ def passed_at(pair: PairRecording, start: dt.datetime) -> float | None:
     return float("-inf") if when is None else when
 
 
-def hole_grace(pair: PairRecording, now: float) -> float:
+def behind_stream(pair: PairRecording, now: float, duration: float) -> bool:
+    """Has the downloader lately fallen behind the stream: fetched several segments at
+    once, or written one more than a segment's `duration` after its end? One later
+    than a segment's length polls less often than segments come (or fetches slower):
+    at its next poll it starts every segment that became available at once, and it
+    stalls now and then, before it ever shows two downloads open together. Treated as
+    in order, a stall made the clock take 2 segments of 30 it would have written, and
+    a later sibling that landed before an earlier one's headers made that one a hole
+    (bench/cluster_bandwidth.py --behind, seeds 12 and 13)."""
+    if now - pair.concurrent_at <= REORDER_MEMORY:
+        return True
+    return any(late > duration for seen, late in pair.lateness
+               if now - seen <= REORDER_MEMORY)
+
+
+def hole_grace(pair: PairRecording, now: float, duration: float) -> float:
     """How long after passing a start the downloader may still write it: its longest
-    recent reorder lag with a margin, at least BURST_GRACE while it lately fetched
-    several segments at once (0 for a downloader that writes in order, one at a
-    time)."""
+    recent reorder lag with a margin, at least BURST_GRACE while it is behind the
+    stream (`behind_stream`: it fetches several segments at once; 0 for a downloader
+    that writes in order, one at a time)."""
     lags = [lag for seen, lag in pair.reorders if now - seen <= REORDER_MEMORY]
-    burst = BURST_GRACE if now - pair.concurrent_at <= REORDER_MEMORY else 0.0
+    burst = BURST_GRACE if behind_stream(pair, now, duration) else 0.0
     return min(MAX_HOLE_GRACE, max(max(lags, default=0.0) * GRACE_FACTOR, burst))
 
 
-def expected_lateness(pair: PairRecording, now: float) -> float | None:
+def expected_lateness(pair: PairRecording, now: float, duration: float) -> float | None:
     """How long after a segment's end the downloader may still write it: the latest
     of its recent writes' lateness plus a margin, how much that lateness varied (at
-    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it lately fetched several
-    at once). None when it wrote nothing with a wall time within REORDER_MEMORY, or
-    that is over MAX_LATENESS."""
+    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it is `behind_stream`: one
+    that falls behind also stalls). None when it wrote nothing with a wall time within
+    REORDER_MEMORY, or that is over MAX_LATENESS."""
     recent = [late for seen, late in pair.lateness if now - seen <= REORDER_MEMORY]
     if not recent:
         return None
     latest, earliest = max(recent), min(recent)
-    behind = now - pair.concurrent_at <= REORDER_MEMORY  # fetched several at once lately
-    floor = STALL_MARGIN if behind else MIN_LATENESS_MARGIN
+    floor = STALL_MARGIN if behind_stream(pair, now, duration) else MIN_LATENESS_MARGIN
     bound = latest + max(floor, latest - earliest)
     return bound if bound <= MAX_LATENESS else None
 
@@ -378,7 +392,7 @@ def overdue_at(name: SegmentName, pair: PairRecording, now: float,
     written `name` (may be in the past); None without a wall clock or a lateness."""
     if wall_now is None:
         return None
-    lateness = expected_lateness(pair, now)
+    lateness = expected_lateness(pair, now, float(name.duration))
     if lateness is None:
         return None
     due = name.end + dt.timedelta(seconds=lateness)
@@ -402,7 +416,7 @@ def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float,
     passed = passed_at(pair, name.start)
     times = [overdue_at(name, pair, now, wall_now)]
     if passed is not None:
-        times.append(passed + hole_grace(pair, now))
+        times.append(passed + hole_grace(pair, now, float(name.duration)))
     return min((t for t in times if t is not None), default=None)
 
 

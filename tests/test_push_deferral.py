@@ -48,9 +48,12 @@ def downloader_writes(root: Path, name, data: bytes) -> None:
     finish_download(start_download(root, name, data), root, name)
 
 
-def stream(count: int) -> list[tuple[object, bytes]]:
-    """`count` 2-second segments of a live stream that started 20 s ago."""
-    base = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=20)).replace(microsecond=0)
+def stream(count: int, started_ago: float = 20.0) -> list[tuple[object, bytes]]:
+    """`count` 2-second segments of a live stream that started `started_ago` s ago (a
+    downloader writing them now is that late: over a segment, it is behind the
+    stream)."""
+    base = (dt.datetime.now(dt.timezone.utc)
+            - dt.timedelta(seconds=started_ago)).replace(microsecond=0)
     out = []
     for i in range(count):
         data = os.urandom(50_000 + i)
@@ -133,7 +136,8 @@ async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factor
 async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
-        (s0, d0), (s1, d1), (s2, d2) = stream(3)
+        # a downloader at the live edge: it writes each segment as it ends
+        (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago=2.0)
         downloader_writes(c.root(1), s0, d0)
         # seen in order: a downloader writing in order has no reorder lag to wait out
         await wait_until(lambda: frontier(b) == s0.start)
@@ -146,11 +150,34 @@ async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
         await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
 
 
+async def test_a_hole_of_a_downloader_behind_the_stream_waits_for_its_siblings(
+        cluster_factory):
+    # a downloader 18 s behind the stream starts every segment that became available
+    # at once: one it passed may still get its response headers (and its temp file)
+    # after a later sibling landed, so the first offer of the hole waits BURST_GRACE
+    async with cluster_factory(2, **DEFER) as c:
+        a, b = c.nodes
+        (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago=20.0)
+        downloader_writes(c.root(1), s0, d0)
+        await wait_until(lambda: frontier(b) == s0.start)
+        downloader_writes(c.root(1), s2, d2)  # skipped s1
+        await wait_until(lambda: frontier(b) == s2.start)
+        write_segment_file(c.root(0), s1, d1)
+        await wait_until(lambda: pushes(a, b, "deferred") >= 1)
+        await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
+        assert (c.root(1) / s1.path).read_bytes() == d1
+        # fetched by the repairer, or pushed by a re-offer that came due first (each
+        # counts once its exchange ends, after the file appeared)
+        await wait_until(lambda: b.downloader.repairer.repaired + pushes(a, b, "stored") >= 1)
+        assert b.downloader.repairer.repaired + pushes(a, b, "stored") == 1
+
+
 async def test_deferred_segment_the_downloader_skips_arrives_by_push(cluster_factory):
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
         HeldClocks(b)
-        (s0, d0), (s1, d1), (s2, d2) = stream(3)
+        # at the live edge (a downloader behind the stream gives a passed segment time)
+        (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago=2.0)
         downloader_writes(c.root(1), s0, d0)
         await wait_until(lambda: frontier(b) == s0.start)
         write_segment_file(c.root(0), s1, d1)

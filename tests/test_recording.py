@@ -345,8 +345,8 @@ def test_the_reorder_lag_is_capped_and_forgotten():
     s.segment_written(seg(14), now=1.0)
     s.segment_written(seg(12), now=100.0)  # a retry, 99 s later
     pair = s.get("desertbus", "source")
-    assert hole_grace(pair, now=100.0) == MAX_HOLE_GRACE
-    assert hole_grace(pair, now=100.0 + REORDER_MEMORY + 1) == 0.0
+    assert hole_grace(pair, now=100.0, duration=2.0) == MAX_HOLE_GRACE
+    assert hole_grace(pair, now=100.0 + REORDER_MEMORY + 1, duration=2.0) == 0.0
 
 
 def test_a_passed_start_before_the_remembered_advances_waits_from_the_oldest():

@@ -15,6 +15,7 @@ offered it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +40,8 @@ from ..archive.recent import RecentSet
 from ..telemetry.metrics import Metrics
 from .hole_repair import HoleRepairer
 from .reoffer import utc_now
+
+log = logging.getLogger(__name__)
 
 REMEMBERED = 10_000  # deferred offers and wanted holes remembered, to count what they became
 
@@ -135,6 +138,8 @@ class DownloaderTracker:
         if name.path not in self.watch:  # settled meanwhile
             return "drop"
         self.watch.forget(name.path)
+        log.debug("deferred %s comes due: %s (%s)", name.path, decision.status,
+                  decision.reason)
         if decision.reason == "hole":
             self._holes.add(name.path)
             return "repair"
@@ -210,6 +215,9 @@ class DownloaderTracker:
             return m.OfferReply("want")
         now, wall_now = self.clock(), self.wall_clock()
         decision = self.state.decide(name, now, wall_now)
+        # which offers wait for our downloader, and why (what a recorder received)
+        log.debug("offer of %s from %s: %s (%s)", name.path, sender or "a peer",
+                  decision.status, decision.reason)
         if decision.status == "later":
             assert decision.retry_after is not None
             self.metrics.push_deferred.inc()
