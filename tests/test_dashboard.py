@@ -91,6 +91,14 @@ async def test_page_state_and_own_coverage(cluster_factory):
                                           lambda s: s["push_latencies"])
             at, seconds = state["push_latencies"][-1]
             assert 0 <= seconds < 10 and abs(at - state["time"]) < 60
+            # a's "downloader" (this test, writing final files) records the pair: the
+            # page's "Recorded here" table (undeclared: a's config has no `records`)
+            state = await wait_until_json(http, "/dashboard/state",
+                                          lambda s: s["recorded_pairs"])
+            [pair] = state["recorded_pairs"]
+            assert (pair["channel"], pair["quality"], pair["declared"]) == (
+                "desertbus", "source", False)
+            assert abs(pair["last_local"] - state["time"]) < 60
 
 
 async def wait_until_json(http, url, predicate, timeout=10.0):

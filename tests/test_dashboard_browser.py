@@ -89,6 +89,13 @@ def peer_row(driver, url: str):
             for td in rows[0].find_elements(By.TAG_NAME, "td")}
 
 
+def recorded_row(driver, pair: str):
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#recorded-pairs tbody tr[data-pair="{pair}"]')
+    if not rows or not driver.find_element(By.ID, "recorded").is_displayed():
+        return None
+    return {td.get_attribute("class"): td.text for td in rows[0].find_elements(By.TAG_NAME, "td")}
+
+
 def map_row(driver, hour: str):
     rows = driver.find_elements(
         By.CSS_SELECTOR, f'section.map[data-pair="desertbus/source"] .row[data-hour="{hour}"]')
@@ -101,7 +108,9 @@ def map_row(driver, hour: str):
 async def test_dashboard_in_chromium(cluster_factory):
     profile = tempfile.mkdtemp(prefix="segsync-chromium-")
     try:
-        async with cluster_factory(2) as c:
+        # both declare the pair their downloader records (config `records`)
+        async with cluster_factory(2, records=["desertbus/source"],
+                                   recording_grace=3600) as c:
             a, b = c.nodes
             start = hour_start(2)
             write_hour(c.root(0), start, skip_minute=HOLE_MINUTE, tombstone_minute=TOMB_MINUTE)
@@ -114,6 +123,9 @@ async def test_dashboard_in_chromium(cluster_factory):
                     lambda d: (r := peer_row(d, b.url)) and r["reachable"] == "yes" and r,
                     "peer b reachable")
                 assert row["kind"] == "segsync" and row["result"] == "-"
+                recorded = await page.wait_for(
+                    lambda d: recorded_row(d, "desertbus/source"), "the declared pair")
+                assert recorded["declared"] == "yes" and recorded["recording"] == "yes"
                 hour = format_hour(start)
                 cells = await page.wait_for(lambda d: map_row(d, hour), f"the row of {hour}")
                 assert cells == expected_row(HOLE_MINUTE, TOMB_MINUTE)
@@ -130,6 +142,10 @@ async def test_dashboard_in_chromium(cluster_factory):
                     lambda d: (r := map_row(d, later_hour)) and r[5] == FULL and r,
                     "minute 5 of the next hour turning full")
                 assert cells.count(FULL) == 1
+                # its "downloader" (this test) wrote them: the pair's last local file
+                await page.wait_for(
+                    lambda d: (r := recorded_row(d, "desertbus/source"))
+                    and r["last-local"].endswith("ago"), "the pair's last local file")
                 summary = await page.wait_for(
                     lambda d: (t := d.find_element(By.ID, "latency-summary").text)
                     and "p50" in t and t, "a push latency")

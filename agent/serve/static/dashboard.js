@@ -71,6 +71,24 @@ function renderPeers(state) {
   }
 }
 
+function renderRecorded(state) {
+  const pairs = state.recorded_pairs || [];
+  document.getElementById("recorded").hidden = pairs.length === 0;
+  const tbody = document.querySelector("#recorded-pairs tbody");
+  tbody.replaceChildren();
+  for (const p of pairs) {
+    const key = p.channel + "/" + p.quality;
+    const tr = el("tr", {"data-pair": key});
+    for (const [cls, text] of [
+      ["pair", key], ["declared", p.declared ? "yes" : "no"],
+      ["recording", p.recording ? "yes" : "no"],
+      ["last-local", p.last_local === null || p.last_local === undefined
+        ? "none yet" : age(p.last_local, state.time)],
+    ]) tr.append(el("td", {"class": cls}, text));
+    tbody.append(tr);
+  }
+}
+
 function renderBandwidth(limits) {
   const tbody = document.querySelector("#bandwidth tbody");
   const mb = v => (v / 1e6).toFixed(2) + " MB/s";
@@ -130,6 +148,7 @@ async function pollState() {
       ` - updated ${new Date(state.time * 1000).toISOString()}`;
     document.getElementById("node-summary").dataset.segments = state.segments;
     renderPeers(state);
+    renderRecorded(state);
     renderSparkline(state.push_latencies || []);
     renderBandwidth(state.bandwidth || []);
     renderViews(state);
