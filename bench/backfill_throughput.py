@@ -18,6 +18,10 @@ alternating with it (`--variants`):
   skipped with a message when there is none or it cannot be installed;
 - `baseline`: segsync client and server from another checkout (`--baseline DIR`,
   e.g. a worktree of main), for before/after in one run;
+- `floor`: bench/copy_floor.py, the least a verified, fsynced copy does here (two
+  processes on a loopback socket, reused 1 MiB buffers, SHA-256 on both sides,
+  overlapped fsyncs; no HTTP, no event loop): how far segsync is from what any
+  implementation could do, and how far that is from `rsync -a`;
 - `rsync -a` (and `rsync -a --fsync` when this rsync has it).
 All report MB/s (10^6 bytes per second) of segment bytes over wall time.
 
@@ -69,6 +73,7 @@ GOAL_RATIO = 0.9            # segsync / rsync -a
 WUBLOADER_GOAL_RATIO = 1.0  # segsync / wubloader's backfiller
 LEGACY_GOAL_RATIO = 0.8     # segsync from the restreamer stand-in / from a segsync node
 STANDIN = benchlib.REPO / "tests" / "legacy_standin.py"
+FLOOR = benchlib.REPO / "bench" / "copy_floor.py"
 WUBLOADER_VENV = Path.home() / ".cache" / "segsync-bench" / "wubloader-backfiller"
 # put first on a serving agent's PYTHONPATH: it counts what it serves, hashes nothing
 NOHASH_PATCH = (
@@ -83,6 +88,7 @@ LABELS = {
     "segsync-nohash": "segsync, server not hashing",
     "baseline": "segsync baseline checkout",
     "wubloader": "wubloader backfiller",
+    "floor": "floor (bench/copy_floor.py)",
     "rsync": "rsync -a",
     "rsync-fsync": "rsync -a --fsync",
 }
@@ -254,6 +260,8 @@ def timed_copy(kind: str, src: Path, dst: Path, servers: dict, rsync: str, args,
         r = timed(cmd, base / f"{kind}.log")
         r["server_cpu_s"] = benchlib.process_cpu_seconds(pid) - cpu0
         return r
+    if kind == "floor":
+        return timed([sys.executable, str(FLOOR), str(src), str(dst)], base / "floor.log")
     cmd = [rsync, "-a"] + (["--fsync"] if kind == "rsync-fsync" else []) + [
         f"{src}/", f"{dst}/"]
     return timed(cmd, base / "rsync.log")
@@ -376,6 +384,8 @@ GOALS = [
      LEGACY_GOAL_RATIO),
     ("server not hashing / hashing", ("segsync-nohash", "segsync"), None),
     ("segsync / baseline checkout", ("segsync", "baseline"), None),
+    ("segsync / floor", ("segsync", "floor"), None),
+    ("floor / rsync -a", ("floor", "rsync"), None),
 ]
 
 
@@ -386,7 +396,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=2**20, help="segment bytes (default 1 MiB)")
     p.add_argument("--pairs", type=int, default=1, help="(channel, quality) pairs (default 1)")
     p.add_argument("--variants", default="segsync,segsync-legacy,segsync-nohash,baseline,"
-                   "wubloader,rsync,rsync-fsync",
+                   "wubloader,floor,rsync,rsync-fsync",
                    help="copies to make, comma-separated, of: " + ", ".join(LABELS))
     p.add_argument("--wubloader-src", default=os.environ.get("WUBLOADER_SRC"),
                    help="wubloader source (checkout or git directory) to install its "
