@@ -352,9 +352,9 @@ def behind_stream(pair: PairRecording, now: float, duration: float) -> bool:
     than a segment's length polls less often than segments come (or fetches slower):
     at its next poll it starts every segment that became available at once, and it
     stalls now and then, before it ever shows two downloads open together. Treated as
-    in order, a stall made the clock take 2 segments of 30 it would have written, and
-    a later sibling that landed before an earlier one's headers made that one a hole
-    (bench/cluster_bandwidth.py --behind, seeds 12 and 13)."""
+    in order, a stall made the clock take segments it would have written, and a later
+    sibling that landed before an earlier one's headers made that one a hole
+    (bench/cluster_bandwidth.py --behind: 1 segment of 30 at seed 11, 2 at seed 12)."""
     if now - pair.concurrent_at <= REORDER_MEMORY:
         return True
     return any(late > duration for seen, late in pair.lateness
