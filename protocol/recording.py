@@ -346,6 +346,12 @@ def passed_at(pair: PairRecording, start: dt.datetime) -> float | None:
     return float("-inf") if when is None else when
 
 
+def recent_lateness(pair: PairRecording, now: float) -> list[float]:
+    """How long after their end (seconds) the downloader wrote its segments, within
+    REORDER_MEMORY."""
+    return [late for seen, late in pair.lateness if now - seen <= REORDER_MEMORY]
+
+
 def behind_stream(pair: PairRecording, now: float, duration: float) -> bool:
     """Has the downloader lately fallen behind the stream: fetched several segments at
     once, or written one more than a segment's `duration` after its end? One later
@@ -357,42 +363,41 @@ def behind_stream(pair: PairRecording, now: float, duration: float) -> bool:
     (bench/cluster_bandwidth.py --behind: 1 segment of 30 at seed 11, 2 at seed 12)."""
     if now - pair.concurrent_at <= REORDER_MEMORY:
         return True
-    return any(late > duration for seen, late in pair.lateness
-               if now - seen <= REORDER_MEMORY)
+    return max(recent_lateness(pair, now), default=float("-inf")) > duration
 
 
-def hole_grace(pair: PairRecording, now: float, duration: float) -> float:
+def hole_grace(pair: PairRecording, now: float, behind: bool) -> float:
     """How long after passing a start the downloader may still write it: its longest
-    recent reorder lag with a margin, at least BURST_GRACE while it is behind the
+    recent reorder lag with a margin, at least BURST_GRACE while it is `behind` the
     stream (`behind_stream`: it fetches several segments at once; 0 for a downloader
     that writes in order, one at a time)."""
     lags = [lag for seen, lag in pair.reorders if now - seen <= REORDER_MEMORY]
-    burst = BURST_GRACE if behind_stream(pair, now, duration) else 0.0
+    burst = BURST_GRACE if behind else 0.0
     return min(MAX_HOLE_GRACE, max(max(lags, default=0.0) * GRACE_FACTOR, burst))
 
 
-def expected_lateness(pair: PairRecording, now: float, duration: float) -> float | None:
+def expected_lateness(pair: PairRecording, now: float, behind: bool) -> float | None:
     """How long after a segment's end the downloader may still write it: the latest
     of its recent writes' lateness plus a margin, how much that lateness varied (at
-    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it is `behind_stream`: one
-    that falls behind also stalls). None when it wrote nothing with a wall time within
-    REORDER_MEMORY, or that is over MAX_LATENESS."""
-    recent = [late for seen, late in pair.lateness if now - seen <= REORDER_MEMORY]
+    least MIN_LATENESS_MARGIN, at least STALL_MARGIN while it is `behind` the stream,
+    `behind_stream`: one that falls behind also stalls). None when it wrote nothing
+    with a wall time within REORDER_MEMORY, or that is over MAX_LATENESS."""
+    recent = recent_lateness(pair, now)
     if not recent:
         return None
     latest, earliest = max(recent), min(recent)
-    floor = STALL_MARGIN if behind_stream(pair, now, duration) else MIN_LATENESS_MARGIN
+    floor = STALL_MARGIN if behind else MIN_LATENESS_MARGIN
     bound = latest + max(floor, latest - earliest)
     return bound if bound <= MAX_LATENESS else None
 
 
 def overdue_at(name: SegmentName, pair: PairRecording, now: float,
-               wall_now: dt.datetime | None) -> float | None:
+               wall_now: dt.datetime | None, behind: bool) -> float | None:
     """When (`now`'s clock) the downloader, as late as it lately was, would have
     written `name` (may be in the past); None without a wall clock or a lateness."""
     if wall_now is None:
         return None
-    lateness = expected_lateness(pair, now, float(name.duration))
+    lateness = expected_lateness(pair, now, behind)
     if lateness is None:
         return None
     due = name.end + dt.timedelta(seconds=lateness)
@@ -414,9 +419,10 @@ def hole_at(name: SegmentName, pair: PairRecording, now: float, temp_ttl: float,
     if in_progress(pair, name.start, now, temp_ttl):
         return None
     passed = passed_at(pair, name.start)
-    times = [overdue_at(name, pair, now, wall_now)]
+    behind = behind_stream(pair, now, float(name.duration))  # asked once for both rules
+    times = [overdue_at(name, pair, now, wall_now, behind)]
     if passed is not None:
-        times.append(passed + hole_grace(pair, now, float(name.duration)))
+        times.append(passed + hole_grace(pair, now, behind))
     return min((t for t in times if t is not None), default=None)
 
 

@@ -339,14 +339,15 @@ def test_late_writes_teach_how_long_a_passed_segment_may_still_come():
 
 
 def test_the_reorder_lag_is_capped_and_forgotten():
-    from protocol.recording import MAX_HOLE_GRACE, REORDER_MEMORY, hole_grace
+    from protocol.recording import MAX_HOLE_GRACE, REORDER_MEMORY, behind_stream, hole_grace
     s = state(idle=1e9)
     s.segment_written(seg(10), now=0.0)
     s.segment_written(seg(14), now=1.0)
     s.segment_written(seg(12), now=100.0)  # a retry, 99 s later
     pair = s.get("desertbus", "source")
-    assert hole_grace(pair, now=100.0, duration=2.0) == MAX_HOLE_GRACE
-    assert hole_grace(pair, now=100.0 + REORDER_MEMORY + 1, duration=2.0) == 0.0
+    assert hole_grace(pair, 100.0, behind_stream(pair, 100.0, 2.0)) == MAX_HOLE_GRACE
+    later = 100.0 + REORDER_MEMORY + 1
+    assert hole_grace(pair, later, behind_stream(pair, later, 2.0)) == 0.0
 
 
 def test_a_passed_start_before_the_remembered_advances_waits_from_the_oldest():
