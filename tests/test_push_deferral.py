@@ -137,17 +137,25 @@ async def test_segment_ahead_of_the_local_downloader_waits_for_it(cluster_factor
         assert {p.url: p.push_deferred for p in status.peers}[a.url] == 0
 
 
+async def node1_skips_a_segment_node0_has(c, started_ago: float):
+    """Node 1's downloader writes s0 and s2 of a stream that started `started_ago` s
+    ago, skipping s1, which node 0 then writes (and offers). Returns (s1, its bytes)."""
+    b = c.nodes[1]
+    (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago)
+    downloader_writes(c.root(1), s0, d0)
+    # seen in order: a downloader writing in order has no reorder lag to wait out
+    await wait_until(lambda: frontier(b) == s0.start)
+    downloader_writes(c.root(1), s2, d2)  # skipped s1
+    await wait_until(lambda: frontier(b) == s2.start)
+    write_segment_file(c.root(0), s1, d1)
+    return s1, d1
+
+
 async def test_hole_the_downloader_passed_is_pushed_at_once(cluster_factory):
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
         # a downloader at the live edge: it writes each segment as it ends
-        (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago=2.0)
-        downloader_writes(c.root(1), s0, d0)
-        # seen in order: a downloader writing in order has no reorder lag to wait out
-        await wait_until(lambda: frontier(b) == s0.start)
-        downloader_writes(c.root(1), s2, d2)  # skipped s1
-        await wait_until(lambda: frontier(b) == s2.start)
-        write_segment_file(c.root(0), s1, d1)
+        s1, d1 = await node1_skips_a_segment_node0_has(c, started_ago=2.0)
         await wait_until(lambda: (c.root(1) / s1.path).exists())
         assert (c.root(1) / s1.path).read_bytes() == d1
         assert pushes(a, b, "deferred") == 0
@@ -161,12 +169,7 @@ async def test_a_hole_of_a_downloader_behind_the_stream_waits_for_its_siblings(
     # after a later sibling landed, so the first offer of the hole waits BURST_GRACE
     async with cluster_factory(2, **DEFER) as c:
         a, b = c.nodes
-        (s0, d0), (s1, d1), (s2, d2) = stream(3, started_ago=20.0)
-        downloader_writes(c.root(1), s0, d0)
-        await wait_until(lambda: frontier(b) == s0.start)
-        downloader_writes(c.root(1), s2, d2)  # skipped s1
-        await wait_until(lambda: frontier(b) == s2.start)
-        write_segment_file(c.root(0), s1, d1)
+        s1, d1 = await node1_skips_a_segment_node0_has(c, started_ago=20.0)
         await wait_until(lambda: pushes(a, b, "deferred") >= 1)
         await wait_until(lambda: b.downloader.holes_filled_by_push == 1)
         assert (c.root(1) / s1.path).read_bytes() == d1
