@@ -4,12 +4,13 @@ segsync's guarantees does per byte, with nothing else.
 
 `copy_floor.py SRC DST` copies every segment file under SRC into DST the way a
 catch-up must, minus everything that is not physics: a forked child reads each file
-into one reused 1 MiB buffer, hashes it (rot must never be served) and sends it over
-a loopback socket pair; the parent receives into one reused buffer, hashes it, writes
-it to a temp file, checks the SHA-256 against the name, and fsyncs and renames it in
-one of 16 threads while the next file streams in (fsyncs overlapping, as segsync's
-commits do); every directory is fsynced at the end. No HTTP, no event loop, no
-framing beyond an 8-byte size, no index. `--no-fsync` leaves out the fsyncs.
+into one reused 1 MiB buffer, hashes it (rot must never be served: a file that does
+not hash to its name is not sent whole) and sends it over a loopback socket pair;
+the parent receives into one reused buffer, hashes it, writes it to a temp file,
+checks the SHA-256 against the name, and fsyncs and renames it in one of 16 threads
+while the next file streams in (fsyncs overlapping, as segsync's commits do); every
+directory is fsynced at the end. No HTTP, no event loop, no framing beyond an 8-byte
+size, no index. `--no-fsync` leaves out the fsyncs.
 
 bench/backfill_throughput.py runs it as the `floor` copy beside segsync and
 `rsync -a` (whole process timed, like them): how far segsync is from the floor, and
@@ -45,6 +46,11 @@ def name_hash(rel: str) -> str:
     return rel[-46:-3]
 
 
+def hash_text(h) -> str:
+    """A finished SHA-256 as segment names write it (protocol.hashing.encode_hash)."""
+    return base64.urlsafe_b64encode(h.digest()).decode("ascii").rstrip("=")
+
+
 def send_all(root: str, names: list[str], sock: socket.socket) -> None:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -58,6 +64,8 @@ def send_all(root: str, names: list[str], sock: socket.socket) -> None:
                 if not n:
                     raise OSError(f"{rel} shrank while sending")
                 served.update(view[:n])
+                if left == n and hash_text(served) != name_hash(rel):
+                    raise OSError(f"{rel}: rotten, its last chunk is not sent")
                 sock.sendall(view[:n])
                 left -= n
 
@@ -98,8 +106,7 @@ def receive_all(root: str, names: list[str], sock: socket.socket, fsync: bool) -
                 got.update(view[:n])
                 os.write(fd, view[:n])
                 left -= n
-            text = base64.urlsafe_b64encode(got.digest()).decode("ascii").rstrip("=")
-            if text != name_hash(rel):
+            if hash_text(got) != name_hash(rel):
                 os.close(fd)
                 os.unlink(temp)
                 raise OSError(f"{rel}: hash mismatch")
@@ -122,11 +129,13 @@ def copy(src: str, dst: str, fsync: bool = True) -> int:
     pid = os.fork()
     if pid == 0:  # the serving side
         ours.close()
+        code = 1
         try:
             send_all(src, names, theirs)
             theirs.close()
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     theirs.close()
     try:
         receive_all(dst, names, ours, fsync)
