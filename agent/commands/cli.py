@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -156,6 +157,10 @@ COMMANDS = {"run": cmd_run, "backfill": cmd_backfill}
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    # what start-up made (modules, classes, the parser) lives as long as the process:
+    # the collector's full passes need not walk it again (a catch-up of 600 segments
+    # spent 0.1-0.2 s less user CPU, bench/backfill_throughput.py)
+    gc.freeze()
     handler = COMMANDS.get(args.command) or getattr(args, "func", None)
     try:
         return handler(args)
