@@ -56,6 +56,11 @@ class Ingest:
             return received
         return await received.commit(sync_dir)
 
+    def receiver(self, name: SegmentName, size: int | None, source: str
+                 ) -> "SegmentReceiver":
+        """A segment to write from a worker thread (a threaded fetch)."""
+        return SegmentReceiver(self, name, size, source)
+
     async def receive_segment(
         self, name: SegmentName, size: int | None, chunks: AsyncIterator[bytes], source: str,
     ) -> "ReceivedSegment | str":
@@ -64,50 +69,15 @@ class Ingest:
         `ReceivedSegment` to commit (fsync, rename, index), or have / tombstoned when
         there is nothing to write. A catch-up commits one segment while the next
         streams in: their fsyncs overlap instead of queueing behind the stream."""
-        metrics = self.metrics
-        writer: SegmentWriter | None = None
-
-        def write(batch: list[bytes], last: bool) -> str | None:
-            """One thread hop: open the temp file with the first batch (unless the
-            segment is tombstoned or here already), write, and verify after the last.
-            The checks run in the thread too: a lookup of a name not yet in the
-            directory waits for its lock, which a rename stuck behind a journal commit
-            holds."""
-            nonlocal writer
-            if writer is None:
-                if self.store.has_tombstone(name):
-                    return "tombstoned"
-                if self.store.has_segment(name):
-                    return "have"
-                writer = self.store.open_writer(name, size)
-            if batch:
-                writer.write_many(batch)
-            if last:
-                writer.verify()
-            return None
-
+        receiver = SegmentReceiver(self, name, size, source)
         try:
-            status = await self._write_batches(name, chunks, write)
-        except WriteRejected as e:
-            if writer is not None:
-                writer.abort()
-            if e.reason == "hash_mismatch":
-                metrics.hash_mismatches.labels(source).inc()
-            metrics.received.labels("segment", e.reason).inc()
+            status = await self._write_batches(chunks, receiver.write_batch)
+        except BaseException as e:
+            receiver.fail(e)
             raise
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            metrics.received.labels("segment", "error").inc()
-            raise
-        if status is not None:
-            metrics.received.labels("segment", status).inc()
-            return status
-        assert writer is not None
-        return ReceivedSegment(self, writer, name, source)
+        return receiver.result(status)
 
-    async def _write_batches(self, name: SegmentName, chunks: AsyncIterator[bytes],
-                             write) -> str | None:
+    async def _write_batches(self, chunks: AsyncIterator[bytes], write) -> str | None:
         """Chunks are batched as they come (no copying) and each batch is written in
         one thread hop; a segment of up to UPLOAD_BUFFER bytes takes a single hop for
         open, write and verify: a hop costs more than writing a few hundred KiB to the
@@ -122,7 +92,6 @@ class Ingest:
                 if status is not None:  # tombstoned or here: the rest is not needed
                     return status
                 batch, batched = [], 0
-        self.received.add(name.path)  # before the rename: the watcher sees an echo
         return await trio.to_thread.run_sync(write, batch, True)
 
     async def accept_tombstone(self, name: SegmentName, source: str) -> str:
@@ -144,6 +113,75 @@ class Ingest:
         if created:
             log.info("tombstone %s (from %s)", name.tombstone_path, source)
         return status
+
+
+class SegmentReceiver:
+    """One segment from a peer on its way into a temp file, driven from a worker
+    thread (blocking calls only): the async path hands it batches in thread hops, a
+    threaded batch fetch (`agent.peers.threaded_fetch`) writes each read as it
+    arrives. The checks run in the thread too: a lookup of a name not yet in the
+    directory waits for its lock, which a rename stuck behind a journal commit holds."""
+
+    def __init__(self, ingest: Ingest, name: SegmentName, size: int | None,
+                 source: str) -> None:
+        self.ingest = ingest
+        self.name = name
+        self.size = size
+        self.source = source
+        self.writer: SegmentWriter | None = None
+        self.skipped: str | None = None  # have or tombstoned: its bytes are not written
+
+    def write_batch(self, batch: list, last: bool) -> str | None:
+        """Write `batch` (opening the temp file with the first one unless the segment
+        is tombstoned or here already) and verify after the last. Returns have or
+        tombstoned when the rest is not needed."""
+        if self.skipped is not None:
+            return self.skipped
+        store = self.ingest.store
+        if self.writer is None:
+            if store.has_tombstone(self.name):
+                self.skipped = "tombstoned"
+                return self.skipped
+            if store.has_segment(self.name):
+                self.skipped = "have"
+                return self.skipped
+            self.writer = store.open_writer(self.name, self.size)
+        if batch:
+            self.writer.write_many(batch)
+        if last:
+            self.writer.verify()
+        return None
+
+    def write(self, data) -> "ReceivedSegment | str | None":
+        """A threaded fetch's read (`agent.peers.threaded_fetch.SegmentSink`): None, or
+        have / tombstoned when the rest is not needed."""
+        status = self.write_batch([data], False)
+        return None if status is None else self.result(status)
+
+    def end(self) -> "ReceivedSegment | str":
+        """Every byte arrived: verified, what to commit (or have / tombstoned)."""
+        return self.result(self.write_batch([], True))
+
+    def fail(self, e: BaseException) -> None:
+        """The segment will not be committed: its temp file goes, the reason is
+        counted (thread-safe: prometheus counters lock)."""
+        if self.writer is not None:
+            self.writer.abort()
+        metrics = self.ingest.metrics
+        if isinstance(e, WriteRejected):
+            if e.reason == "hash_mismatch":
+                metrics.hash_mismatches.labels(self.source).inc()
+            metrics.received.labels("segment", e.reason).inc()
+        else:
+            metrics.received.labels("segment", "error").inc()
+
+    def result(self, status: str | None) -> "ReceivedSegment | str":
+        """After the last batch: what to commit, or have / tombstoned."""
+        if status is not None:
+            self.ingest.metrics.received.labels("segment", status).inc()
+            return status
+        assert self.writer is not None
+        return ReceivedSegment(self.ingest, self.writer, self.name, self.source)
 
 
 class ReceivedSegment:
@@ -168,6 +206,8 @@ class ReceivedSegment:
         """stored, or have (a copy arrived meanwhile); raises WriteRejected
         (tombstoned meanwhile) or OSError. See `SegmentWriter.commit`."""
         metrics = self.ingest.metrics
+        # before the rename: the watcher's event for the file is an echo, not news
+        self.ingest.received.add(self.name.path)
         try:
             status = await trio.to_thread.run_sync(self.writer.commit, sync_dir)
         except WriteRejected as e:

@@ -233,6 +233,11 @@ class PeerPacing:
             return 0.0
         return await self.bandwidth.receive(nbytes, name, self.peer)
 
+    def download_limited(self) -> bool:
+        """A download limit is set now (safe to ask from a worker thread): without one,
+        `receive` only counts, and may count many reads at once."""
+        return self.bandwidth is not None and self.bandwidth.download.rate is not None
+
     async def send_as(self, nbytes: int, cls: TransferClass) -> float:
         if self.bandwidth is None:
             return 0.0

@@ -29,6 +29,8 @@ from .bandwidth import Bandwidth, PeerPacing, requester_key
 from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peer_set import Peer
+from .threaded_fetch import FetchTarget, OpenSink, Settle, connects_directly
+from .threaded_fetch import fetch as threaded_fetch
 from .tls import ClientTls
 from .transport import (
     CALL_DEADLINE_FACTOR,
@@ -51,7 +53,14 @@ class Withdrawn(Exception):
 
 
 class PeerClient(TransportClient):
-    """Typed calls to one peer. Make it with `ClientFactory.client`."""
+    """Typed calls to one peer. Make it with `ClientFactory.client`. `fetch_target`:
+    how a batch fetch reaches the peer from a worker thread (`fetch_into`); None
+    (a peer behind a proxy, say) keeps every fetch on httpx (`fetch`)."""
+
+    def __init__(self, transport: Transport, pacing: PeerPacing | None = None,
+                 fetch_target: FetchTarget | None = None) -> None:
+        super().__init__(transport, pacing)
+        self.fetch_target = fetch_target
 
     async def call(self, path: str, message: m.Message,
                    expect: type[m.Message] | tuple[type[m.Message], ...],
@@ -186,6 +195,18 @@ class PeerClient(TransportClient):
             finally:
                 await items.aclose()
 
+    async def fetch_into(self, names: list[SegmentName], max_bytes: int,
+                         open_sink: OpenSink, settle: Settle) -> None:
+        """Batch download in a worker thread (`agent.peers.threaded_fetch`): each
+        segment's bytes go to `open_sink(name, size)` as they are read, and each is
+        `settle`d in trio once it ended (or the peer said it does not serve it).
+        Under the same gate as every other exchange; needs `fetch_target`."""
+        assert self.fetch_target is not None
+        pacing = self.pacing
+        async with self.transport.gate:
+            await threaded_fetch(self.fetch_target, names, max_bytes, open_sink, settle,
+                                 pacing.receive, pacing.download_limited)
+
 
 class ClientFactory:
     """Makes clients for peers, all with the same credentials, identity and timeouts.
@@ -226,8 +247,12 @@ class ClientFactory:
     def client(self, peer: Peer | str, concurrency: int = 8,
                timeout: float | None = None) -> PeerClient:
         """A client of a segsync peer's `/v1` API."""
-        return PeerClient(self.transport(peer, concurrency, timeout, segsync=True),
-                          self.pacing(peer))
+        transport = self.transport(peer, concurrency, timeout, segsync=True)
+        target = None
+        if connects_directly(transport.url):
+            context = self.tls.context if transport.url.startswith("https:") else None
+            target = FetchTarget.of(transport, context, self.connect_timeout)
+        return PeerClient(transport, self.pacing(peer), target)
 
     def wubloader_client(self, peer: Peer | str, concurrency: int = 8,
                          timeout: float | None = None) -> LegacyClient:

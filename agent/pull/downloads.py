@@ -171,14 +171,25 @@ class Downloads:
             return
         settled = 0
         try:
-            async with peer.client.fetch(names, self.max_segment_bytes) as items:
-                async for name, size, chunks in items:
-                    if chunks is None:  # gone at the peer since its listing
-                        peer.stats.failed += 1
-                        self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
-                    else:
-                        await self._store(peer, name, size, chunks, commits)
+            if isinstance(peer.client, PeerClient) and peer.client.fetch_target is not None:
+                async def settle(name: SegmentName, outcome: object, unpaced: int) -> None:
+                    nonlocal settled
+                    if unpaced:  # counted now (no limit was set while they came)
+                        await peer.client.pacing.receive(unpaced, name)
+                    await self._settle(peer, name, outcome, commits)
                     settled += 1
+
+                await peer.client.fetch_into(
+                    names, self.max_segment_bytes,
+                    lambda name, size: self.ingest.receiver(name, size, "pull"), settle)
+            else:
+                async with peer.client.fetch(names, self.max_segment_bytes) as items:
+                    async for name, size, chunks in items:
+                        if chunks is None:
+                            await self._settle(peer, name, None, commits)
+                        else:
+                            await self._store(peer, name, size, chunks, commits)
+                        settled += 1
             peer.capabilities.batch_fetch = True
         except PeerError as e:
             if settled == 0 and e.status in (404, 405):
@@ -232,18 +243,33 @@ class Downloads:
     async def _store(self, peer: PeerFetch, name: SegmentName, size: int | None, chunks,
                      commits: "_Commits | None") -> None:
         """Receive one segment as its bytes arrive (verified into its temp file), then
-        commit it in `commits` (else here, its directory fsynced too), and count what
-        happened. A PeerError (the transfer broke) propagates; what the store refuses
-        is counted here."""
+        settle it. A PeerError (the transfer broke) propagates; what the store refuses
+        is counted."""
         try:
             received = await self.ingest.receive_segment(name, size, chunks, source="pull")
         except (WriteRejected, OSError) as e:
-            self._refused(peer, name, e)
+            received = e
+        await self._settle(peer, name, received, commits)
+
+    async def _settle(self, peer: PeerFetch, name: SegmentName, outcome: object,
+                      commits: "_Commits | None") -> None:
+        """What became of one segment of a download: None (the peer does not serve it,
+        gone since its listing), an exception (its bytes refused, or the disk failed),
+        have / tombstoned, or a verified `ReceivedSegment`, committed in `commits`
+        (else here, its directory fsynced too) and counted."""
+        if outcome is None:
+            peer.stats.failed += 1
+            self.metrics.pulls.labels(peer.label, "segment", "missing").inc()
+            return
+        if isinstance(outcome, Exception):
+            self._refused(peer, name, outcome)
             return
         peer.stats.download_errors = 0  # the peer answered: it is up
-        if isinstance(received, str):
-            self._count(peer, name, received, size)
+        if isinstance(outcome, str):
+            self._count(peer, name, outcome, None)
             return
+        assert isinstance(outcome, ReceivedSegment)
+        received = outcome
         if commits is None:
             await self._commit(peer, name, received, None, sync_dir=True)
             return
