@@ -8,8 +8,10 @@ import trio
 
 from agent.peers.peer_set import Peer
 from conftest import wait_until
+from fault_helpers import audit_archive
 from helpers import (free_port, hours_ago, make_name, push_state, touch_tombstone,
                      write_segment_file)
+from protocol.names import Kind
 from protocol.peerkind import PeerKind
 
 
@@ -203,14 +205,46 @@ async def test_offer_replies(cluster_factory):
         data = os.urandom(100)
         name = make_name(data, hours_ago(1))
         client = ClientFactory().client(c.nodes[0].url)
+        node = c.nodes[0]
         try:
             assert await client.offer(name, len(data)) == "want"
+            # offers are answered from the index (no disk lookup on the push path):
+            # what the watcher has seen
             write_segment_file(c.root(0), name, data)
+            await wait_until(lambda: node.index.has(name, Kind.SEGMENT))
             assert await client.offer(name, len(data)) == "have"
             touch_tombstone(c.root(0), name)
+            await wait_until(lambda: node.index.has(name, Kind.TOMBSTONE))
             assert await client.offer(name, len(data)) == "tombstoned"
         finally:
             await client.aclose()
+
+
+async def test_an_offer_answered_before_the_index_knew_refuses_at_the_upload(
+        cluster_factory, tmp_path):
+    """The index lags the disk by the watcher's latency: a tombstone touched a moment
+    ago may not be indexed yet when an offer comes. The offer is then answered want,
+    and the upload that follows is refused by the disk check: nothing is stored."""
+    from agent.peers.client import ClientFactory
+
+    async with cluster_factory(1) as c:
+        node = c.nodes[0]
+        data = os.urandom(5000)
+        name = make_name(data, hours_ago(1))
+        touch_tombstone(c.root(0), name)
+        await wait_until(lambda: node.index.has(name, Kind.TOMBSTONE))
+        node.index.discard(name, Kind.TOMBSTONE)  # as if the watcher had not seen it yet
+        source = tmp_path / "copy.ts"
+        source.write_bytes(data)
+        client = ClientFactory().client(node.url)
+        try:
+            assert await client.offer(name, len(data)) == "want"
+            status, _ = await client.upload(name, source)
+        finally:
+            await client.aclose()
+        assert status == "tombstoned"
+        assert not (c.root(0) / name.path).exists()
+        assert audit_archive(c.root(0)).temps == []
 
 
 async def test_peers_file_reload(tmp_path, cluster_factory):
