@@ -1,5 +1,6 @@
 """Three real agents on loopback: push replication and tombstones."""
 
+import datetime as dt
 import os
 import socket
 
@@ -262,3 +263,47 @@ async def test_peers_file_reload(tmp_path, cluster_factory):
         name = make_name(data, hours_ago(1))
         write_segment_file(c.root(2), name, data)
         await wait_until(lambda: (c.root(1) / name.path).exists())
+
+
+async def test_a_queued_segment_gone_or_tombstoned_before_its_upload_sends_no_bytes(
+        cluster_factory):
+    """A segment's size is measured when it is announced, so its push needs no look at
+    the disk before the offer; one removed since then is skipped when the upload
+    opens it, one tombstoned since then is refused by the peer or withdrawn before
+    its first byte. The peer stores neither."""
+    async with cluster_factory(2) as c:
+        a, b = c.nodes
+        label = a.peers.by_url(b.url).name
+
+        def pushes(outcome: str) -> float:
+            return a.metrics.pushes.labels(label, "segment", outcome)._value.get()
+
+        gone = make_name(os.urandom(100), hours_ago(1))
+        a.pusher.push(gone, Kind.SEGMENT, trio.current_time(), 100)
+        await wait_until(lambda: pushes("skipped") == 1)
+
+        data = os.urandom(2000)
+        hidden = make_name(data, hours_ago(1) + dt.timedelta(seconds=4))
+        touch_tombstone(c.root(0), hidden)
+        write_segment_file(c.root(0), hidden, data)  # never announced: tombstoned
+        await wait_until(lambda: a.index.has(hidden, Kind.SEGMENT))
+        a.pusher.push(hidden, Kind.SEGMENT, trio.current_time(), len(data))
+        await wait_until(lambda: pushes("skipped") + pushes("tombstoned") == 2)
+        assert pushes("error") == 0
+        assert not (c.root(1) / gone.path).exists()
+        assert not (c.root(1) / hidden.path).exists()
+
+
+async def test_a_refused_push_does_not_hide_the_same_segment_written_later(cluster_factory):
+    """A peer's upload with bad bytes is refused; when the local downloader then writes
+    that segment, it is news (pushed on), not an echo of the refused upload."""
+    async with cluster_factory(2, backfill=False) as c:
+        a, b = c.nodes
+        data = os.urandom(3000)
+        name = make_name(data, hours_ago(1))
+        async with httpx.AsyncClient(base_url=a.url) as http:
+            r = await http.put(f"/v1/segments/{name.path}", content=os.urandom(3000))
+        assert r.status_code == 422  # hash mismatch
+        write_segment_file(c.root(0), name, data)
+        await wait_until(lambda: (c.root(1) / name.path).exists())
+        assert (c.root(1) / name.path).read_bytes() == data

@@ -50,11 +50,42 @@ class Ingest:
         """Stream a segment from a peer into the store: verified, atomic, indexed.
         Returns stored, have or tombstoned; raises WriteRejected (bad bytes) or
         OSError (storage). `sync_dir=False`: the caller fsyncs the hour directory
-        later (see `SegmentWriter.commit`), once for many segments."""
-        received = await self.receive_segment(name, size, chunks, source)
-        if isinstance(received, str):
-            return received
-        return await received.commit(sync_dir)
+        later (see `SegmentWriter.commit`), once for many segments.
+
+        The last batch is written, verified and committed (fsync, rename) in one
+        thread hop: one segment by itself (a push, a heal) has no next one whose
+        stream its fsync could overlap, and each hop is a wake-up that waits for a
+        CPU on a busy node. A catch-up uses `receive_segment` and commits apart."""
+        receiver = SegmentReceiver(self, name, size, source)
+
+        def write(batch: list, last: bool) -> str | None:
+            status = receiver.write_batch(batch, last)
+            if last and status is None:
+                assert receiver.writer is not None
+                return receiver.writer.commit(sync_dir)
+            return status
+
+        # before the rename (in the last hop): the watcher's event for it is an echo
+        echo = name.path not in self.received
+        self.received.add(name.path)
+        try:
+            status = await self._write_batches(chunks, write)
+        except BaseException as e:
+            if echo:
+                self.received.discard(name.path)
+            receiver.fail(e)
+            raise
+        assert status is not None
+        if status == "stored":
+            self.stored(name, receiver.writer.size, source)  # type: ignore[union-attr]
+        self.metrics.received.labels("segment", status).inc()
+        return status
+
+    def stored(self, name: SegmentName, size: int, source: str) -> None:
+        """A segment from a peer became visible: indexed and counted."""
+        self.index.add(name, Kind.SEGMENT)
+        self.metrics.indexed_segments.inc()
+        self.metrics.bytes.labels("received" if source == "push" else "pulled").inc(size)
 
     def receiver(self, name: SegmentName, size: int | None, source: str
                  ) -> "SegmentReceiver":
@@ -218,9 +249,6 @@ class ReceivedSegment:
             metrics.received.labels("segment", "error").inc()
             raise
         if status == "stored":
-            self.ingest.index.add(self.name, Kind.SEGMENT)
-            metrics.indexed_segments.inc()
-            metrics.bytes.labels("received" if self.source == "push" else "pulled").inc(
-                self.writer.size)
+            self.ingest.stored(self.name, self.writer.size, self.source)
         metrics.received.labels("segment", status).inc()
         return status

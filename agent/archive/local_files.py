@@ -33,21 +33,28 @@ log = logging.getLogger(__name__)
 HASH_CHUNK = 1024 * 1024
 MAX_NEW_DIRECTORY_FILES = 100_000  # a directory moved in: files looked at, at most
 
-Announce = Callable[[SegmentName, Kind, float], None]
+# (name, kind, when the watcher saw it, the segment's size: None for a tombstone)
+Announce = Callable[[SegmentName, Kind, float, "int | None"], None]
 # told of every segment, temp or tombstone name that appears (deleted=False) or goes
 Observe = Callable[[SegmentName, Kind, bool], None]
 
 
-def file_matches_name(path: Path, name: SegmentName) -> bool:
-    """True when the file's bytes hash to its name (so it is complete)."""
+def verified_size(path: Path, name: SegmentName) -> int | None:
+    """The file's size when its bytes hash to its name (so it is complete), else
+    None."""
     hasher = SegmentHasher()
     try:
         with open(path, "rb") as f:
             while chunk := f.read(HASH_CHUNK):
                 hasher.update(chunk)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return False
-    return hasher.digest() == name.hash
+        return None
+    return hasher.size if hasher.digest() == name.hash else None
+
+
+def file_matches_name(path: Path, name: SegmentName) -> bool:
+    """True when the file's bytes hash to its name (so it is complete)."""
+    return verified_size(path, name) is not None
 
 
 class LocalFiles:
@@ -131,14 +138,15 @@ class LocalFiles:
         if self.ingest.came_from_peer(path):
             self.index.add(name, kind)
             return
-        if not await trio.to_thread.run_sync(file_matches_name, self.store.path_of(name), name):
+        size = await trio.to_thread.run_sync(verified_size, self.store.path_of(name), name)
+        if size is None:
             return  # still being written, or corrupt: its next event (or a rescan) retries
         if self.index.add(name, kind):
             self.metrics.indexed_segments.inc()
         if self.index.has(name, Kind.TOMBSTONE):
             return
         self.announced.add(path)
-        self.announce(name, kind, seen_at)
+        self.announce(name, kind, seen_at, size)  # the pusher need not stat it again
 
     def found_tombstone(self, name: SegmentName, seen_at: float | None = None) -> None:
         """A tombstone that exists on disk (reported by the watcher, or found first by
@@ -150,7 +158,7 @@ class LocalFiles:
             return
         self.announced.add(path)
         self.announce(name, Kind.TOMBSTONE,
-                      trio.current_time() if seen_at is None else seen_at)
+                      trio.current_time() if seen_at is None else seen_at, None)
 
     # ---- rescans ----
 

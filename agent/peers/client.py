@@ -97,22 +97,32 @@ class PeerClient(TransportClient):
         return reply.status  # type: ignore[attr-defined]
 
     async def upload(self, name: SegmentName, file_path: Path,
-                     withdrawn: Callable[[], bool] = lambda: False) -> tuple[str, int]:
+                     withdrawn: Callable[[], bool] = lambda: False,
+                     size: int | None = None) -> tuple[str, int]:
         """Stream a local segment to the peer. Returns (ack status, bytes sent).
         RottenBytes if the file does not hash to its name: its last chunk is then
         never sent, so the peer gets no complete copy. `withdrawn()` (blocking, asked
         in the thread that reads the first chunk) True: Withdrawn, and the request
-        ends before its first byte of body (the peer stores nothing)."""
+        ends before its first byte of body (the peer stores nothing). `size`: the
+        file's, known already (a segment's bytes never change): the file is then
+        opened in the thread hop that reads its first chunk, not one of its own (a
+        hop on the push path is a wake-up on a busy node); FileNotFoundError if it
+        is gone, before any byte is sent."""
         t = self.transport
-        f = await trio.to_thread.run_sync(open, file_path, "rb")
+        f = None if size is not None else await trio.to_thread.run_sync(open, file_path, "rb")
         moved = MovableDeadline()
         try:
-            size = os.fstat(f.fileno()).st_size
+            if size is None:
+                assert f is not None
+                size = os.fstat(f.fileno()).st_size
             check = ServedBytesCheck(name.path, name.hash, size)
 
             def read(nbytes: int, first: bool) -> bytes:
+                nonlocal f
                 if first and withdrawn():
                     raise Withdrawn(f"{name.path}: withdrawn before its first byte")
+                if f is None:
+                    f = open(file_path, "rb")
                 return read_checked(f, nbytes, check) if nbytes else b""
 
             async def body() -> AsyncIterator[bytes]:
@@ -135,7 +145,8 @@ class PeerClient(TransportClient):
                 headers={"content-length": str(size), "content-type": "video/mp2t"},
                 moved=moved)
         finally:
-            f.close()
+            if f is not None:
+                f.close()
         ack = t.decode_reply(status, data, m.Ack, limits.MAX_REQUEST_BYTES)
         return ack.status, size  # type: ignore[attr-defined]
 

@@ -61,6 +61,7 @@ class PushItem:
     name: SegmentName
     kind: Kind
     seen_at: float  # trio clock when the watcher reported it
+    size: int | None = None  # a segment's, measured when it was announced
     attempts: int = field(default=0)
 
     @property
@@ -216,20 +217,24 @@ class PeerPusher:
             return await self.client.send_tombstone(item.name)
         name = item.name
         path = self.store.path_of(name)
+        size = item.size
+        if size is None:  # not measured when announced: one thread hop, not two
+            def visible_size() -> int | str:
+                if self.disk_tombstones.on_disk(name):
+                    return "tombstoned"
+                try:
+                    return path.stat().st_size
+                except (FileNotFoundError, NotADirectoryError):
+                    return "removed"
 
-        def visible_size() -> int | str:  # one thread hop, not two: it is on the push path
-            if self.disk_tombstones.on_disk(name):
-                return "tombstoned"
-            try:
-                return path.stat().st_size
-            except (FileNotFoundError, NotADirectoryError):
-                return "removed"
-
-        size = await trio.to_thread.run_sync(visible_size)
-        if size == "tombstoned":
-            self.disk_tombstones.record(name)
-        if isinstance(size, str):
-            return "skipped"  # tombstoned or removed since it was queued
+            found = await trio.to_thread.run_sync(visible_size)
+            if found == "tombstoned":
+                self.disk_tombstones.record(name)
+            if isinstance(found, str):
+                return "skipped"  # tombstoned or removed since it was queued
+            size = found
+        # A segment tombstoned since it was queued may still be offered (a few
+        # bytes); its bytes never go: the upload checks the disk before its first one
         reply = await self.client.offer_deferrable(item.name, size)
         if isinstance(reply, m.OfferLater):  # the peer's own downloader is about to write it
             return "deferred" if self.reoffers.park(item, reply.retry_after) else "left_to_backfill"
@@ -237,9 +242,11 @@ class PeerPusher:
             return reply.status
         try:
             status, sent = await self.client.upload(
-                name, path, withdrawn=lambda: self.disk_tombstones.on_disk(name))
+                name, path, withdrawn=lambda: self.disk_tombstones.on_disk(name), size=size)
         except Withdrawn:  # tombstoned since the check above: not one byte was sent
             self.disk_tombstones.record(name)
+            return "skipped"
+        except FileNotFoundError:  # removed (quarantined, say) since it was queued
             return "skipped"
         self.metrics.bytes.labels("pushed").inc(sent)
         return status
@@ -311,10 +318,11 @@ class Pusher:
                 except KeyError:
                     pass
 
-    def push(self, name: SegmentName, kind: Kind, seen_at: float) -> None:
+    def push(self, name: SegmentName, kind: Kind, seen_at: float,
+             size: int | None = None) -> None:
         for peer, pusher in list(self.pushers.items()):
             if self.kinds.known(peer) is not PeerKind.WUBLOADER:  # found one by a probe
-                pusher.enqueue(PushItem(name, kind, seen_at))
+                pusher.enqueue(PushItem(name, kind, seen_at, size))
 
     def state(self, peer: Peer) -> PushState:
         pusher = self.pushers.get(peer)
