@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 
 import h11
 import pytest
 import trio
+import trustme
 
 from agent.peers.bandwidth import Bandwidth
 from agent.peers.client import ClientFactory, PeerError
 from agent.peers.threaded_fetch import READ_BYTES, connects_directly
+from agent.peers.tls import ClientTls
 from conftest import wait_until
 from fault_helpers import FETCH_STREAM, _read_request, _serve
 from helpers import hours_ago, make_name, write_segment_file, write_segments
@@ -20,6 +23,7 @@ from protocol import limits
 from protocol import messages as m
 from protocol.bandwidth import TransferClass
 from protocol.fetchstream import frame_header
+from tls_helpers import write_ca
 
 
 class Sink:
@@ -158,31 +162,45 @@ async def _answer_head(stream, body: bytes) -> h11.Connection:
     return conn
 
 
-async def _stalling_peer(data: bytes, name, sent: trio.Event, task_status) -> None:
+async def _stalling_peer(data: bytes, name, sent: trio.Event, tls: ssl.SSLContext | None,
+                         task_status) -> None:
     """Answers a batch fetch with the head and the first half of `name`'s bytes, then
-    sends nothing more (the connection stays open)."""
+    sends nothing more (the connection stays open); over TLS when `tls` is given."""
     body = frame_header(m.FetchItem(name.path, len(data))) + data
 
     async def handler(stream):
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_side=True)
         conn = await _answer_head(stream, body)
         await stream.send_all(conn.send(h11.Data(data=body[:len(body) // 2])))
         sent.set()
         await trio.sleep_forever()
 
-    await _serve(handler, task_status)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    task_status.started(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
+    await trio.serve_listeners(handler, listeners)
 
 
-async def test_cancelling_a_fetch_stops_its_thread_at_once():
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_cancelling_a_fetch_stops_its_thread_at_once(tmp_path, tls):
     """A peer that stops sending mid-segment (after more than one read buffer), and a
     read timeout of a minute: the cancelled fetch returns as soon as its socket is
-    shut down, and the segment's sink is failed (its temp file would go)."""
+    shut down (under TLS too: the plain socket's shutdown, not the TLS layer's), and
+    the segment's sink is failed (its temp file would go)."""
     data = os.urandom(3 * READ_BYTES)
     name = make_name(data, hours_ago(2))
     sent = trio.Event()
     rec = Recorder()
+    server_tls, client_tls = None, ClientTls()
+    if tls:
+        ca = trustme.CA()
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+        client_tls = ClientTls(write_ca(ca, tmp_path / "ca"))
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(_stalling_peer, data, name, sent)
-        async with ClientFactory(timeout=60).client(url) as client:
+        url = await nursery.start(_stalling_peer, data, name, sent, server_tls)
+        async with ClientFactory(timeout=60, tls=client_tls).client(url) as client:
             with trio.fail_after(30):  # far below the read timeout
                 with trio.CancelScope() as scope:
                     async def cancel_once_bytes_arrived():
