@@ -269,6 +269,20 @@ async def test_bytes_after_the_last_answer_are_a_peer_error():
         nursery.cancel_scope.cancel()
 
 
+async def test_fetch_threads_do_not_take_the_shared_thread_pool(cluster_factory):
+    """More fetches at once than trio's shared worker threads: each fetch thread
+    waits for commits that need those threads. Fetch threads have limiters of their
+    own, so the catch-up completes (with them in the shared pool it deadlocked)."""
+    async with cluster_factory(2, connect=False, backfill=False, max_concurrency=4) as c:
+        a, b = c.nodes
+        names = write_segments(c.root(0), 40, hours_ago(3), size=20_000)
+        await a.local_files.rescan(announce_new=False)
+        trio.to_thread.current_default_thread_limiter().total_tokens = 2
+        with trio.fail_after(60):
+            (result,) = await b.backfiller.round_all([a.url])
+        assert result.total("downloaded") == len(names) and result.failures == 0
+
+
 def test_a_peer_behind_a_proxy_keeps_the_httpx_fetch(monkeypatch):
     for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy",
                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):

@@ -328,7 +328,11 @@ async def fetch(target: FetchTarget, names: list[SegmentName], max_bytes: int,
 
             nursery.start_soon(stop_when_cancelled)
             try:
-                await trio.to_thread.run_sync(job.run)  # never abandoned: it is stopped
+                # never abandoned (it is stopped), and on a limiter of its own: a fetch
+                # thread waits for its segments' commits, which take threads from
+                # trio's shared pool (40); were fetch threads of that pool, enough
+                # fetches at once (max-concurrency) would hold it all
+                await trio.to_thread.run_sync(job.run, limiter=trio.CapacityLimiter(1))
             except Exception as e:  # raised below, outside the nurseries (not in a group)
                 error = e
             finally:
