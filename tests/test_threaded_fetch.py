@@ -272,7 +272,8 @@ async def test_bytes_after_the_last_answer_are_a_peer_error():
 async def test_fetch_threads_do_not_take_the_shared_thread_pool(cluster_factory):
     """More fetches at once than trio's shared worker threads: each fetch thread
     waits for commits that need those threads. Fetch threads have limiters of their
-    own, so the catch-up completes (with them in the shared pool it deadlocked)."""
+    own, so the catch-up completes (in the shared pool they starved it: every
+    download timed out)."""
     async with cluster_factory(2, connect=False, backfill=False, max_concurrency=4) as c:
         a, b = c.nodes
         names = write_segments(c.root(0), 40, hours_ago(3), size=20_000)
