@@ -71,7 +71,8 @@ OpenSink = Callable[[SegmentName, int], SegmentSink]
 # own (segments are settled side by side, in no set order): the outcome is
 # what the sink's `end` returned, the exception its `write` or `end` raised, or None
 # for a segment the peer does not serve; the bytes not yet taken from the node's
-# bandwidth limit are taken then
+# bandwidth limit are taken then. It owns the outcome: a verified temp file it does
+# not commit (cancelled, say), it drops
 Settle = Callable[[SegmentName, object, int], Awaitable[None]]
 # (nbytes, name) -> seconds waited for the node's bandwidth limit, awaited in trio
 Pace = Callable[[int, SegmentName], Awaitable[float]]

@@ -174,8 +174,13 @@ class Downloads:
             if isinstance(peer.client, PeerClient) and peer.client.fetch_target is not None:
                 async def settle(name: SegmentName, outcome: object, unpaced: int) -> None:
                     nonlocal settled
-                    if unpaced:  # counted now (no limit was set while they came)
-                        await peer.client.pacing.receive(unpaced, name)
+                    try:
+                        if unpaced:  # counted now (no limit was set while they came)
+                            await peer.client.pacing.receive(unpaced, name)
+                    except BaseException:  # cancelled: a verified temp file goes
+                        if isinstance(outcome, ReceivedSegment):
+                            outcome.abort()
+                        raise
                     await self._settle(peer, name, outcome, commits)
                     settled += 1
 
