@@ -176,10 +176,7 @@ async def _stalling_peer(data: bytes, name, sent: trio.Event, tls: ssl.SSLContex
         sent.set()
         await trio.sleep_forever()
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    task_status.started(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
-    await trio.serve_listeners(handler, listeners)
+    await _serve(handler, task_status)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
@@ -200,6 +197,8 @@ async def test_cancelling_a_fetch_stops_its_thread_at_once(tmp_path, tls):
         client_tls = ClientTls(write_ca(ca, tmp_path / "ca"))
     async with trio.open_nursery() as nursery:
         url = await nursery.start(_stalling_peer, data, name, sent, server_tls)
+        if tls:
+            url = url.replace("http://", "https://")
         async with ClientFactory(timeout=60, tls=client_tls).client(url) as client:
             with trio.fail_after(30):  # far below the read timeout
                 with trio.CancelScope() as scope:

@@ -262,7 +262,8 @@ class ClientFactory:
         target = None
         if connects_directly(transport.url):
             context = self.tls.context if transport.url.startswith("https:") else None
-            target = FetchTarget.of(transport, context, self.connect_timeout)
+            target = FetchTarget.of(transport, self.headers(segsync=True), context,
+                                    self.connect_timeout)
         return PeerClient(transport, self.pacing(peer), target)
 
     def wubloader_client(self, peer: Peer | str, concurrency: int = 8,
@@ -271,20 +272,24 @@ class ClientFactory:
         return LegacyClient(self.transport(peer, concurrency, timeout, segsync=False),
                             self.pacing(peer))
 
-    def transport(self, peer: Peer | str, concurrency: int, timeout: float | None,
-                  segsync: bool) -> Transport:
-        """The gated connection pool of one client. A wubloader node is sent neither the
+    def headers(self, segsync: bool) -> dict[str, str]:
+        """What every request of a client sends. A wubloader node is sent neither the
         cluster's token nor our node name: it has no use for them."""
-        url = peer.url if isinstance(peer, Peer) else Peer.from_url(peer).url
-        timeout = self.timeout if timeout is None else timeout
         headers = {"user-agent": "segsync"}
         if self.token and segsync:
             headers["authorization"] = f"Bearer {self.token}"
         if self.node_name and segsync:
             headers["x-segsync-node"] = self.node_name
+        return headers
+
+    def transport(self, peer: Peer | str, concurrency: int, timeout: float | None,
+                  segsync: bool) -> Transport:
+        """The gated connection pool of one client (`headers` says what it sends)."""
+        url = peer.url if isinstance(peer, Peer) else Peer.from_url(peer).url
+        timeout = self.timeout if timeout is None else timeout
         http = httpx.AsyncClient(
             base_url=url,
-            headers=headers,
+            headers=self.headers(segsync),
             timeout=httpx.Timeout(timeout, connect=min(self.connect_timeout, timeout),
                                   pool=timeout),
             limits=httpx.Limits(max_connections=concurrency,

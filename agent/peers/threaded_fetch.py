@@ -103,10 +103,8 @@ class FetchTarget:
     connect_timeout: float
 
     @classmethod
-    def of(cls, transport: Transport, ssl_context: ssl.SSLContext | None,
-           connect_timeout: float) -> "FetchTarget":
-        headers = {k: v for k, v in transport.http.headers.items()
-                   if k.lower() in ("authorization", "x-segsync-node", "user-agent")}
+    def of(cls, transport: Transport, headers: dict[str, str],
+           ssl_context: ssl.SSLContext | None, connect_timeout: float) -> "FetchTarget":
         return cls(transport.url, headers, ssl_context, transport.timeout,
                    min(connect_timeout, transport.timeout))
 
@@ -174,7 +172,7 @@ class ThreadedFetch:
                 response = conn.getresponse()
                 if response.status != 200:
                     data = self._read_error_body(response)
-                    raise self._error(self._error_text(response.status, data),
+                    raise self._error(Transport.error_text(response.status, data),
                                       response.status)
                 if response.chunked or response.length is None:
                     raise self._error("fetch reply without a Content-Length")
@@ -198,14 +196,6 @@ class ThreadedFetch:
                 break
             data += more
         return bytes(data)
-
-    @staticmethod
-    def _error_text(status: int, body: bytes) -> str:
-        try:
-            err = m.decode(body, m.Error, limits.MAX_REQUEST_BYTES)
-            return f"HTTP {status} {err.code}: {err.message}"
-        except ProtocolError:
-            return f"HTTP {status}"
 
     def _hand_over(self, name: SegmentName, outcome: object, unpaced: int) -> None:
         """Settle a segment in trio without waiting for it (the thread reads on),

@@ -118,7 +118,9 @@ class Transport:
                 raise PeerError(self.url, f"reply larger than {limit} bytes")
         return bytes(buf)
 
-    def error_text(self, status: int, body: bytes) -> str:
+    @staticmethod
+    def error_text(status: int, body: bytes) -> str:
+        """A non-200 reply as text: its status, and its `Error` message if it is one."""
         try:
             err = m.decode(body, m.Error, limits.MAX_REQUEST_BYTES)
             return f"HTTP {status} {err.code}: {err.message}"
