@@ -89,6 +89,10 @@ class DemoResult:
     segment_gone: dict[str, float | None] = field(default_factory=dict)
     interrupted: bool = False
     directory: str = ""
+    # with keep_running: whether the timed demo went well, judged at its summary. The
+    # run goes on after it, and the segment written just before Ctrl-C may still be
+    # on its way to the peers: that is no failure of the demo
+    summary_ok: bool | None = None
 
     @property
     def expected_copies(self) -> int:
@@ -167,6 +171,7 @@ class Demo:
                         if self.keep_running and not self.result.interrupted:
                             self.result.seconds = trio.current_time() - self.started
                             self.say(self.summary())
+                            self.result.summary_ok = self.result.ok
                             await self._keep_running()
                 finally:
                     for node in self.nodes:
@@ -434,4 +439,5 @@ async def demo_until_signalled(demo: Demo) -> DemoResult:
 def exit_status(result: DemoResult) -> int:
     if result.interrupted:
         return 130
-    return 0 if result.ok else 1
+    ok = result.ok if result.summary_ok is None else result.summary_ok
+    return 0 if ok else 1
