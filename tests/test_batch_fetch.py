@@ -187,11 +187,19 @@ async def test_a_broken_batch_is_one_failure_not_one_per_segment(cluster_factory
         nursery.cancel_scope.cancel()
 
 
-async def test_backfill_between_real_agents_goes_in_batches(cluster_factory):
+@pytest.mark.parametrize("threads", [True, False], ids=["threaded", "httpx"])
+async def test_backfill_between_real_agents_goes_in_batches(cluster_factory, monkeypatch,
+                                                            threads):
+    """`httpx`: as from a node behind a proxy (`connects_directly` says so): the
+    batch fetch stays on httpx."""
+    if not threads:
+        monkeypatch.setattr("agent.peers.client.connects_directly", lambda url: False)
     async with cluster_factory(2, connect=False, backfill=False) as c:
         a, b = c.nodes
         names = write_segments(c.root(0), 40, hours_ago(5))
         await a.local_files.rescan(announce_new=False)
+        async with b.backfiller.clients.client(a.url) as client:
+            assert (client.fetch_target is not None) == threads
         (result,) = await b.backfiller.round_all([a.url])
         assert result.total("downloaded") == 40 and result.failures == 0
         assert replicable_state(c.root(1)) == replicable_state(c.root(0))

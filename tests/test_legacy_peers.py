@@ -89,12 +89,19 @@ def kind_of(node, url: str) -> PeerKind | None:
     return node.kinds.known(node.peers.peer_for(url))
 
 
-async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path):
+@pytest.mark.parametrize("threads", [True, False], ids=["threaded", "httpx"])
+async def test_catch_up_from_a_legacy_peer(cluster_factory, tmp_path, monkeypatch, threads):
+    """`httpx`: as from a node behind a proxy (`connects_directly` says so): the GETs
+    stay on httpx."""
+    if not threads:
+        monkeypatch.setattr("agent.peers.client.connects_directly", lambda url: False)
     with legacy_node(tmp_path / "wub") as wub:
         names = wubloader_archive(wub.root)
         async with cluster_factory(1, connect=False, backfill=False) as c:
             node = c.nodes[0]
             await node.set_peers([Peer.from_url(wub.url, "wub1")])
+            async with node.backfiller.clients.wubloader_client(wub.url) as client:
+                assert (client.fetch_target is not None) == threads
             [result] = await node.backfiller.round_all([wub.url])
             assert result.ok, result.error
             assert replicable_state(c.root(0)) == replicable_state(wub.root)

@@ -14,7 +14,7 @@ import trustme
 
 from agent.peers.bandwidth import Bandwidth
 from agent.peers.client import ClientFactory, PeerError
-from agent.peers.threaded_fetch import READ_BYTES, connects_directly
+from agent.peers.threaded_exchange import READ_BYTES, connects_directly
 from agent.peers.tls import ClientTls
 from conftest import wait_until
 from fault_helpers import FETCH_STREAM, _read_request, _serve

@@ -29,7 +29,7 @@ from .bandwidth import Bandwidth, PeerPacing, requester_key
 from .batch_reader import fetched_items
 from .legacy_client import LegacyClient
 from .peer_set import Peer
-from .threaded_fetch import FetchTarget, OpenSink, Settle, connects_directly
+from .threaded_exchange import FetchTarget, OpenSink, Settle, connects_directly
 from .threaded_fetch import fetch as threaded_fetch
 from .tls import ClientTls
 from .transport import (
@@ -38,9 +38,9 @@ from .transport import (
     MovableDeadline,
     PeerError,
     Transport,
-    TransportClient,
     tune_httpcore,
 )
+from .transport_client import TransportClient
 
 __all__ = ["ClientFactory", "PeerClient", "PeerError", "MIN_RATE", "Withdrawn"]
 
@@ -53,14 +53,9 @@ class Withdrawn(Exception):
 
 
 class PeerClient(TransportClient):
-    """Typed calls to one peer. Make it with `ClientFactory.client`. `fetch_target`:
-    how a batch fetch reaches the peer from a worker thread (`fetch_into`); None
-    (a peer behind a proxy, say) keeps every fetch on httpx (`fetch`)."""
-
-    def __init__(self, transport: Transport, pacing: PeerPacing | None = None,
-                 fetch_target: FetchTarget | None = None) -> None:
-        super().__init__(transport, pacing)
-        self.fetch_target = fetch_target
+    """Typed calls to one peer. Make it with `ClientFactory.client`. Without a
+    `fetch_target` (a peer behind a proxy, say), every fetch stays on httpx (`fetch`),
+    else a batch fetch runs in a worker thread (`fetch_into`)."""
 
     async def call(self, path: str, message: m.Message,
                    expect: type[m.Message] | tuple[type[m.Message], ...],
@@ -177,10 +172,8 @@ class PeerClient(TransportClient):
         if status != 200:
             raise PeerError(self.url, f"HTTP {status}", status)
 
-    def download(self, name: SegmentName, max_bytes: int):
-        """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
-        return self.transport.stream_segment(ep.segment_url(name.path), name.path, max_bytes,
-                                             pace=lambda n: self.pacing.receive(n, name))
+    def segment_path(self, name: SegmentName) -> str:
+        return ep.segment_url(name.path)
 
     async def probe(self, hour: str) -> tuple[int, bytes]:
         """A pair-digests request over one hour, whatever the answer: (status, body).
@@ -259,18 +252,23 @@ class ClientFactory:
                timeout: float | None = None) -> PeerClient:
         """A client of a segsync peer's `/v1` API."""
         transport = self.transport(peer, concurrency, timeout, segsync=True)
-        target = None
-        if connects_directly(transport.url):
-            context = self.tls.context if transport.url.startswith("https:") else None
-            target = FetchTarget.of(transport, self.headers(segsync=True), context,
-                                    self.connect_timeout)
-        return PeerClient(transport, self.pacing(peer), target)
+        return PeerClient(transport, self.pacing(peer), self.fetch_target(transport, True))
 
     def wubloader_client(self, peer: Peer | str, concurrency: int = 8,
                          timeout: float | None = None) -> LegacyClient:
         """A client of a wubloader node's read API (`agent.peers.legacy_client`)."""
-        return LegacyClient(self.transport(peer, concurrency, timeout, segsync=False),
-                            self.pacing(peer))
+        transport = self.transport(peer, concurrency, timeout, segsync=False)
+        return LegacyClient(transport, self.pacing(peer),
+                            self.fetch_target(transport, False))
+
+    def fetch_target(self, transport: Transport, segsync: bool) -> FetchTarget | None:
+        """How a worker thread reaches the peer, as its httpx client does; None for a
+        peer behind a proxy from the environment (downloads stay on httpx)."""
+        if not connects_directly(transport.url):
+            return None
+        context = self.tls.context if transport.url.startswith("https:") else None
+        return FetchTarget.of(transport, self.headers(segsync), context,
+                              self.connect_timeout)
 
     def headers(self, segsync: bool) -> dict[str, str]:
         """What every request of a client sends. A wubloader node is sent neither the

@@ -14,7 +14,8 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 from protocol.names import SegmentName
 
-from .transport import CALL_DEADLINE_FACTOR, PeerError, TransportClient
+from .transport import CALL_DEADLINE_FACTOR, PeerError
+from .transport_client import TransportClient
 
 
 class LegacyClient(TransportClient):
@@ -58,8 +59,5 @@ class LegacyClient(TransportClient):
         """The hour's listing in segsync's shape (what `segsync purge` asks every peer)."""
         return m.Listing(channel, quality, hour, await self.hour_listing(channel, quality, hour))
 
-    def download(self, name: SegmentName, max_bytes: int):
-        """Stream a segment's bytes: yields (declared size or None, chunk iterator)."""
-        return self.transport.stream_segment(
-            ep.legacy_segment_url(name.path), name.path, max_bytes,
-            pace=lambda n: self.pacing.receive(n, name))
+    def segment_path(self, name: SegmentName) -> str:
+        return ep.legacy_segment_url(name.path)

@@ -21,7 +21,6 @@ from protocol import messages as m
 from protocol.errors import ProtocolError
 
 from . import h11_buffer
-from .bandwidth import PeerPacing
 
 # Before a chunk of `n` bytes moves: wait for the node's bandwidth limit, return the
 # seconds waited (the transfer's deadline moves by as much: the peer was not slow)
@@ -209,23 +208,3 @@ class MovableDeadline:
     def move(self, seconds: float) -> None:
         if self.scope is not None and seconds > 0:
             self.scope.deadline += seconds
-
-
-class TransportClient:
-    """The shell of a typed client: its transport, closed when the client leaves
-    `async with` (or by `aclose`), and what it takes from the node's bandwidth limits."""
-
-    def __init__(self, transport: Transport, pacing: PeerPacing | None = None) -> None:
-        self.transport = transport
-        self.pacing = pacing or PeerPacing(None, transport.url)
-        self.url = transport.url
-        self.timeout = transport.timeout
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()

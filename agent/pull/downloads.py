@@ -174,14 +174,7 @@ class Downloads:
             if isinstance(peer.client, PeerClient) and peer.client.fetch_target is not None:
                 async def settle(name: SegmentName, outcome: object, unpaced: int) -> None:
                     nonlocal settled
-                    try:
-                        if unpaced:  # counted now (no limit was set while they came)
-                            await peer.client.pacing.receive(unpaced, name)
-                    except BaseException:  # cancelled: a verified temp file goes
-                        if isinstance(outcome, ReceivedSegment):
-                            outcome.abort()
-                        raise
-                    await self._settle(peer, name, outcome, commits)
+                    await self._settle_threaded(peer, name, outcome, unpaced, commits)
                     settled += 1
 
                 await peer.client.fetch_into(
@@ -210,7 +203,16 @@ class Downloads:
 
     async def _download_each(self, peer: PeerFetch, names: list[SegmentName],
                              commits: "_Commits") -> None:
-        """One GET per segment, GETS_PER_EXCHANGE at a time, in order."""
+        """One GET per segment, GETS_PER_EXCHANGE at a time, in order: in worker
+        threads where the client connects directly, else on httpx."""
+        if peer.client.fetch_target is not None:
+            await peer.client.get_each_into(
+                names, GETS_PER_EXCHANGE, self.max_segment_bytes,
+                lambda name, size: self.ingest.receiver(name, size, "pull"),
+                lambda name, outcome, unpaced: self._settle_threaded(
+                    peer, name, outcome, unpaced, commits),
+                keep_going=lambda: peer.stats.error is None)
+            return
         pending = collections.deque(names)
 
         async def getter() -> None:
@@ -220,6 +222,24 @@ class Downloads:
         async with trio.open_nursery() as nursery:
             for _ in range(min(GETS_PER_EXCHANGE, len(pending))):
                 nursery.start_soon(getter)
+
+    async def _settle_threaded(self, peer: PeerFetch, name: SegmentName, outcome: object,
+                               unpaced: int, commits: "_Commits") -> None:
+        """A segment a worker thread finished (`agent.peers.threaded_exchange.Settle`):
+        its bytes not yet counted are taken from the download limit, then it is
+        settled; a PeerError (its own GET failed) counts as a broken exchange."""
+        try:
+            if unpaced:  # counted now (no limit was set while they came)
+                await peer.client.pacing.receive(unpaced, name)
+        except BaseException:  # cancelled: a verified temp file goes
+            if isinstance(outcome, ReceivedSegment):
+                outcome.abort()
+            raise
+        if isinstance(outcome, PeerError):
+            self._segment_failed(peer, name, outcome)
+            self._exchange_failed(peer.stats, outcome)
+            return
+        await self._settle(peer, name, outcome, commits)
 
     async def _download(self, peer: PeerFetch, name: SegmentName,
                         commits: "_Commits | None" = None) -> None:

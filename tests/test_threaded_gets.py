@@ -1,0 +1,282 @@
+"""GETs one segment at a time in worker threads (agent.peers.threaded_gets), as a
+catch-up from a wubloader node makes them: the restreamer stand-in
+(tests/legacy_standin.py, its own process), and a hand-made peer for what it never
+does (closing idle connections, chunked or short bodies, dripping, stalling), over
+loopback HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import h11
+import pytest
+import trio
+
+from agent.peers.bandwidth import Bandwidth
+from agent.peers.client import ClientFactory, PeerError
+from agent.peers.threaded_exchange import READ_BYTES
+from conftest import wait_until
+from fault_helpers import _read_request, _serve
+from helpers import hours_ago, make_name, write_segments
+from protocol import limits
+from protocol.bandwidth import TransferClass
+from test_legacy_peers import legacy_node
+from test_threaded_fetch import Recorder
+
+
+class ScriptedPeer:
+    """A wubloader-like `/segments/PATH` server: `files` by path, each answered as
+    `how[path]` says (default: a 200 with a Content-Length). Counts connections and
+    requests; `close_idle`: closes each connection after one reply without saying so
+    (what a server's idle timeout does between two requests)."""
+
+    def __init__(self, files: dict[str, bytes], how: dict[str, str] | None = None,
+                 close_idle: bool = False) -> None:
+        self.files, self.how, self.close_idle = files, how or {}, close_idle
+        self.connections = 0
+        self.requests: list[str] = []
+        self.stalled = trio.Event()
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await _serve(self.handler, task_status)
+
+    async def handler(self, stream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                got = await _read_request(stream, conn)
+                if got is None:
+                    return
+                target = got[0].target.decode()
+                self.requests.append(target)
+                path = target.removeprefix("/segments/")
+                if not await self.answer(stream, conn, path):
+                    return
+                if self.close_idle:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def answer(self, stream, conn: h11.Connection, path: str) -> bool:
+        """Send one reply; False: the connection ends here."""
+        data, how = self.files.get(path), self.how.get(path, "ok")
+        if data is None:
+            await self.send(stream, conn, 404, b"<h1>Not Found</h1>")
+            return True
+        if how == "chunked":
+            await stream.send_all(conn.send(h11.Response(
+                status_code=200, headers=[("transfer-encoding", "chunked")])))
+            for i in range(0, len(data), 70_000):
+                await stream.send_all(conn.send(h11.Data(data=data[i:i + 70_000])))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return True
+        head = h11.Response(status_code=200, headers=[("content-length", str(len(data)))])
+        if how == "short":  # promises every byte, sends half, closes
+            await stream.send_all(conn.send(head))
+            await stream.send_all(conn.send(h11.Data(data=data[:len(data) // 2])))
+            return False
+        if how == "drip":  # one byte every 50 ms
+            await stream.send_all(conn.send(head))
+            for i in range(len(data)):
+                await stream.send_all(conn.send(h11.Data(data=data[i:i + 1])))
+                await trio.sleep(0.05)
+            return False
+        if how == "stall":  # the head and half the bytes, then nothing (kept open)
+            await stream.send_all(conn.send(head))
+            await stream.send_all(conn.send(h11.Data(data=data[:len(data) // 2])))
+            self.stalled.set()
+            await trio.sleep_forever()
+        await self.send(stream, conn, 200, data)
+        return True
+
+    @staticmethod
+    async def send(stream, conn: h11.Connection, status: int, body: bytes) -> None:
+        headers = [("content-length", str(len(body)))]
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+        await stream.send_all(conn.send(h11.Data(data=body)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def segments(count: int, size: int = 50_000) -> dict:
+    """`count` segments of random bytes, 2 s apart: {name: bytes} (not on disk)."""
+    start = hours_ago(2)
+    return {make_name(data, start + dt.timedelta(seconds=2 * i)): data
+            for i, data in enumerate(os.urandom(size) for _ in range(count))}
+
+
+async def get_all(url: str, names, threads: int = 2, factory: ClientFactory | None = None,
+                  rec: Recorder | None = None, **options) -> Recorder:
+    rec = rec or Recorder()
+    async with (factory or ClientFactory()).wubloader_client(url) as client:
+        assert client.fetch_target is not None
+        await client.get_each_into(list(names), threads, limits.MAX_SEGMENT_BYTES,
+                                   rec.open_sink, rec.settle, **options)
+    return rec
+
+
+async def test_segments_from_the_restreamer_stand_in_each_with_its_outcome(tmp_path):
+    """Every segment reaches its sink whole, over two keep-alive connections; one
+    deleted since the listing is its own PeerError (404), the others go on."""
+    root = tmp_path / "wub"
+    names = write_segments(root, 7, hours_ago(2), size=300_000)
+    names += write_segments(root, 1, hours_ago(1), tag=1, size=READ_BYTES + 200_000)
+    gone = names[3]
+    (root / gone.path).unlink()
+    with legacy_node(root) as wub:
+        rec = await get_all(wub.url, names)
+        requests = [r for r in wub.requests() if r.startswith("GET /segments/")]
+    settled = dict(rec.settled)
+    assert len(rec.settled) == len(names)
+    for name in names:
+        if name == gone:
+            e = settled[name.path]
+            assert isinstance(e, PeerError) and e.status == 404, e
+        else:
+            assert settled[name.path] == ("done", (root / name.path).read_bytes())
+            assert rec.sinks[name.path].size == len(settled[name.path][1])
+    assert gone.path not in rec.sinks  # nothing was opened for it
+    assert len(requests) == len(names)
+    assert rec.unpaced == sum((root / n.path).stat().st_size for n in names if n != gone)
+
+
+async def test_connections_are_kept_alive_and_reopened_when_the_peer_closed_them():
+    files = segments(6)
+    by_path = {n.path: d for n, d in files.items()}
+    for close_idle, connections in ((False, 1), (True, 6)):
+        peer = ScriptedPeer(by_path, close_idle=close_idle)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(peer.serve)
+            rec = await get_all(url, files, threads=1)
+            nursery.cancel_scope.cancel()
+        # closed between two requests: each GET is sent again once on a new connection,
+        # and none of them fails
+        assert dict(rec.settled) == {n.path: ("done", d) for n, d in files.items()}
+        assert peer.connections == connections
+        assert len(peer.requests) == len(files)
+
+
+async def test_chunked_short_and_oversized_replies():
+    """A chunked body is read to its end (its size unknown beforehand); a body that
+    ends before its Content-Length, and one over the caller's limit (declared, or
+    found while reading a chunked one), are their segments' PeerErrors, and the next
+    segment comes on a new connection."""
+    files = segments(4, size=2000)
+    names = list(files)
+    by_path = {n.path: d for n, d in files.items()}
+    big, big_chunked = os.urandom(4000), os.urandom(4001)
+    big_name, big_chunked_name = make_name(big, hours_ago(3)), make_name(big_chunked,
+                                                                         hours_ago(4))
+    by_path[big_name.path], by_path[big_chunked_name.path] = big, big_chunked
+    peer = ScriptedPeer(by_path, {names[0].path: "chunked", names[1].path: "short",
+                                  big_chunked_name.path: "chunked"})
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        async with ClientFactory().wubloader_client(url) as client:
+            await client.get_each_into([*names, big_name, big_chunked_name], 1, 3000,
+                                       rec.open_sink, rec.settle)
+        nursery.cancel_scope.cancel()
+    settled = dict(rec.settled)
+    assert settled[names[0].path] == ("done", files[names[0]])
+    assert rec.sinks[names[0].path].size is None
+    assert isinstance(settled[names[1].path], PeerError)
+    assert "ended after 1000 of 2000 bytes" in str(settled[names[1].path])
+    assert rec.sinks[names[1].path].failed is settled[names[1].path]
+    assert settled[names[2].path] == ("done", files[names[2]])
+    assert settled[names[3].path] == ("done", files[names[3]])
+    assert "4000 bytes is over the limit" in str(settled[big_name.path])
+    assert big_name.path not in rec.sinks
+    assert "more than 3000 bytes" in str(settled[big_chunked_name.path])
+    assert rec.sinks[big_chunked_name.path].failed is settled[big_chunked_name.path]
+    # one connection for the first, one after the short body; the two refused
+    # replies each left unread bytes behind
+    assert peer.connections == 3
+
+
+async def test_a_sink_that_refuses_or_needs_no_more_costs_only_its_segment():
+    files = segments(4, size=300_000)
+    names = list(files)
+    peer = ScriptedPeer({n.path: d for n, d in files.items()})
+    rec = Recorder(**{names[0].path: {"refuse_at": 1}, names[1].path: {"enough_at": 1}})
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        await get_all(url, names, threads=1, rec=rec)
+        nursery.cancel_scope.cancel()
+    settled = dict(rec.settled)
+    assert isinstance(settled[names[0].path], ValueError)
+    assert rec.sinks[names[0].path].failed is settled[names[0].path]
+    assert settled[names[1].path] == "have" and rec.sinks[names[1].path].failed is None
+    assert settled[names[2].path] == ("done", files[names[2]])
+    assert settled[names[3].path] == ("done", files[names[3]])
+    # the unread rest of each of the first two went with its connection
+    assert peer.connections == 3
+
+
+async def test_a_dripping_peer_is_a_peer_error_and_keep_going_ends_the_thread():
+    files = segments(3, size=1000)
+    names = list(files)
+    peer = ScriptedPeer({n.path: d for n, d in files.items()}, {names[0].path: "drip"})
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        async with ClientFactory(timeout=0.5).wubloader_client(url) as client:
+            # asked before each segment (in the thread): no more after the first
+            await client.get_each_into(names, 1, limits.MAX_SEGMENT_BYTES, rec.open_sink,
+                                       rec.settle, keep_going=lambda: not rec.sinks)
+        nursery.cancel_scope.cancel()
+    [(path, e)] = rec.settled
+    assert path == names[0].path and "slower than" in str(e)
+    assert rec.sinks[path].failed is e
+    assert peer.requests == [f"/segments/{path}"]
+
+
+@pytest.mark.parametrize("limit", [None, 50e6])
+async def test_every_byte_is_counted_once_with_or_without_a_limit(tmp_path, limit):
+    root = tmp_path / "wub"
+    names = write_segments(root, 4, hours_ago(2), size=400_000)
+    bandwidth = Bandwidth(download=limit)
+    rec = Recorder()
+    with legacy_node(root) as wub:
+        async with ClientFactory(bandwidth=bandwidth).wubloader_client(wub.url) as client:
+            async def settle(name, outcome, unpaced):
+                await rec.settle(name, outcome, unpaced)
+                await client.pacing.receive(unpaced, name)  # as the puller does
+
+            await client.get_each_into(names, 2, limits.MAX_SEGMENT_BYTES, rec.open_sink,
+                                       settle)
+    total = sum((root / n.path).stat().st_size for n in names)
+    assert bandwidth.download.scheduler.counters[TransferClass.CATCHUP].bytes == total
+    assert rec.unpaced == (total if limit is None else 0)
+
+
+async def test_cancelling_stops_every_thread_at_once():
+    """A peer that stops sending mid-segment, and a read timeout of a minute: the
+    cancelled download returns once its sockets are shut down, the stalled
+    segment's sink failed, nothing of it settled."""
+    files = segments(2, size=3 * READ_BYTES)
+    names = list(files)
+    peer = ScriptedPeer({n.path: d for n, d in files.items()},
+                        {n.path: "stall" for n in names})
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        async with ClientFactory(timeout=60).wubloader_client(url) as client:
+            with trio.fail_after(30), trio.CancelScope() as scope:
+                async def cancel_once_bytes_arrived():
+                    await peer.stalled.wait()
+                    await wait_until(lambda: any(s.data for s in rec.sinks.values()))
+                    scope.cancel()
+
+                nursery.start_soon(cancel_once_bytes_arrived)
+                await client.get_each_into(names, 2, limits.MAX_SEGMENT_BYTES,
+                                           rec.open_sink, rec.settle)
+        assert scope.cancelled_caught
+        assert rec.settled == []
+        assert any(s.failed is not None for s in rec.sinks.values())
+        assert all(s.failed is not None for s in rec.sinks.values() if s.data)
+        nursery.cancel_scope.cancel()
