@@ -1,8 +1,9 @@
 """GETs one segment at a time in worker threads (agent.peers.threaded_gets), as a
-catch-up from a wubloader node makes them: the restreamer stand-in
-(tests/legacy_standin.py, its own process), and a hand-made peer for what it never
-does (closing idle connections, chunked or short bodies, dripping, stalling), over
-loopback HTTP."""
+catch-up from a wubloader node makes them, and the keep-alive connections every
+threaded download shares (agent.peers.threaded_exchange.ConnectionPool): the
+restreamer stand-in (tests/legacy_standin.py, its own process), and a hand-made peer
+for what it never does (closing idle connections, chunked or short bodies, dripping,
+stalling), over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ from agent.peers.threaded_exchange import READ_BYTES
 from conftest import wait_until
 from fault_helpers import _read_request, _serve
 from helpers import hours_ago, make_name, write_segments
+from agent.peers.threaded_exchange import ConnectionPool
 from protocol import limits
+from protocol import messages as m
 from protocol.bandwidth import TransferClass
+from protocol.fetchstream import frame_header
 from test_legacy_peers import legacy_node
 from test_threaded_fetch import Recorder
 
 
 class ScriptedPeer:
-    """A wubloader-like `/segments/PATH` server: `files` by path, each answered as
+    """A wubloader-like `/segments/PATH` server (`/v1/segments/PATH` and a batch fetch
+    too, as a segsync peer): `files` by path, each answered as
     `how[path]` says (default: a 200 with a Content-Length). Counts connections and
     requests; `close_idle`: closes each connection after one reply without saying so
     (what a server's idle timeout does between two requests)."""
@@ -51,8 +56,9 @@ class ScriptedPeer:
                     return
                 target = got[0].target.decode()
                 self.requests.append(target)
-                path = target.removeprefix("/segments/")
-                if not await self.answer(stream, conn, path):
+                if target == "/v1/fetch":
+                    await self.answer_batch(stream, conn, got[1])
+                elif not await self.answer(stream, conn, target.partition("/segments/")[2]):
                     return
                 if self.close_idle:
                     return
@@ -93,6 +99,15 @@ class ScriptedPeer:
             await trio.sleep_forever()
         await self.send(stream, conn, 200, data)
         return True
+
+    async def answer_batch(self, stream, conn: h11.Connection, body: bytes) -> None:
+        """A batch fetch (POST /v1/fetch) of what `files` holds, framed."""
+        request = m.decode(body, m.FetchRequest, limits.MAX_REQUEST_BYTES)
+        reply = b"".join(
+            frame_header(m.FetchItem(p, len(self.files[p]))) + self.files[p]
+            if p in self.files else frame_header(m.FetchMissing(p, "not_found"))
+            for p in request.paths)
+        await self.send(stream, conn, 200, reply)
 
     @staticmethod
     async def send(stream, conn: h11.Connection, status: int, body: bytes) -> None:
@@ -280,3 +295,71 @@ async def test_cancelling_stops_every_thread_at_once():
         assert any(s.failed is not None for s in rec.sinks.values())
         assert all(s.failed is not None for s in rec.sinks.values() if s.data)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("close_idle", [False, True], ids=["kept", "closed-when-idle"])
+async def test_threaded_downloads_share_their_client_s_kept_connections(close_idle):
+    """Batch fetches one after another, then GETs, on one client: one connection for
+    them all; a peer that closes each connection after its reply (an idle timeout
+    between two downloads) costs a new connection each time, and no download."""
+    files = segments(6)
+    names = list(files)
+    peer = ScriptedPeer({n.path: d for n, d in files.items()}, close_idle=close_idle)
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        async with ClientFactory().client(url) as client:
+            pool = client.fetch_target.pool
+            for batch in (names[:2], names[2:4]):
+                await client.fetch_into(batch, limits.MAX_SEGMENT_BYTES, rec.open_sink,
+                                        rec.settle)
+            await client.get_each_into(names[4:], 1, limits.MAX_SEGMENT_BYTES,
+                                       rec.open_sink, rec.settle)
+            # kept either way: a close is seen only by the next request on it
+            assert pool.idle == 1
+        assert pool.idle == 0  # closed with the client
+        nursery.cancel_scope.cancel()
+    assert dict(rec.settled) == {n.path: ("done", d) for n, d in files.items()}
+    assert peer.connections == pool.opened == (4 if close_idle else 1)
+    assert len(peer.requests) == 4
+
+
+async def test_a_stopped_download_s_connection_is_not_kept():
+    files = segments(1, size=3 * READ_BYTES)
+    [name] = files
+    peer = ScriptedPeer({n.path: d for n, d in files.items()}, {name.path: "stall"})
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(peer.serve)
+        async with ClientFactory(timeout=60).wubloader_client(url) as client:
+            with trio.fail_after(30), trio.CancelScope() as scope:
+                async def cancel_once_stalled():
+                    await peer.stalled.wait()
+                    scope.cancel()
+
+                nursery.start_soon(cancel_once_stalled)
+                await client.get_each_into([name], 1, limits.MAX_SEGMENT_BYTES,
+                                           rec.open_sink, rec.settle)
+            assert client.fetch_target.pool.idle == 0
+        nursery.cancel_scope.cancel()
+
+
+class FakeConnection:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_keeps_a_bounded_number_and_closes_the_rest():
+    pool = ConnectionPool(max_idle=2)
+    conns = [FakeConnection() for _ in range(3)]
+    for conn in conns:
+        pool.give(conn)
+    assert pool.idle == 2 and [c.closed for c in conns] == [False, False, True]
+    assert pool.take() is conns[1]
+    pool.close()
+    assert pool.idle == 0 and conns[0].closed
+    late = FakeConnection()
+    pool.give(late)  # given back after the client closed: closed at once
+    assert late.closed and pool.take() is None

@@ -18,6 +18,12 @@ PeerError, with the HTTP status when the peer answered one.
 A peer reached through a proxy from the environment keeps the httpx path
 (`connects_directly`): these connect directly. A thread is stopped from trio: a
 cancelled download shuts its socket down, which ends a blocked read at once.
+
+Connections are kept alive between downloads (`ConnectionPool`, one per client):
+across the internet, over TLS, a new connection per batch would cost a handshake
+(two round trips and the key exchange) every 32 segments. A pooled connection the
+peer closed while it was idle is opened again, once, before any byte of the reply
+(the request never reached the peer).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
 import trio
@@ -89,6 +95,47 @@ def connects_directly(url: str) -> bool:
     return bool(urllib.request.proxy_bypass_environment(parts.hostname or "", proxies))
 
 
+# what a reused connection the peer closed while it was idle looks like at the next
+# request: its reply never began
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ConnectionAbortedError)
+
+
+class ConnectionPool:
+    """A client's idle keep-alive connections, shared by its worker threads (a lock
+    guards the list); at most `max_idle` are kept, the rest closed. Closed with the
+    client: a connection given back after that is closed at once."""
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._closed = False
+        self.opened = 0  # connections made for this client (what tests and metrics read)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def take(self) -> http.client.HTTPConnection | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
 @dataclass(frozen=True)
 class FetchTarget:
     """Where and how a thread connects: what the peer's httpx client would use."""
@@ -98,12 +145,16 @@ class FetchTarget:
     ssl_context: ssl.SSLContext | None
     timeout: float
     connect_timeout: float
+    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(8), compare=False)
 
     @classmethod
     def of(cls, transport: Transport, headers: dict[str, str],
            ssl_context: ssl.SSLContext | None, connect_timeout: float) -> "FetchTarget":
+        """A client's target: as many idle connections kept as its gate lets
+        exchanges run at once."""
         return cls(transport.url, headers, ssl_context, transport.timeout,
-                   min(connect_timeout, transport.timeout))
+                   min(connect_timeout, transport.timeout),
+                   ConnectionPool(transport.concurrency))
 
     def path(self, path: str) -> str:
         """A request target: the peer URL's own path prefix, then `path` (quoted as
@@ -153,7 +204,7 @@ class ThreadedExchange:
         return PeerError(self.target.url, message, status)
 
     def _connect(self) -> http.client.HTTPConnection:
-        """A connection to the peer, stoppable by `stop`, its reads under the timeout."""
+        """A new connection to the peer, its reads under the timeout."""
         target = self.target
         parts = urllib.parse.urlsplit(target.url)
         if parts.scheme == "https":
@@ -164,24 +215,71 @@ class ThreadedExchange:
             conn = http.client.HTTPConnection(parts.hostname, parts.port,
                                               timeout=target.connect_timeout)
         try:
-            conn.connect()
-            with self._lock:
-                if self._stopped:
-                    raise FetchStopped()
-                self._sock = conn.sock
+            conn.connect()  # within the connect timeout; a stop is seen once it is done
+            self._watch(conn)
             conn.sock.settimeout(target.timeout)
         except BaseException:
-            conn.close()
+            self._close(conn)
             raise
+        target.pool.opened += 1
         return conn
 
-    def _disconnect(self, conn: http.client.HTTPConnection | None) -> None:
-        if conn is None:
-            return
+    def _watch(self, conn: http.client.HTTPConnection) -> None:
+        """`stop` shuts this connection's socket down from now on."""
+        with self._lock:
+            if self._stopped:
+                conn.close()
+                raise FetchStopped()
+            self._sock = conn.sock
+
+    def _unwatch(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if self._sock is conn.sock:
                 self._sock = None
-        conn.close()
+
+    def _close(self, conn: http.client.HTTPConnection | None) -> None:
+        if conn is not None:
+            self._unwatch(conn)
+            conn.close()
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        """A connection whose last reply was read to its end: kept for the next
+        download (the client's pool), unless trio stopped this one."""
+        self._unwatch(conn)
+        if self._stopped:
+            conn.close()
+        else:
+            self.target.pool.give(conn)
+
+    def _request(self, conn: http.client.HTTPConnection | None, method: str, path: str,
+                 body: bytes | None = None, headers: dict[str, str] | None = None
+                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send a request and read its reply's head, on `conn` (a connection this
+        thread used already), else on one from the pool, else on a new one. A reused
+        connection the peer closed while idle is replaced by a new one, once. Any
+        failure closes the connection."""
+        fresh = False
+        while True:
+            reused = not fresh
+            if conn is None or conn.sock is None:
+                self._close(conn)
+                conn = None if fresh else self.target.pool.take()
+                if conn is None:
+                    conn, reused = self._connect(), False
+                else:
+                    self._watch(conn)
+            try:
+                conn.request(method, path, body=body,
+                             headers={**self.target.headers, **(headers or {})})
+                return conn, conn.getresponse()
+            except STALE_CONNECTION:
+                self._close(conn)
+                if not reused or self._stopped:
+                    raise
+                conn, fresh = None, True
+            except BaseException:
+                self._close(conn)
+                raise
 
     def _read_error_body(self, response: http.client.HTTPResponse) -> bytes:
         """Up to MAX_REQUEST_BYTES of an error reply, within the timeout."""

@@ -4,8 +4,7 @@
 segment being written, with no event-loop hop per read. What every threaded download
 shares (why threads, the limits kept, the stop) is in `threaded_exchange`.
 
-Each fetch opens its own connection (a batch is up to 32 segments: one handshake per
-batch).
+A connection is kept for the next fetch once its reply was read to the end.
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ class ThreadedFetch(ThreadedExchange):
         conn = None
         try:
             try:
-                conn = self._connect()
                 body = m.encode(m.FetchRequest([n.path for n in self.names]))
-                conn.request("POST", self.target.path(ep.FETCH), body=body, headers={
-                    **self.target.headers, "content-type": "application/msgpack"})
-                response = conn.getresponse()
+                conn, response = self._request(None, "POST", self.target.path(ep.FETCH),
+                                               body, {"content-type": "application/msgpack"})
                 if response.status != 200:
                     data = self._read_error_body(response)
                     raise self._error(Transport.error_text(response.status, data),
@@ -53,12 +50,16 @@ class ThreadedFetch(ThreadedExchange):
                 if response.chunked or response.length is None:
                     raise self._error("fetch reply without a Content-Length")
                 self._read_reply(response)
+                response.close()  # read to its end: the connection takes the next request
+                if not response.will_close:
+                    conn, kept = None, conn
+                    self._give_back(kept)
             except (OSError, http.client.HTTPException) as e:
                 raise self._error(f"{type(e).__name__}: {e}") from None
             except ProtocolError as e:
                 raise self._error(f"bad reply: {e}") from None
         finally:
-            self._disconnect(conn)
+            self._close(conn)
 
     def _read_reply(self, response: http.client.HTTPResponse) -> None:
         """The reply's body (Content-Length bytes) a buffer at a time, each socket read

@@ -12,9 +12,7 @@ catch-up from the restreamer stand-in then ran at 0.72x the native batch path
 
 Each segment's exchange stands alone, as on httpx: a failure (a 404, a reset, a peer
 too slow) is that segment's PeerError, handed to trio as its outcome, and the thread
-goes on with the next one on a new connection, while `keep_going()` says so. A reused
-connection the peer closed while idle is opened again once, before any byte of the
-reply (what a keep-alive client must do: the request never reached the peer).
+goes on with the next one on another connection, while `keep_going()` says so.
 """
 
 from __future__ import annotations
@@ -29,12 +27,6 @@ from protocol.names import SegmentName
 from .threaded_exchange import (READ_BYTES, FetchStopped, FetchTarget, OpenSink, Pace,
                                 SegmentSink, Settle, ThreadedExchange, run_in_threads)
 from .transport import MIN_RATE, PeerError, Transport
-
-# what a reused connection the peer closed while it was idle looks like at the next
-# request: its reply never began
-STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    ConnectionAbortedError)
-
 
 class ThreadedGets(ThreadedExchange):
     """One thread's GETs: segments from the shared `queue` until it is empty, the
@@ -52,30 +44,34 @@ class ThreadedGets(ThreadedExchange):
         self._unpaced = 0  # bytes of the current segment not taken from the limit
 
     def run(self) -> None:
-        """Every GET this thread makes (in a worker thread)."""
+        """Every GET this thread makes (in a worker thread), on one connection while
+        the replies leave it clean; the last one is kept for the next download."""
         conn: http.client.HTTPConnection | None = None
         try:
             while not self._stopped and self.keep_going():
                 try:
                     name = self.queue.popleft()  # atomic: the threads share the queue
                 except IndexError:
-                    return
+                    break
                 self._unpaced = 0
                 try:
                     conn, outcome = self._get(conn, name)
-                except PeerError as e:
-                    self._disconnect(conn)
+                except PeerError as e:  # its connection is closed
                     conn, outcome = None, e
                 self._hand_over(name, outcome, self._unpaced)
+            if conn is not None:
+                conn, kept = None, conn
+                self._give_back(kept)
         finally:
-            self._disconnect(conn)
+            self._close(conn)
 
     def _get(self, conn: http.client.HTTPConnection | None, name: SegmentName
              ) -> tuple[http.client.HTTPConnection | None, object]:
         """One segment: (the connection to reuse, or None, and its outcome). Raises
-        PeerError when the exchange failed, FetchStopped when trio stopped it."""
+        PeerError when the exchange failed, FetchStopped when trio stopped it; either
+        way its connection is closed (`_request` closes what it opened)."""
         try:
-            conn, response = self._request(conn, self.target.path(self.path_of(name)))
+            conn, response = self._request(conn, "GET", self.target.path(self.path_of(name)))
             if response.status != 200:
                 data = self._read_error_body(response)
                 raise self._error(Transport.error_text(response.status, data),
@@ -85,31 +81,15 @@ class ThreadedGets(ThreadedExchange):
                 raise self._error(f"{name.path}: {size} bytes is over the limit")
             complete, outcome = self._read_body(response, name, size)
             if not complete or response.will_close:
-                self._disconnect(conn)  # bytes left unread, or the peer closes it
+                self._close(conn)  # bytes left unread, or the peer closes it
                 return None, outcome
             response.close()  # read to its end: the connection takes the next request
             return conn, outcome
-        except (OSError, http.client.HTTPException) as e:
-            raise self._error(f"{name.path}: {type(e).__name__}: {e}") from None
-
-    def _request(self, conn: http.client.HTTPConnection | None, path: str
-                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send the GET and read its reply's head, on `conn` if it is still open, else
-        on a new connection; a reused one the peer closed is opened again once."""
-        while True:
-            reused = conn is not None and conn.sock is not None
-            if not reused:
-                self._disconnect(conn)
-                conn = self._connect()
-            assert conn is not None
-            try:
-                conn.request("GET", path, headers=self.target.headers)
-                return conn, conn.getresponse()
-            except STALE_CONNECTION:
-                if not reused or self._stopped:
-                    raise
-                self._disconnect(conn)
-                conn = None
+        except BaseException as e:
+            self._close(conn)
+            if isinstance(e, (OSError, http.client.HTTPException)):
+                raise self._error(f"{name.path}: {type(e).__name__}: {e}") from None
+            raise
 
     def _read_body(self, response: http.client.HTTPResponse, name: SegmentName,
                    size: int | None) -> tuple[bool, object]:

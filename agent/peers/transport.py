@@ -80,6 +80,7 @@ class Transport:
                  timeout: float) -> None:
         self.url = url
         self.http = http
+        self.concurrency = concurrency  # exchanges at once (the gate's size)
         self.gate = trio.Semaphore(concurrency)
         self.timeout = timeout
 

@@ -38,6 +38,8 @@ class TransportClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self.fetch_target is not None:
+            self.fetch_target.pool.close()  # the worker threads' idle connections
         await self.transport.aclose()
 
     def segment_path(self, name: SegmentName) -> str:
