@@ -14,6 +14,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.peers.client import ClientFactory, PeerError
 from agent.peers.peer_set import Peer
 from agent.archive.scrub import STATE_DIR, STATE_FILE
 from agent.commands.status_view import fetch_status, render_status
@@ -21,6 +22,8 @@ from conftest import peer_of, wait_until
 from fault_helpers import REPO
 from helpers import hours_ago, make_name, touch_tombstone, write_segment_file, write_segments
 from test_legacy_peers import legacy_node
+from test_threaded_fetch import Recorder
+from protocol import limits
 from protocol.names import Kind
 from protocol.scrub import decode_state
 
@@ -227,6 +230,29 @@ async def test_rotten_bytes_never_reach_another_node(cluster_factory, tmp_path):
         assert not list(c.root(1).rglob(".segsync-*"))
         await wait_until(lambda: a.scrubber.total.lost == 4)
         assert a.scrubber.total.rotten == 4
+
+
+async def test_a_rotten_segment_cuts_a_batch_reply_where_it_starts(cluster_factory, tmp_path):
+    """One reader serves a whole batch, a chunk ahead across files: the segment
+    before the rotten one arrives whole, the rotten one's last chunk is never sent
+    (the reply ends there), and the one after it is not sent at all. Segments of two
+    chunks each, so the reader is ahead within and across files."""
+    size = 2 * 1024 * 1024 + 1000
+    names = write_segments(tmp_path / "node0", 3, hours_ago(3), size=size)
+    async with cluster_factory(1, connect=False, **NO_PERIODIC) as c:
+        a = c.nodes[0]
+        before, rotten, after = names
+        good = (c.root(0) / before.path).read_bytes()
+        flip_byte(c.root(0) / rotten.path)
+        rec = Recorder()
+        async with ClientFactory().client(a.url) as client:
+            with pytest.raises(PeerError):
+                await client.fetch_into(names, limits.MAX_SEGMENT_BYTES, rec.open_sink,
+                                        rec.settle)
+        assert rec.settled == [(before.path, ("done", good))]
+        assert len(rec.sinks[rotten.path].data) < size and rec.sinks[rotten.path].failed
+        assert after.path not in rec.sinks
+        await wait_until(lambda: (c.root(0) / ".quarantine" / rotten.path).exists())
 
 
 async def test_periodic_pass_saves_its_state(cluster_factory, tmp_path):

@@ -111,11 +111,21 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
         self._closed = False
-        self.opened = 0  # connections made for this client (what tests and metrics read)
+        self._opened = 0  # connections made for this client
 
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @property
+    def opened(self) -> int:
+        """Connections made for this client so far (one per thread, not per download,
+        while the peer keeps them open)."""
+        return self._opened
+
+    def count_opened(self) -> None:
+        with self._lock:
+            self._opened += 1
 
     def take(self) -> http.client.HTTPConnection | None:
         with self._lock:
@@ -221,7 +231,7 @@ class ThreadedExchange:
         except BaseException:
             self._close(conn)
             raise
-        target.pool.opened += 1
+        target.pool.count_opened()
         return conn
 
     def _watch(self, conn: http.client.HTTPConnection) -> None:

@@ -22,10 +22,12 @@ import http.client
 import time
 from typing import Callable
 
+import trio
+
 from protocol.names import SegmentName
 
-from .threaded_exchange import (READ_BYTES, FetchStopped, FetchTarget, OpenSink, Pace,
-                                SegmentSink, Settle, ThreadedExchange, run_in_threads)
+from .threaded_exchange import (READ_BYTES, FetchTarget, OpenSink, Pace, SegmentSink,
+                                Settle, ThreadedExchange, run_in_threads)
 from .transport import MIN_RATE, PeerError, Transport
 
 class ThreadedGets(ThreadedExchange):
@@ -145,7 +147,7 @@ async def get_each(target: FetchTarget, names: list[SegmentName],
                    open_sink: OpenSink, settle: Settle, pace: Pace | None = None,
                    limited: Callable[[], bool] = lambda: False,
                    keep_going: Callable[[], bool] = lambda: True,
-                   gate=None) -> None:
+                   gate: trio.Semaphore | None = None) -> None:
     """GET `names` (roughly in order) in up to `threads` worker threads, one
     connection each, each thread taking a slot of `gate` first. Returns once every
     segment handed over was settled: every failure is its segment's outcome, so
@@ -155,5 +157,3 @@ async def get_each(target: FetchTarget, names: list[SegmentName],
                          limited, keep_going) for _ in range(min(threads, len(names)))]
     await run_in_threads(jobs, target.url, gate)
 
-
-__all__ = ["FetchStopped", "ThreadedGets", "get_each"]
