@@ -153,6 +153,36 @@ async def test_every_byte_is_counted_once_with_or_without_a_limit(cluster_factor
         assert rec.unpaced == (total if limit is None else 0)
 
 
+@pytest.mark.parametrize("limit", [None, 50e6])
+async def test_the_bytes_of_a_segment_cut_short_are_counted_too(limit):
+    """A reply that ends in the middle of a segment: the exchange fails, and the
+    bytes that did arrive are taken from the node's limits all the same (without a
+    limit they wait to be counted with their segment, which never ends)."""
+    data = os.urandom(3 * READ_BYTES)
+    name = make_name(data, hours_ago(2))
+    body = frame_header(m.FetchItem(name.path, len(data))) + data
+    cut = len(body) // 2
+
+    async def handler(stream):
+        conn = await _answer_head(stream, body)
+        await stream.send_all(conn.send(h11.Data(data=body[:cut])))
+        await stream.aclose()
+
+    bandwidth = Bandwidth(download=limit)
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(_serve, handler)
+        async with ClientFactory(bandwidth=bandwidth).client(url) as client:
+            with pytest.raises(PeerError):
+                await client.fetch_into([name], limits.MAX_SEGMENT_BYTES, rec.open_sink,
+                                        rec.settle)
+        nursery.cancel_scope.cancel()
+    assert rec.settled == []
+    received = len(rec.sinks[name.path].data)
+    assert 0 < received < len(data)
+    assert bandwidth.download.scheduler.counters[TransferClass.CATCHUP].bytes == received
+
+
 async def _answer_head(stream, body: bytes) -> h11.Connection:
     """Read a batch fetch request and send the head of a 200 reply of `body`."""
     conn = h11.Connection(h11.SERVER)

@@ -211,6 +211,9 @@ async def test_chunked_short_and_oversized_replies():
     # one connection for the first, one after the short body; the two refused
     # replies each left unread bytes behind
     assert peer.connections == 3
+    # every byte that arrived is counted, the short and the oversized reply's too
+    # (the one refused by its Content-Length sent none that were read)
+    assert rec.unpaced == 2000 + 1000 + 2000 + 2000 + 4001
 
 
 async def test_a_sink_that_refuses_or_needs_no_more_costs_only_its_segment():

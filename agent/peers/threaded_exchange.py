@@ -190,6 +190,8 @@ class ThreadedExchange:
         self._stopped = False
         self._window = threading.Condition(self._lock)
         self._settling = 0  # segments handed to trio, not yet settled
+        self._unpaced = 0  # bytes read, not taken from the limit, not yet handed over
+        self._unpaced_for: SegmentName | None = None
         self._spawn: Callable[..., None] | None = None  # set by `run_in_threads`, in trio
 
     def run(self) -> None:
@@ -320,13 +322,24 @@ class ThreadedExchange:
                 raise self._error(f"reply sent slower than {MIN_RATE} bytes/s")
         return n
 
-    def _take(self, nbytes: int, name: SegmentName | None) -> float | None:
+    def _take(self, nbytes: int, name: SegmentName) -> float:
         """Bytes read for `name`: with a download limit set, wait for it in trio and
         return the seconds waited (the deadline moves by as much: the peer was not
-        slow); without one, None: the caller counts them as unpaced (`Settle`)."""
+        slow); without one, 0, and the bytes are counted once the segment is handed
+        over (`Settle`'s unpaced bytes), or, if the download breaks first, once the
+        thread ended (`count_broken`)."""
         if self.pace is not None and self.limited():
             return self._from_trio(self.pace, nbytes, name)
-        return None
+        self._unpaced += nbytes
+        self._unpaced_for = name
+        return 0.0
+
+    async def count_broken(self) -> None:
+        """In trio, after the thread failed: the bytes of its last segment that were
+        read but never handed over are taken from the node's limits all the same."""
+        if self._unpaced and self.pace is not None and self._unpaced_for is not None:
+            unpaced, self._unpaced = self._unpaced, 0
+            await self.pace(unpaced, self._unpaced_for)
 
     @staticmethod
     def _write(sink: SegmentSink, data: memoryview) -> object | None:
@@ -347,15 +360,17 @@ class ThreadedExchange:
             sink.fail(e)
             return e
 
-    def _hand_over(self, name: SegmentName, outcome: object, unpaced: int) -> None:
+    def _hand_over(self, name: SegmentName, outcome: object) -> None:
         """Settle a segment in trio without waiting for it (the thread reads on),
-        unless SETTLES_IN_FLIGHT already wait. An outcome is handed over even when the
-        download was stopped meanwhile: its temp file is trio's to commit or drop."""
+        unless SETTLES_IN_FLIGHT already wait; with it go its bytes not yet taken from
+        the limit. An outcome is handed over even when the download was stopped
+        meanwhile: its temp file is trio's to commit or drop."""
         with self._window:
             while self._settling >= SETTLES_IN_FLIGHT and not self._stopped:
                 self._window.wait()
             self._settling += 1
         assert self._spawn is not None
+        unpaced, self._unpaced = self._unpaced, 0
         self._spawn(name, outcome, unpaced)
         if self._stopped:
             raise FetchStopped()
@@ -407,6 +422,8 @@ async def run_in_threads(jobs: Sequence[ThreadedExchange], url: str,
                     await trio.to_thread.run_sync(job.run, limiter=trio.CapacityLimiter(1))
                 except Exception as e:  # raised below, outside the nurseries
                     errors.append(e)
+                    if not isinstance(e, FetchStopped):
+                        await job.count_broken()
                 finally:
                     nursery.cancel_scope.cancel()
 

@@ -75,7 +75,6 @@ class ThreadedFetch(ThreadedExchange):
         name: SegmentName | None = None
         sink: SegmentSink | None = None
         outcome: object = None  # the current segment's, once known
-        unpaced = 0
         try:
             while left:
                 n = self._fill(source.readinto1, view, min(READ_BYTES, left), deadline)
@@ -84,28 +83,25 @@ class ThreadedFetch(ThreadedExchange):
                 left -= n
                 for event in reader.feed(view[:n]):
                     if isinstance(event, ItemData):
-                        waited = self._take(len(event.data), name)
-                        if waited is None:
-                            unpaced += len(event.data)
-                        else:
-                            deadline += waited
+                        assert name is not None
+                        deadline += self._take(len(event.data), name)
                         if sink is not None:
                             outcome = self._write(sink, event.data)
                             if outcome is not None:
                                 sink = None  # the rest of its bytes are skipped
                     elif isinstance(event, ItemStart):
                         name = by_path[event.path]
-                        outcome, unpaced = None, 0
+                        outcome = None
                         sink = self.open_sink(name, event.size)
                         deadline = time.monotonic() + timeout + event.size / MIN_RATE
                     elif isinstance(event, ItemEnd):
                         if sink is not None:
                             outcome = self._end(sink)
                         sink = None
-                        self._hand_over(name, outcome, unpaced)
+                        self._hand_over(name, outcome)
                         deadline = time.monotonic() + timeout
                     elif isinstance(event, ItemMissing):
-                        self._hand_over(by_path[event.path], None, 0)
+                        self._hand_over(by_path[event.path], None)
                         deadline = time.monotonic() + timeout
             reader.finish()
         except BaseException as e:

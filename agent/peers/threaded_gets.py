@@ -43,7 +43,6 @@ class ThreadedGets(ThreadedExchange):
         self.path_of = path_of
         self.keep_going = keep_going
         self._view = memoryview(bytearray(READ_BYTES))
-        self._unpaced = 0  # bytes of the current segment not taken from the limit
 
     def run(self) -> None:
         """Every GET this thread makes (in a worker thread), on one connection while
@@ -55,12 +54,11 @@ class ThreadedGets(ThreadedExchange):
                     name = self.queue.popleft()  # atomic: the threads share the queue
                 except IndexError:
                     break
-                self._unpaced = 0
                 try:
                     conn, outcome = self._get(conn, name)
                 except PeerError as e:  # its connection is closed
                     conn, outcome = None, e
-                self._hand_over(name, outcome, self._unpaced)
+                self._hand_over(name, outcome)  # with its bytes read, even if it broke
             if conn is not None:
                 conn, kept = None, conn
                 self._give_back(kept)
@@ -118,17 +116,14 @@ class ThreadedGets(ThreadedExchange):
                 n = self._fill(read_into, view, want, deadline)
                 if size is None and not n:
                     break
-                if n < want and size is not None:
-                    raise self._error(f"{name.path}: the reply ended after {got + n} "
-                                      f"of {size} bytes")
                 got += n
+                if n:  # what arrived is counted, whatever becomes of the segment
+                    deadline += self._take(n, name)
+                if n < want and size is not None:
+                    raise self._error(f"{name.path}: the reply ended after {got} "
+                                      f"of {size} bytes")
                 if got > self.max_bytes:
                     raise self._error(f"{name.path}: more than {self.max_bytes} bytes")
-                waited = self._take(n, name)
-                if waited is None:
-                    self._unpaced += n
-                else:
-                    deadline += waited
                 outcome = self._write(sink, view[:n])
                 if outcome is not None:
                     sink = None  # the rest of its bytes are not needed
