@@ -10,7 +10,6 @@ import ssl
 import h11
 import pytest
 import trio
-import trustme
 
 from agent.peers.bandwidth import Bandwidth
 from agent.peers.client import ClientFactory, PeerError
@@ -23,7 +22,7 @@ from protocol import limits
 from protocol import messages as m
 from protocol.bandwidth import TransferClass
 from protocol.fetchstream import frame_header
-from tls_helpers import write_ca
+from tls_helpers import loopback_tls
 
 
 class Sink:
@@ -219,12 +218,7 @@ async def test_cancelling_a_fetch_stops_its_thread_at_once(tmp_path, tls):
     name = make_name(data, hours_ago(2))
     sent = trio.Event()
     rec = Recorder()
-    server_tls, client_tls = None, ClientTls()
-    if tls:
-        ca = trustme.CA()
-        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-        client_tls = ClientTls(write_ca(ca, tmp_path / "ca"))
+    server_tls, client_tls = loopback_tls(tmp_path / "ca") if tls else (None, ClientTls())
     async with trio.open_nursery() as nursery:
         url = await nursery.start(_stalling_peer, data, name, sent, server_tls)
         if tls:

@@ -14,7 +14,6 @@ import ssl
 import h11
 import pytest
 import trio
-import trustme
 
 from agent.peers.bandwidth import Bandwidth
 from agent.peers.client import ClientFactory, PeerError
@@ -29,7 +28,7 @@ from protocol.bandwidth import TransferClass
 from protocol.fetchstream import frame_header
 from test_legacy_peers import legacy_node
 from test_threaded_fetch import Recorder
-from tls_helpers import write_ca
+from tls_helpers import loopback_tls
 
 
 class ScriptedPeer:
@@ -171,12 +170,7 @@ async def test_connections_are_kept_alive_and_reopened_when_the_peer_closed_them
     per connection."""
     files = segments(6)
     by_path = {n.path: d for n, d in files.items()}
-    server_tls, client_tls = None, ClientTls()
-    if tls:
-        ca = trustme.CA()
-        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-        client_tls = ClientTls(write_ca(ca, tmp_path / "ca"))
+    server_tls, client_tls = loopback_tls(tmp_path / "ca") if tls else (None, ClientTls())
     for close_idle, connections in ((False, 1), (True, 6)):
         peer = ScriptedPeer(by_path, close_idle=close_idle, tls=server_tls)
         async with trio.open_nursery() as nursery:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trustme
 
+from agent.peers.tls import ClientTls
+
 
 @dataclass
 class NodeFiles:
@@ -55,3 +57,12 @@ def served_certificate(port: int, ca: Path) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
             return s.getpeercert(binary_form=True)
+
+
+def loopback_tls(directory: Path) -> tuple[ssl.SSLContext, ClientTls]:
+    """A server context for 127.0.0.1 from a fresh CA, and a client's trust in that
+    CA (its PEM written in `directory`): a TLS peer on loopback for one test."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    return server, ClientTls(write_ca(ca, directory))

@@ -28,6 +28,7 @@ peer closed while it was idle is opened again, once, before any byte of the repl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import socket
@@ -155,7 +156,7 @@ class FetchTarget:
     ssl_context: ssl.SSLContext | None
     timeout: float
     connect_timeout: float
-    pool: ConnectionPool = field(default_factory=lambda: ConnectionPool(8), compare=False)
+    pool: ConnectionPool = field(compare=False)
 
     @classmethod
     def of(cls, transport: Transport, headers: dict[str, str],
@@ -428,10 +429,7 @@ async def run_in_threads(jobs: Sequence[ThreadedExchange], url: str,
                     nursery.cancel_scope.cancel()
 
         async def gated(job: ThreadedExchange) -> None:
-            if gate is None:
-                await run_one(job)
-                return
-            async with gate:
+            async with gate if gate is not None else contextlib.nullcontext():
                 await run_one(job)
 
         async with trio.open_nursery() as threads:

@@ -52,8 +52,8 @@ class ThreadedFetch(ThreadedExchange):
                 self._read_reply(response)
                 response.close()  # read to its end: the connection takes the next request
                 if not response.will_close:
-                    conn, kept = None, conn
-                    self._give_back(kept)
+                    self._give_back(conn)
+                    conn = None
             except (OSError, http.client.HTTPException) as e:
                 raise self._error(f"{type(e).__name__}: {e}") from None
             except ProtocolError as e:

@@ -60,8 +60,8 @@ class ThreadedGets(ThreadedExchange):
                     conn, outcome = None, e
                 self._hand_over(name, outcome)  # with its bytes read, even if it broke
             if conn is not None:
-                conn, kept = None, conn
-                self._give_back(kept)
+                self._give_back(conn)
+                conn = None
         finally:
             self._close(conn)
 
