@@ -201,7 +201,7 @@ def diff_row(a: str, b: str) -> str:
     if len(a) != len(b):
         raise CoverageError(f"rows of {len(a)} and {len(b)} cells cannot be compared")
     out = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x == y:
             out.append(SAME)
         elif TOMBSTONED in (x, y) and _rank(x) == _rank(y):

@@ -144,7 +144,7 @@ def fixed(*items: tuple[Check, str]) -> Check:
     def check(value: Any, what: str) -> tuple:
         if not isinstance(value, list) or len(value) != len(items):
             raise ProtocolError(f"{what} must be an array of {len(items)} items")
-        return tuple(c(v, name) for v, (c, name) in zip(value, items))
+        return tuple(c(v, name) for v, (c, name) in zip(value, items, strict=True))
 
     return check
 

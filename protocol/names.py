@@ -220,9 +220,10 @@ def parse_filename(
 
 # One regex for a replicable file name in the form every downloader writes: a scan
 # meets millions of them, and `parse_filename` (a SegmentName, a datetime, a decoded
-# hash each) was two thirds of a cold start (py-spy, 5M segments). It accepts only what `parse_filename` accepts:
-# minutes and seconds 00-59, a positive duration, a canonical hash (its 43rd character
-# carries two zero bits: one of 16 letters). Anything else is left to `parse_filename`.
+# hash each) was two thirds of a cold start (py-spy, 5M segments). It accepts only
+# what `parse_filename` accepts: minutes and seconds 00-59, a positive duration, a
+# canonical hash (its 43rd character carries two zero bits: one of 16 letters).
+# Anything else is left to `parse_filename`.
 _REPLICABLE_FILENAME = re.compile(
     r"[0-5][0-9]:[0-5][0-9]\.[0-9]{6}"
     r"-(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,9})?|0\.(?=[0-9]{0,8}[1-9])[0-9]{1,9})"

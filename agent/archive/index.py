@@ -373,7 +373,8 @@ class ArchiveIndex:
         entry = self._entry(channel, quality, hour)
         return entry.counts() if entry is not None else HourCounts()
 
-    def hour_digests(self, channel: str, quality: str, first: str, last: str) -> list[tuple[str, bytes]]:
+    def hour_digests(self, channel: str, quality: str, first: str, last: str
+                     ) -> list[tuple[str, bytes]]:
         """Digests of the hours first..last: a cold hour's is stored, never recomputed."""
         hours = self._pairs.get((channel, quality), {})
         return sorted(

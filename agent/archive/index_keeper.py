@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import trio
@@ -361,7 +360,7 @@ class IndexKeeper:
         if listings is None:
             self.index.deleted |= {k for k in deleted if self.index.entry(k) is None}
             return 0
-        for (key, _, generation, *_), listing in zip(changed, listings):
+        for (key, _, generation, *_), listing in zip(changed, listings, strict=True):
             e = self.index.entry(key)
             if e is not None and e.generation == generation:
                 e.unsaved = False

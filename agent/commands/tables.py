@@ -78,11 +78,11 @@ def layout(columns: Sequence[Column], rows: Sequence[Sequence[str]],
         if len(row) != len(columns):
             raise ValueError(f"a row of {len(row)} cells for {len(columns)} columns")
         cells.append([col.shorten(cell, col.max_width) if col.max_width else cell
-                      for col, cell in zip(columns, row)])
+                      for col, cell in zip(columns, row, strict=True)])
     # no single cell may be wider than a continuation line
     room = width - len(INDENT)
     cells = [[cell if len(cell) <= room else col.shorten(cell, room)
-              for col, cell in zip(columns, row)] for row in cells]
+              for col, cell in zip(columns, row, strict=True)] for row in cells]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     bands = _bands(widths, width)
     lines = []

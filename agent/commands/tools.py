@@ -116,7 +116,8 @@ def register(sub) -> None:
     p.add_argument("--node", default=DEFAULT_NODE, metavar="URL",
                    help=f"the agent serving this root, for its peer list (default {DEFAULT_NODE})")
     p.add_argument("--token-file", help="file holding the shared bearer token")
-    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be deleted, delete nothing")
     add_client_tls_args(p)
     p.set_defaults(func=cmd_purge)
 

@@ -57,7 +57,7 @@ async def fetched_items(t: Transport, response: httpx.Response,
 
         name = by_path[event.path]
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks(name: SegmentName = name) -> AsyncIterator[bytes]:
             nonlocal ended, deadline
             while not ended:
                 item = await next_event()

@@ -168,7 +168,7 @@ class FileSetPuller:
                             label, why)
             self.metrics.refused.labels(kind).inc()
         if len(plan.refused) > MAX_REFUSALS_LOGGED:
-            log.warning("refusing %d more %s %s paths listed by %s", 
+            log.warning("refusing %d more %s %s paths listed by %s",
                         len(plan.refused) - MAX_REFUSALS_LOGGED, kind, key, label)
         stats.refused += len(plan.refused)
         for rel in plan.tombstones:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 import trio
 
-from protocol.filesets import sets as fs
 from protocol.backoff import Backoff
 from protocol.peerkind import PeerKind
 

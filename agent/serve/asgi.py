@@ -99,5 +99,6 @@ async def send_response(
     send, status: int, body: bytes, content_type: bytes, extra: list | None = None
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + (extra or [])})
     await send({"type": "http.response.body", "body": body})

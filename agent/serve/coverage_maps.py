@@ -55,7 +55,8 @@ def _window_with_previous(hours: list[str]) -> list[str]:
     return [format_hour(parse_hour(hours[0]) - dt.timedelta(hours=1))] + hours
 
 
-def local_spans(index: ArchiveIndex, pair: tuple[str, str], hours: list[str]) -> dict[str, HourSpans]:
+def local_spans(index: ArchiveIndex, pair: tuple[str, str], hours: list[str]
+                ) -> dict[str, HourSpans]:
     return {h: index.hour_spans(*pair, h) for h in _window_with_previous(hours)}
 
 
@@ -78,7 +79,7 @@ async def warm_spans(index: ArchiveIndex, now: dt.datetime, hours: int) -> None:
                 for key, _, (_, names) in claims]
 
     spans = await trio.to_thread.run_sync(compute)
-    for (_, entry, (token, _)), result in zip(claims, spans):
+    for (_, entry, (token, _)), result in zip(claims, spans, strict=True):
         entry.offer_spans(token, result)
 
 
@@ -152,6 +153,6 @@ async def peer_maps(client: PeerClient, index: ArchiveIndex, now: dt.datetime, h
         rows = pair_rows(their_spans, window, cell_seconds, now)
         if diff:
             ours = pair_rows(local_spans(index, pair, window), window, cell_seconds, now)
-            rows = [diff_row(a, b) for a, b in zip(ours, rows)]
+            rows = [diff_row(a, b) for a, b in zip(ours, rows, strict=True)]
         out.append(PairMap(*pair, window, rows))
     return out

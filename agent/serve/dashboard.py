@@ -104,7 +104,8 @@ class Dashboard:
         try:
             form = urllib.parse.parse_qs(body.decode("ascii"), max_num_fields=4)
         except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad_form", "login takes a form with one field, token")
+            raise HttpError(400, "bad_form",
+                            "login takes a form with one field, token") from None
         given = form.get("token", [""])[0].encode()
         if self.token is None or not hmac.compare_digest(given, self.token.encode()):
             return await self._login_page(send, 401, "wrong token")

@@ -480,12 +480,12 @@ class App:
             headers = [
                 frame_header(m.FetchMissing(name.path, "not_found") if o is None
                              else m.FetchItem(name.path, o[1]))
-                for name, o in zip(names, opened)
+                for name, o in zip(names, opened, strict=True)
             ]
             total = sum(map(len, headers)) + sum(o[1] for o in opened if o is not None)
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", FETCH_STREAM), (b"content-length", str(total).encode())]})
-            for i, (header, o) in enumerate(zip(headers, opened)):
+            for i, (header, o) in enumerate(zip(headers, opened, strict=True)):
                 last = i == len(names) - 1
                 await send({"type": "http.response.body", "body": header,
                             "more_body": not last or (o is not None and o[1] > 0)})

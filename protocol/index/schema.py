@@ -4,9 +4,9 @@ One row per (channel, quality, hour) directory, and its names in a table of thei
 own (a warm start reads every row but no name). The names are one blob (sorted,
 newline-separated UTF-8): a row a name would make a 2M-segment index five times
 bigger and its cold start minutes long. Not compressed: zlib, even at level 1, cost
-a full scan more time (~1 us a name) than the rest of writing the index. An index whose version is not
-`SCHEMA_VERSION` (older, newer, or not ours) is never read: it is rebuilt from a full
-scan.
+a full scan more time (~1 us a name) than the rest of writing the index. An index
+whose version is not `SCHEMA_VERSION` (older, newer, or not ours) is never read: it
+is rebuilt from a full scan.
 """
 
 from __future__ import annotations

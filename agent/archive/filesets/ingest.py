@@ -209,7 +209,7 @@ class FileSetIngest:
                 else:
                     self.metrics.received.labels(kind, status).inc()
                 out.append((rel, status))
-        for rel, status in out:
+        for _, status in out:
             if status in ("size_mismatch", "hash_mismatch", "tombstoned"):
                 self.metrics.received.labels(kind, status).inc()
         return out

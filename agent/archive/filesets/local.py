@@ -134,7 +134,7 @@ class LocalFileSets:
                 await self.rescan_set(fs.CHAT, parts[0])
             elif len(parts) == 3:
                 files = await trio.to_thread.run_sync(self.tree.scan_chat, parts[0])
-                for rel, size in files.items():
+                for rel in files:
                     if rel.startswith(parts[2] + "/"):
                         await self.appeared(fs.CHAT, parts[0], rel)
         elif parts[0] in self.extras_dirs:

@@ -295,7 +295,7 @@ class SafeTree:
     def remove_temp_files(self, parts: list[str]) -> Iterator[str]:
         """Our own temp files left by a crash under a set's directory (start-up)."""
         base = self.root.joinpath(*parts)
-        for dirpath, dirnames, files in os.walk(base):
+        for dirpath, _, files in os.walk(base):
             for f in files:
                 if f.startswith(TEMP_PREFIX) and f.endswith(TEMP_SUFFIX):
                     p = os.path.join(dirpath, f)
