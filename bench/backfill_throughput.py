@@ -384,6 +384,7 @@ GOALS = [
      LEGACY_GOAL_RATIO),
     ("server not hashing / hashing", ("segsync-nohash", "segsync"), None),
     ("segsync / baseline checkout", ("segsync", "baseline"), None),
+    ("segsync / rsync -a --fsync", ("segsync", "rsync-fsync"), None),
     ("segsync / floor", ("segsync", "floor"), None),
     ("floor / rsync -a", ("floor", "rsync"), None),
 ]
