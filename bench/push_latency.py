@@ -5,7 +5,8 @@ Three `segsync run` processes on loopback, each the peer of the other two. On no
 the bench renames 2 MiB segments into place at a steady rate (as a downloader does:
 write under a temp-type name, then rename); for each it records the time from just
 before the rename until the file exists under its final name on B and on C. Then it
-touches tombstones on A and does the same.
+syncs (the segment wave's unsynced files are not written back during the next one)
+and touches tombstones on A and does the same.
 
 How arrival is seen: inotify (watchdog) on B's and C's roots, in this process,
 restricted to create/move events, so it costs nothing while idle and the timestamp is
@@ -250,6 +251,10 @@ def run_agents(args, base: Path, payloads: Payloads) -> dict:
         check_copies(roots, items, out["segments"])
 
         titems = items[: args.tombstones]
+        # the segment wave's files on A are not synced (a downloader does not fsync): the
+        # kernel writes them back 30 s later, in 5 s bursts whose journal commits hold up
+        # file creation on this one file system, every agent's too (bench/README.md)
+        os.sync()
 
         def tfire(i: int) -> float:
             t0 = time.monotonic()
