@@ -19,6 +19,11 @@ MAX_MAP = 32
 MAX_ARRAY = 50_000
 # Containers in one decoded message, so garbage cannot explode into objects.
 MAX_CONTAINERS = 60_000
+# Items (of every array, and every map's keys and values) in one message. The largest
+# a node sends, a file set digest of MAX_HOUR_RANGE + 1 buckets, holds about 70k.
+# msgpack gives each item an 8-byte slot as it reads the header: 4 MiB of nils in
+# arrays of MAX_ARRAY would cost 33 MB and 2 s of framing checks before a refusal.
+MAX_ITEMS = 200_000
 # Nesting of arrays and maps (messages need 3: map -> array -> array).
 MAX_DEPTH = 8
 # Hours a single digest query may name (2 years).

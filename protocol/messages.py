@@ -857,11 +857,14 @@ def _check_framing(view: bytes) -> None:
 
     msgpack allocates an array's slots when it reads its header, so a few KB of
     nested `array32(50000)` headers would cost tens of MB. Reject nesting deeper than
-    `MAX_DEPTH` and any container that declares more items than bytes remain.
+    `MAX_DEPTH`, any container that declares more items than bytes remain, and
+    containers that declare more than `MAX_ITEMS` items in all (which also bounds
+    this walk).
     """
     n = len(view)
     pos = 0
     pending = [1]  # items still expected at each open level; the root is one item
+    declared = 1
     while pending:
         if pending[-1] == 0:
             pending.pop()
@@ -899,6 +902,9 @@ def _check_framing(view: bytes) -> None:
             raise ProtocolError("malformed msgpack: container longer than the message")
         if len(pending) > limits.MAX_DEPTH:
             raise ProtocolError(f"message nests deeper than {limits.MAX_DEPTH} levels")
+        declared += count
+        if declared > limits.MAX_ITEMS:
+            raise ProtocolError(f"message holds more than {limits.MAX_ITEMS} items")
         pending.append(count)
 
 

@@ -124,13 +124,15 @@ def test_container_headers_cost_bounded_memory(headers, padding):
     b"\xdd\x00\x00\xc3\x50" + b"\x90" * 50_000,         # 50k empty arrays
     b"\xdd\x00\x00\xc3\x50" + b"\x80" * 50_000,         # 50k empty maps
     b"\xdc\xc3\x50" + b"\xdc\xc3\x50" * 8 + b"\xc0" * 100,
+    # without MAX_ITEMS: 80 arrays of 50k nils, 4M slots (33 MB)
+    b"\xdc\x00\x50" + (b"\xdc\xc3\x50" + b"\xc0" * 50_000) * 80,
     # without the container budget: 320k small arrays, ~20 MB
     b"\xdc\x4e\x20" + (b"\x9f" + b"\x90" * 15) * 20_000,
     msgpack.packb({"v": 1, "type": "listing", "channel": "a", "quality": "b",
                    "hour": "2019-11-13T02", "names": ["x" * 1000] * 4000}),
     b"\xda\xff\xff" + b"a" * 65535,
-], ids=["deep", "arrays", "maps", "nested-headers", "arrays-of-arrays", "big-listing",
-        "long-string"])
+], ids=["deep", "arrays", "maps", "nested-headers", "wide-arrays", "arrays-of-arrays",
+        "big-listing", "long-string"])
 def test_worst_cases_bounded(data):
     """Each is refused (or decoded) within PEAK_BOUND; only ProtocolError is raised
     (`peak_decoding` lets anything else through)."""

@@ -519,6 +519,21 @@ def test_100k_empty_arrays_rejected_quickly():
     quickly_rejected(pack(obj), "too many arrays or maps")
 
 
+def test_too_many_items_rejected_quickly():
+    """Every array within MAX_ARRAY and a few containers, but 4 MB of items in all:
+    msgpack would give each an 8-byte slot (33 MB) before any check saw the whole."""
+    wide = b"\xdc\x00\x50" + (b"\xdc\xc3\x50" + b"\xc0" * limits.MAX_ARRAY) * 80
+    assert len(wide) <= BIG
+    quickly_rejected(wide, f"more than {limits.MAX_ITEMS} items")
+    # the largest messages a node sends stay well within it
+    names = [SEGMENT_FILE] * limits.MAX_ARRAY
+    assert decode(with_field(LISTING, names=names), Listing, BIG).names == names
+    hours = [(HOUR, bytes(32))] * (limits.MAX_HOUR_RANGE + 1)
+    assert 3 * len(hours) < limits.MAX_ITEMS
+    fat = b"\x83\xa1v\x01\xa4type\xa7listing\xa1a" + pack([[h, d] for h, d in hours])
+    assert unpack_bounded(fat, BIG)["a"][-1] == [HOUR, bytes(32)]
+
+
 def test_deep_nesting_rejected_quickly():
     quickly_rejected(b"\x91" * 100_000 + b"\xc0")
     quickly_rejected(b"\x81\xa1k" * 30_000 + b"\xc0")
