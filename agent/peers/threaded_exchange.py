@@ -294,6 +294,13 @@ class ThreadedExchange:
                 self._close(conn)
                 raise
 
+    def _expect_ok(self, response: http.client.HTTPResponse) -> None:
+        """A reply other than 200 is the exchange's PeerError: its status, and what
+        the peer said (`Transport.error_text`, as on httpx)."""
+        if response.status != 200:
+            data = self._read_error_body(response)
+            raise self._error(Transport.error_text(response.status, data), response.status)
+
     def _read_error_body(self, response: http.client.HTTPResponse) -> bytes:
         """Up to MAX_REQUEST_BYTES of an error reply, within the timeout."""
         deadline = time.monotonic() + self.target.timeout

@@ -21,7 +21,7 @@ from protocol.names import SegmentName
 
 from .threaded_exchange import (READ_BYTES, FetchTarget, OpenSink, Pace, SegmentSink,
                                 Settle, ThreadedExchange, run_in_threads)
-from .transport import MIN_RATE, Transport
+from .transport import MIN_RATE
 
 __all__ = ["READ_BYTES", "ThreadedFetch", "fetch"]
 
@@ -43,10 +43,7 @@ class ThreadedFetch(ThreadedExchange):
                 body = m.encode(m.FetchRequest([n.path for n in self.names]))
                 conn, response = self._request(None, "POST", self.target.path(ep.FETCH),
                                                body, {"content-type": "application/msgpack"})
-                if response.status != 200:
-                    data = self._read_error_body(response)
-                    raise self._error(Transport.error_text(response.status, data),
-                                      response.status)
+                self._expect_ok(response)
                 if response.chunked or response.length is None:
                     raise self._error("fetch reply without a Content-Length")
                 self._read_reply(response)

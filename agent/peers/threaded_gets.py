@@ -28,7 +28,8 @@ from protocol.names import SegmentName
 
 from .threaded_exchange import (READ_BYTES, FetchTarget, OpenSink, Pace, SegmentSink,
                                 Settle, ThreadedExchange, run_in_threads)
-from .transport import MIN_RATE, PeerError, Transport
+from .transport import MIN_RATE, PeerError
+
 
 class ThreadedGets(ThreadedExchange):
     """One thread's GETs: segments from the shared `queue` until it is empty, the
@@ -72,10 +73,7 @@ class ThreadedGets(ThreadedExchange):
         way its connection is closed (`_request` closes what it opened)."""
         try:
             conn, response = self._request(conn, "GET", self.target.path(self.path_of(name)))
-            if response.status != 200:
-                data = self._read_error_body(response)
-                raise self._error(Transport.error_text(response.status, data),
-                                  response.status)
+            self._expect_ok(response)
             size = None if response.chunked else response.length
             if size is not None and size > self.max_bytes:
                 raise self._error(f"{name.path}: {size} bytes is over the limit")
